@@ -1,0 +1,1 @@
+"""Approximate attention variants behind one interface."""

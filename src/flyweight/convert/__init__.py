@@ -1,0 +1,1 @@
+"""Model surgery: swap linear layers for structured kinds, from scratch or by projection."""
