@@ -1,9 +1,6 @@
-"""Entry point: ``python run.py`` runs flyweight's main job on its embedded default.
+"""``python run.py [experiment=NAME] [key=value ...]``: run a flyweight job (Hydra overrides)."""
 
-Until the training and comparison jobs land, the default is the layer table.
-"""
-
-from flyweight.cli import main
+from flyweight.hydra_main import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["layers"]))
+    main()

@@ -1,28 +1,32 @@
-"""The ``flyweight`` command: ``flyweight <subcommand> [args]``."""
+"""The ``flyweight`` command: the same Hydra overrides as ``python run.py``.
+
+``flyweight [SUBCOMMAND] [key=value ...]``: a subcommand is a shorthand for ``experiment=SUBCOMMAND``
+(``flyweight layers layers.tokens=64``); with none, the embedded default runs.
+"""
 
 from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = {
-    "layers": ("flyweight.bench.layers", "parameters, FLOPs, CPU latency and projection error of every linear kind"),
+# subcommand -> experiment it selects
+SUBCOMMANDS: dict[str, str] = {
+    "layers": "layers",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: flyweight <subcommand> [args]\n\nsubcommands:")
-        for name, (_, doc) in SUBCOMMANDS.items():
-            print(f"  {name:10s} {doc}")
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in SUBCOMMANDS:
-        print(f"flyweight: unknown subcommand {name!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        return 2
-    import importlib
+    if argv and not argv[0].startswith("-") and "=" not in argv[0]:
+        name = argv.pop(0)
+        if name not in SUBCOMMANDS:
+            print(f"flyweight: unknown subcommand {name!r}; choose from {', '.join(SUBCOMMANDS)} "
+                  "or pass Hydra overrides (experiment=...)", file=sys.stderr)
+            return 2
+        argv.insert(0, f"experiment={SUBCOMMANDS[name]}")
+    from flyweight.hydra_main import main as hydra_main
 
-    importlib.import_module(SUBCOMMANDS[name][0]).main(rest)
+    sys.argv = ["flyweight", *argv]
+    hydra_main()
     return 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import asdict, dataclass
 
 import torch
@@ -71,16 +70,13 @@ def print_rows(rows: list[LayerRow], title: str) -> None:
     Console(width=120).print(table)
 
 
-def main(argv: list[str] | None = None) -> list[LayerRow]:
-    ap = argparse.ArgumentParser(prog="flyweight layers", description=__doc__)
-    ap.add_argument("--in-features", type=int, default=768)
-    ap.add_argument("--out-features", type=int, default=3072)
-    ap.add_argument("--tokens", type=int, default=512)
-    args = ap.parse_args(argv)
-    rows = layer_rows(args.in_features, args.out_features, args.tokens)
-    print_rows(rows, f"{args.in_features}->{args.out_features}, {args.tokens} tokens, "
-                     f"float32 on {torch.get_num_threads()} CPU threads (projection of a decaying-spectrum weight)")
-    return rows
+def run(cfg, out_dir) -> dict:
+    """Hydra task ``layers``: print the table and return its rows (written to results.json)."""
+    c = cfg.layers
+    rows = layer_rows(int(c.in_features), int(c.out_features), int(c.tokens), seed=int(cfg.seed))
+    print_rows(rows, f"{c.in_features}->{c.out_features}, {c.tokens} tokens, float32 on "
+                     f"{torch.get_num_threads()} CPU threads (projection of a decaying-spectrum weight)")
+    return {"rows": rows_as_dicts(rows)}
 
 
 def rows_as_dicts(rows: list[LayerRow]) -> list[dict]:

@@ -1,0 +1,50 @@
+"""The Hydra entry point: configs compose, tasks dispatch, every run records its resolved config."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from flyweight.runner import resolve_task, run_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(*overrides):
+    with initialize_config_module(config_module="flyweight.configs", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+def test_layers_task_writes_resolved_config_and_results(tmp_path):
+    cfg = make_cfg("experiment=layers", "layers.in_features=128", "layers.out_features=64", "layers.tokens=8")
+    OmegaConf.set_struct(cfg, False)
+    cfg.name = "layers"  # the ${hydra:...} interpolation only resolves inside a Hydra run
+    run_task(cfg, tmp_path)
+    saved = OmegaConf.load(tmp_path / "resolved_config.yaml")
+    assert saved.layers.in_features == 64 and saved.task == "layers"
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["dense", "lowrank", "monarch", "ss1"]
+    dense = rows[0]
+    assert dense["params"] == 128 * 64 + 64 and dense["projection_rel_error"] < 1e-6
+
+
+def test_unknown_task_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown task 'nope'; valid tasks: .*layers"):
+        resolve_task("nope")
+
+
+def test_run_py_prints_resolved_job_config():
+    out = subprocess.run([sys.executable, str(REPO / "run.py"), "experiment=layers", "layers.tokens=3", "--cfg", "job"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.task == "layers" and cfg.layers.tokens == 3
+
+
+def test_cli_unknown_subcommand():
+    from flyweight.cli import main
+
+    assert main(["frobnicate"]) == 2
