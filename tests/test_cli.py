@@ -25,7 +25,7 @@ def test_layers_task_writes_resolved_config_and_results(tmp_path):
     cfg.name = "layers"  # the ${hydra:...} interpolation only resolves inside a Hydra run
     run_task(cfg, tmp_path)
     saved = OmegaConf.load(tmp_path / "resolved_config.yaml")
-    assert saved.layers.in_features == 64 and saved.task == "layers"
+    assert saved.layers.in_features == 128 and saved.task == "layers"
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["kind"] for r in rows] == ["dense", "lowrank", "monarch", "ss1"]
     dense = rows[0]
