@@ -1,83 +1,164 @@
-"""Layer benchmark: every kind at one shape -- parameters, FLOPs, latency, projection error."""
+"""Layer speed benchmark: every kind x setting over shapes, token counts, dtypes and passes.
+
+Rows follow ``LAYER_COLUMNS`` (a fixed CSV schema); files are named after the environment
+(``layers_<device>_torch<version>.csv``) so results from different machines never overwrite each other.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import csv
+import itertools
+from pathlib import Path
+from typing import Iterable
 
 import torch
-import torch.utils.benchmark as tbench
 from rich.console import Console
 from rich.table import Table
+from tqdm.auto import tqdm
 
-from flyweight.linear import LINEAR_KINDS, make_linear
+from flyweight.bench.timing import device_name, env_tag, peak_memory_bytes, resolve_device, time_us
+from flyweight.linear import make_linear
 
-DEFAULT_SETTINGS = {"dense": {}, "lowrank": {"compression": 8}, "monarch": {"nblocks": 4}, "ss1": {"compression": 4}}
+LAYER_COLUMNS = [
+    "device", "torch", "kind", "settings", "in_features", "out_features", "tokens", "dtype", "pass",
+    "compile", "latency_us", "dense_latency_us", "speedup", "tflops", "params", "param_mb",
+    "flops_per_token", "peak_mem_mb",
+]
 
+# (in_features, out_features) of the projections of well-known models
+SHAPES: dict[str, list[tuple[int, int]]] = {
+    "gpt2-small": [(768, 3072), (3072, 768), (768, 2304), (768, 768)],
+    "gpt2-medium": [(1024, 4096), (4096, 1024), (1024, 3072), (1024, 1024)],
+    "gpt2-xl": [(1600, 6400)],
+    "llama-8b": [(4096, 14336), (14336, 4096), (4096, 4096)],
+}
 
-@dataclass
-class LayerRow:
-    kind: str
-    settings: str
-    in_features: int
-    out_features: int
-    tokens: int
-    params: int
-    flops_per_token: int
-    latency_us: float
-    speedup: float
-    projection_rel_error: float
-
-
-def time_cpu_us(fn, min_run_time: float = 0.3) -> float:
-    """Median wall time of ``fn()`` in microseconds (torch.utils.benchmark, CPU)."""
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e6
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
-def layer_rows(in_features: int, out_features: int, tokens: int, seed: int = 0) -> list[LayerRow]:
-    torch.manual_seed(seed)
-    x = torch.randn(tokens, in_features)
-    # a weight with decaying spectrum, like a trained layer, for the projection error column
-    u, _ = torch.linalg.qr(torch.randn(out_features, out_features))
-    v, _ = torch.linalg.qr(torch.randn(in_features, in_features))
-    k = min(in_features, out_features)
-    target = (u[:, :k] * torch.linspace(1.0, 0.05, k)) @ v[:, :k].T
-    rows = []
-    dense_us = None
-    for kind in LINEAR_KINDS:
-        settings = DEFAULT_SETTINGS.get(kind, {})
-        layer = make_linear(kind, in_features, out_features, **settings)
-        proj = type(layer).from_dense(target, **settings)
-        err = float(torch.linalg.norm(proj.to_dense() - target) / torch.linalg.norm(target))
-        with torch.no_grad():
-            us = time_cpu_us(lambda: layer(x))
-        dense_us = us if kind == "dense" else dense_us
-        rows.append(
-            LayerRow(kind, ",".join(f"{a}={b}" for a, b in settings.items()) or "-", in_features,
-                     out_features, tokens, layer.num_parameters(), layer.flops_per_token(), us,
-                     (dense_us or us) / us, err)
-        )
+def parse_shapes(names: Iterable) -> list[tuple[int, int]]:
+    """Shape presets by name, or explicit [in, out] pairs."""
+    shapes: list[tuple[int, int]] = []
+    for item in names:
+        if isinstance(item, str):
+            if item not in SHAPES:
+                raise ValueError(f"unknown shape preset {item!r}; valid: {', '.join(SHAPES)} or [in, out]")
+            shapes += SHAPES[item]
+        else:
+            k, n = (int(v) for v in item)
+            shapes.append((k, n))
+    return shapes
+
+
+def settings_label(settings: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-"
+
+
+def _make(kind: str, k: int, n: int, settings: dict, dtype, device):
+    settings = dict(settings)
+    if kind == "ss1":
+        block = settings.get("compression", 4) * settings.get("block_k", 32)
+        settings.setdefault("pad", k % block != 0)  # GPT-2 XL widths need padding for SS1
+    return make_linear(kind, k, n, dtype=dtype, device=device, **settings)
+
+
+def bench_layer(kind: str, settings: dict, k: int, n: int, tokens: int, dtype: str, pass_: str,
+                compile_: bool, device: torch.device, budget_s: float = 0.2) -> dict:
+    """One row: latency, TFLOP/s and memory of one layer configuration."""
+    torch_dtype = DTYPES[dtype]
+    layer = _make(kind, k, n, settings, torch_dtype, device)
+    fn_layer = torch.compile(layer) if compile_ else layer
+    x = torch.randn(tokens, k, device=device, dtype=torch_dtype)
+    if pass_ == "fwd":
+        def step():
+            with torch.no_grad():
+                return fn_layer(x)
+        flops = layer.flops_per_token() * tokens
+    elif pass_ == "fwd+bwd":
+        x.requires_grad_(True)
+        grad = torch.randn(tokens, n, device=device, dtype=torch_dtype)
+
+        def step():
+            fn_layer(x).backward(grad)
+        flops = 3 * layer.flops_per_token() * tokens
+    else:
+        raise ValueError(f"pass must be 'fwd' or 'fwd+bwd', got {pass_!r}")
+    latency = time_us(step, device, budget_s=budget_s)
+    peak = peak_memory_bytes(step, device)
+    params = layer.num_parameters()
+    return {
+        "device": device_name(device), "torch": torch.__version__, "kind": kind,
+        "settings": settings_label(settings), "in_features": k, "out_features": n, "tokens": tokens,
+        "dtype": dtype, "pass": pass_, "compile": bool(compile_), "latency_us": latency,
+        "dense_latency_us": float("nan"), "speedup": float("nan"), "tflops": flops / latency / 1e6,
+        "params": params, "param_mb": params * x.element_size() / 2**20,
+        "flops_per_token": layer.flops_per_token(), "peak_mem_mb": peak / 2**20,
+    }
+
+
+def run_layer_grid(kinds: dict[str, list[dict]], shapes: list[tuple[int, int]], tokens: list[int],
+                   dtypes: list[str], passes: list[str], compile_modes: list[bool], device: torch.device,
+                   budget_s: float = 0.2) -> list[dict]:
+    """Every combination; each row also gets the dense latency of the same case and the speedup."""
+    variants = [(kind, s) for kind, options in kinds.items() for s in (options or [{}])]
+    if not any(kind == "dense" for kind, _ in variants):
+        variants.insert(0, ("dense", {}))  # speedups need the baseline
+    cases = list(itertools.product(shapes, tokens, dtypes, passes, compile_modes))
+    rows: list[dict] = []
+    with tqdm(total=len(cases) * len(variants), desc="layers", unit="case") as bar:
+        for (k, n), m, dtype, pass_, comp in cases:
+            dense_us = None
+            for kind, settings in sorted(variants, key=lambda v: v[0] != "dense"):
+                bar.set_postfix_str(f"{kind} {settings_label(settings)} {k}x{n} M={m} {dtype} {pass_}")
+                row = bench_layer(kind, settings, k, n, m, dtype, pass_, comp, device, budget_s)
+                if kind == "dense":
+                    dense_us = row["latency_us"]
+                row["dense_latency_us"] = dense_us
+                row["speedup"] = dense_us / row["latency_us"]
+                rows.append(row)
+                bar.update()
     return rows
 
 
-def print_rows(rows: list[LayerRow], title: str) -> None:
+def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c) for c in columns})
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def print_layer_rows(rows: list[dict], title: str) -> None:
     table = Table(title=title)
-    for col in ("kind", "settings", "params", "MFLOP/token", "latency us", "speedup", "proj. rel. error"):
-        table.add_column(col, justify="right" if col not in ("kind", "settings") else "left")
+    cols = ["kind", "settings", "shape", "M", "dtype", "pass", "latency us", "speedup", "TFLOP/s", "params",
+            "peak MB"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("kind", "settings", "dtype", "pass") else "right")
     for r in rows:
-        table.add_row(r.kind, r.settings, f"{r.params:,}", f"{r.flops_per_token / 1e6:.2f}",
-                      f"{r.latency_us:.0f}", f"{r.speedup:.2f}x", f"{r.projection_rel_error:.3f}")
-    Console(width=120).print(table)
+        table.add_row(r["kind"], r["settings"], f"{r['in_features']}x{r['out_features']}", str(r["tokens"]),
+                      r["dtype"], r["pass"] + (" (compiled)" if r["compile"] else ""), f"{r['latency_us']:.1f}",
+                      f"{r['speedup']:.2f}x", f"{r['tflops']:.3f}", f"{r['params']:,}", f"{r['peak_mem_mb']:.1f}")
+    Console(width=140).print(table)
 
 
 def run(cfg, out_dir) -> dict:
-    """Hydra task ``layers``: print the table and return its rows (written to results.json)."""
-    c = cfg.layers
-    rows = layer_rows(int(c.in_features), int(c.out_features), int(c.tokens), seed=int(cfg.seed))
-    print_rows(rows, f"{c.in_features}->{c.out_features}, {c.tokens} tokens, float32 on "
-                     f"{torch.get_num_threads()} CPU threads (projection of a decaying-spectrum weight)")
-    return {"rows": rows_as_dicts(rows)}
+    """Hydra task ``layers``: the layer grid of ``cfg.layers``; CSV into out_dir and cfg.layers.results_dir."""
+    from omegaconf import OmegaConf
 
-
-def rows_as_dicts(rows: list[LayerRow]) -> list[dict]:
-    return [asdict(r) for r in rows]
+    c = OmegaConf.to_container(cfg.layers, resolve=True)
+    device = resolve_device(cfg.device)
+    rows = run_layer_grid(c["kinds"], parse_shapes(c["shapes"]), c["tokens"], c["dtypes"], c["passes"],
+                          c["compile"], device, c.get("budget_s", 0.2))
+    print_layer_rows(rows, f"linear layers on {device_name(device)} (median latency; speedup vs dense)")
+    name = f"layers_{env_tag(device)}.csv"
+    write_csv(rows, Path(out_dir) / name, LAYER_COLUMNS)
+    if c.get("results_dir"):
+        print(f"saved {write_csv(rows, Path(c['results_dir']) / name, LAYER_COLUMNS)}")
+    return {"rows": rows}

@@ -1,0 +1,100 @@
+"""Benchmark utilities: sane timings and memory on CPU, and a stable CSV schema."""
+
+import torch
+
+from flyweight.bench.layers import LAYER_COLUMNS, bench_layer, parse_shapes, read_csv, run_layer_grid, write_csv
+from flyweight.bench.timing import env_tag, peak_memory_bytes, resolve_device, time_us
+
+CPU = torch.device("cpu")
+
+
+def test_time_us_is_positive_and_orders_work():
+    a, b = torch.randn(64, 64), torch.randn(512, 512)
+    small = time_us(lambda: a @ a, CPU, budget_s=0.05)
+    large = time_us(lambda: b @ b, CPU, budget_s=0.05)
+    assert 0 < small < large  # 512^3 vs 64^3 multiply-adds: 512x more work
+
+
+def test_peak_memory_counts_live_tensors():
+    def work():
+        x = torch.empty(1024, 1024)  # 4 MiB
+        y = torch.empty(512, 1024)  # 2 MiB, both alive at once
+        return x.sum() + y.sum()
+
+    peak = peak_memory_bytes(work, CPU)
+    assert 6 * 2**20 <= peak < 7 * 2**20
+
+    def sequential():
+        for _ in range(3):
+            torch.empty(1024, 1024).fill_(1.0)  # freed each iteration
+
+    assert 4 * 2**20 <= peak_memory_bytes(sequential, CPU) < 9 * 2**20
+
+
+def test_layer_row_schema_is_fixed(tmp_path):
+    row = bench_layer("ss1", {"compression": 2}, 128, 64, 4, "float32", "fwd+bwd", False, CPU, budget_s=0.01)
+    assert list(row) == LAYER_COLUMNS
+    assert row["params"] == 64 * 64 + 64 and row["latency_us"] > 0 and row["tflops"] > 0
+    path = write_csv([row], tmp_path / "x.csv", LAYER_COLUMNS)
+    back = read_csv(path)
+    assert list(back[0]) == LAYER_COLUMNS and back[0]["kind"] == "ss1"
+
+
+def test_grid_adds_dense_baseline_and_speedups():
+    rows = run_layer_grid({"lowrank": [{"rank": 4}]}, [(64, 32)], [2], ["float32"], ["fwd"], [False], CPU, 0.01)
+    assert [r["kind"] for r in rows] == ["dense", "lowrank"]
+    assert rows[1]["speedup"] == rows[0]["latency_us"] / rows[1]["latency_us"]
+
+
+def test_shapes_and_env():
+    assert parse_shapes(["gpt2-small", [10, 20]])[-1] == (10, 20) and len(parse_shapes(["llama-8b"])) == 3
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert "_torch" in env_tag(CPU) and "/" not in env_tag(CPU)
+
+
+def test_autoselect_keeps_dense_where_slower_or_unmeasured(tmp_path):
+    from flyweight.bench.autoselect import SpeedTable
+
+    def row(kind, tokens, speedup, shape=(768, 3072)):
+        return {"kind": kind, "settings": "compression=4" if kind == "ss1" else "-", "in_features": shape[0],
+                "out_features": shape[1], "tokens": tokens, "dtype": "bfloat16", "pass": "fwd", "speedup": speedup}
+
+    table = SpeedTable([row("dense", 16, 1.0), row("ss1", 16, 0.7), row("ss1", 2048, 2.5),
+                        row("ss1", 2048, 0.9, shape=(768, 768))])
+    fast = table.decide("ss1", {"compression": 4}, 768, 3072, tokens=4096)
+    assert fast.use_structured and fast.speedup == 2.5  # nearest measured M is 2048
+    slow = table.decide("ss1", {"compression": 4}, 768, 3072, tokens=8)
+    assert not slow.use_structured and "0.70x" in slow.reason
+    assert not table.decide("ss1", {"compression": 4}, 768, 768, tokens=2048).use_structured
+    unknown = table.decide("ss1", {"compression": 4}, 1024, 4096, tokens=2048)
+    assert not unknown.use_structured and "no measurement" in unknown.reason
+
+
+def test_report_files_and_pareto(tmp_path):
+    import struct
+
+    from flyweight.bench.report import REPORT_COLUMNS, pareto_front, write_report
+
+    assert pareto_front([1.0, 2.0, 3.0, 2.5], [10.0, 12.0, 20.0, 11.0]) == [0, 3, 2]
+    rows = []
+    for i, kind in enumerate(["dense", "ss1", "monarch"]):
+        rows.append({"variant": kind, "kind": kind, "settings": "-", "params": 1_000_000 * (3 - i),
+                     "flops_per_token": 2_000_000 * (3 - i), "val_ppl": 30.0 + i, "train_tokens_per_s": 1000.0 * (i + 1),
+                     "infer_tokens_per_s": 5000.0 * (i + 1), "decode_ms_per_token": 1.0 / (i + 1),
+                     "speedup_vs_dense": float(i + 1), "train_tokens": 10, "train_steps": 1, "train_seconds": 1.0,
+                     "corpus": "synthetic", "split": "validation", "device": "cpu"})
+    curves = {r["variant"]: [(0, 5.0), (10, 4.0 - 0.1 * j)] for j, r in enumerate(rows)}
+    paths = write_report(rows, curves, tmp_path, {"corpus": "synthetic"}, "flyweight compare")
+    text = paths["report"].read_text()
+    assert text.count("\n| ") == 1 + len(rows)  # header + one line per variant
+    for p in ("ppl_vs_throughput", "ppl_vs_params", "loss_curves"):
+        data = paths[p].read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 100 and height > 100
+    assert paths["series"] == {"ppl_vs_throughput": 3, "ppl_vs_params": 3, "loss_curves": 3}
+    import csv
+
+    with open(paths["csv"]) as f:
+        back = list(csv.DictReader(f))
+    assert list(back[0]) == REPORT_COLUMNS and [b["variant"] for b in back] == ["dense", "ss1", "monarch"]
