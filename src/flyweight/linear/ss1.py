@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flyweight.kernels import ss1_linear
+from flyweight.kernels.ss1 import use_triton
 from flyweight.kernels.ss1_layout import SS1Layout, draw_hash_coeffs, valid_widths_near
 from flyweight.kernels.ss1_torch import SS1Tables
 from flyweight.linear.base import StructuredLinear, check_positive_int, register_linear, uniform_
@@ -30,7 +31,11 @@ class SS1Linear(StructuredLinear):
 
     ``pad=True`` accepts widths that are not a multiple of R * block_k by zero-padding the input.
     ``hash_coeffs`` (R0..R3) restores a saved layer exactly; otherwise they are drawn from ``seed``.
+    ``backend`` (attribute, not part of the structure): "auto" (Triton kernels on CUDA, PyTorch
+    elsewhere), "torch" or "triton"; see ``flyweight.kernels.ss1``.
     """
+
+    backend: str = "auto"
 
     def __init__(
         self,
@@ -108,7 +113,11 @@ class SS1Linear(StructuredLinear):
         if extra:
             x2d = F.pad(x2d, (0, extra))
         bias = None if self.bias is None else self._weight_like(self.bias, x)
-        y = ss1_linear(x2d, self._weight_like(self.weight, x), bias, self.layout, self.tables(x.device))
+        weight = self._weight_like(self.weight, x)
+        if use_triton(x2d, self.backend):  # the kernels need no index tables of the PyTorch path
+            y = ss1_linear(x2d, weight, bias, self.layout, backend=self.backend)
+        else:
+            y = ss1_linear(x2d, weight, bias, self.layout, self.tables(x.device), backend="torch")
         return y.view(*lead, self.out_features)
 
     def to_dense(self) -> torch.Tensor:
