@@ -1,0 +1,13 @@
+"""Test-session setup shared by every test module.
+
+Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. The interpreter is
+chosen when ``triton.jit`` decorates a kernel, i.e. when ``flyweight.kernels.ss1_triton`` is first
+imported, so the variable must be set here, before any test module imports it.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
