@@ -1,5 +1,6 @@
 """flyweight: cheaper transformers with structured matrices and approximate attention, measured."""
 
+from flyweight.convert import convert
 from flyweight.linear import (
     DenseLinear,
     LowRankLinear,
@@ -18,5 +19,6 @@ __all__ = [
     "SS1Linear",
     "StructuredLinear",
     "__version__",
+    "convert",
     "make_linear",
 ]
