@@ -1,0 +1,226 @@
+"""GPT-2 (small / medium / large, and a tiny test size) with structured linear layers.
+
+The model is Hugging Face's ``GPT2LMHeadModel`` (causal SDPA attention, tied embeddings,
+``generate()``), with the block linears swapped by ``flyweight.convert``:
+
+    model = build_gpt2("small", kind="ss1")                     # SS1 R=4 in every block: 60.7M params
+    model = build_gpt2("small", kind="monarch", kinds={"attn_qkv": "dense"})
+
+Roles: "mlp" (c_fc d->4d, c_proj 4d->d), "attn_qkv" (c_attn d->3d), "attn_out" (attn.c_proj d->d),
+optionally "lm_head" (then untied from the embedding).
+
+Initialisation follows GPT-2: N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0,
+0.02/sqrt(2*n_layer)), zero biases. For a structured layer "std" means the std of the entries of
+its dense equivalent (see ``flyweight.convert.init``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from flyweight.convert.checkpoint import load_structured, save_structured
+from flyweight.convert.init import normal_init_
+from flyweight.convert.surgery import convert, get_structure, is_linear_like
+from flyweight.linear import LINEAR_KINDS, StructuredLinear
+
+__all__ = [
+    "DEFAULT_LINEAR",
+    "GPT2_ROLES",
+    "GPT2_SIZES",
+    "build_gpt2",
+    "load_structured",
+    "model_flops_per_token",
+    "num_parameters",
+    "save_structured",
+]
+
+GPT2_SIZES = {
+    "tiny": {"n_layer": 2, "n_embd": 128, "n_head": 4},
+    "small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    "medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
+    "large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
+}
+GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
+# The seed's settings for each kind (SPEC-MODELS.md): SS1 R=4, Monarch b=4, low-rank f=8.
+DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
+    "dense": {},
+    "ss1": {"compression": 4},
+    "monarch": {"nblocks": 4},
+    "lowrank": {"compression": 8},
+}
+INIT_STD = 0.02
+
+
+def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
+    if isinstance(roles, str):
+        roles = (roles,)
+    out: list[str] = []
+    for role in roles:
+        for r in ("attn_qkv", "attn_out") if role == "attn" else (role,):
+            if r not in GPT2_ROLES:
+                raise ValueError(f"unknown GPT-2 role {role!r}; valid roles: {', '.join(GPT2_ROLES)} (alias: attn)")
+            if r not in out:
+                out.append(r)
+    if lm_head and "lm_head" not in out:
+        out.append("lm_head")
+    return out
+
+
+def _settings_for(kind: str, main_kind: str, linear: dict | None) -> dict[str, Any]:
+    """Per-kind layer settings: nested {kind: {...}} applies by kind, a flat dict to the main kind."""
+    settings = dict(DEFAULT_LINEAR.get(kind, {}))
+    if linear:
+        if all(k in LINEAR_KINDS for k in linear):
+            settings.update(linear.get(kind, {}))
+        elif kind == main_kind:
+            settings.update(linear)
+    return settings
+
+
+def build_gpt2(
+    size: str = "small",
+    *,
+    kind: str = "dense",
+    roles: Iterable[str] = ("mlp", "attn_qkv", "attn_out"),
+    lm_head: bool = False,
+    linear: dict | None = None,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_positions: int = 1024,
+    vocab_size: int = 50257,
+    dropout: float = 0.1,
+    seed: int | None = None,
+    kinds: dict | None = None,
+    device: str | torch.device | None = None,
+):
+    """A ``transformers.GPT2LMHeadModel`` whose block linears are ``kind`` (per role: ``kinds``).
+
+    linear: settings for the kind, flat ({"compression": 2}) for ``kind`` or nested per kind
+    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_LINEAR. SS1 layers
+    get hash seeds ``seed_ss1 + index`` (``linear["seed"]``, default 1024), distinct per layer.
+    seed: seeds the weight initialisation (global RNG left untouched). device: e.g. "meta" to
+    count parameters without allocating.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if size not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; valid sizes: {', '.join(GPT2_SIZES)}")
+    dims = dict(GPT2_SIZES[size])
+    for key, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
+        if value is not None:
+            dims[key] = value
+    role_list = _expand_roles(roles, lm_head)
+    kinds = dict(kinds or {})
+    for role in kinds:
+        if role not in role_list:
+            raise ValueError(f"kinds: role {role!r} is not among the converted roles {role_list}")
+    for k in {kind, *kinds.values()}:
+        if k not in LINEAR_KINDS:
+            raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        initializer_range=INIT_STD,
+        attn_implementation="sdpa",
+        **dims,
+    )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(device) if device is not None else _nullcontext():
+            model = GPT2LMHeadModel(config)
+        # Group roles by kind; "dense" roles keep GPT-2's own Conv1D layers.
+        by_kind: dict[str, list[str]] = {}
+        for role in role_list:
+            by_kind.setdefault(kinds.get(role, kind), []).append(role)
+        ss1_seen = 0
+        for k, k_roles in by_kind.items():
+            if k == "dense":
+                continue
+            settings = _settings_for(k, kind, linear)
+            report = convert(model, k, targets=k_roles, init="random", seed_offset=ss1_seen, **settings)
+            if report.skipped:
+                raise ValueError(
+                    f"build_gpt2: kind {k!r} cannot take {len(report.skipped)} layer(s), e.g. "
+                    f"{report.skipped[0].name}: {report.skipped[0].skipped}"
+                )
+            if k == "ss1":
+                ss1_seen += len(report.converted)
+        _gpt2_init_(model)
+
+    spec = get_structure(model)
+    if spec is not None:
+        spec["builder"] = {
+            "size": size, "kind": kind, "roles": role_list, "kinds": kinds,
+            "linear": linear or {}, **dims,
+        }
+    return model
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _gpt2_init_(model: nn.Module) -> None:
+    """GPT-2's init on the structured layers (HF already initialised its own Conv1D layers)."""
+    residual_std = INIT_STD / math.sqrt(2 * model.config.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, StructuredLinear):
+            std = residual_std if name.endswith(".c_proj") else INIT_STD
+            normal_init_(module, std)
+
+
+# ---- counting: the one place params and FLOPs come from -----------------------------------------
+def num_parameters(model: nn.Module, *, tied: bool = True) -> int:
+    """Parameters of the model; a tied lm_head/embedding counted once (``tied=False``: twice)."""
+    return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=tied))
+
+
+def _linear_flops(module: nn.Module) -> int:
+    if isinstance(module, StructuredLinear):
+        return module.flops_per_token()
+    if isinstance(module, nn.Linear):
+        return 2 * module.in_features * module.out_features
+    in_f, out_f = module.weight.shape  # Conv1D: (in, out)
+    return 2 * in_f * out_f
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int, *, causal: bool = False) -> int:
+    """Forward FLOPs per token at context ``seq_len``; training FLOPs are 3x this.
+
+    = every linear layer's own ``flops_per_token()`` (structured or dense, lm_head included;
+    multiply-add = 2 FLOPs, biases, norms, activations and embedding look-ups not counted)
+    + attention: per layer 2*d_attn*seq_len for the scores (q.k) and as much for the weighted
+    values, d_attn = n_head * head_dim. By default every query is charged all ``seq_len`` keys
+    (the PaLM / nanoGPT MFU convention: 6N + 12*L*d*T per trained token); ``causal=True`` charges
+    the (seq_len + 1) / 2 keys a causal query actually sees on average.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seen: set[int] = set()
+    linear = 0
+    for _, module in model.named_modules():
+        if is_linear_like(module) and id(module) not in seen:
+            seen.add(id(module))
+            linear += _linear_flops(module)
+    config = model.config
+    n_layer = config.num_hidden_layers
+    n_head = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    keys = (seq_len + 1) / 2 if causal else seq_len
+    attention = n_layer * 2 * (2 * n_head * head_dim * keys)
+    return int(linear + attention)
