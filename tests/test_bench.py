@@ -98,3 +98,23 @@ def test_report_files_and_pareto(tmp_path):
     with open(paths["csv"]) as f:
         back = list(csv.DictReader(f))
     assert list(back[0]) == REPORT_COLUMNS and [b["variant"] for b in back] == ["dense", "ss1", "monarch"]
+
+
+def test_convert_with_measured_auto_selection_keeps_slow_layers_dense():
+    import flyweight
+    from flyweight.bench.autoselect import SpeedTable
+    from flyweight.models.gpt2 import build_gpt2
+
+    model = build_gpt2("tiny", kind="dense", seed=0, dropout=0.0)  # 128 wide: fc 128->512, proj 512->128
+    rows = [{"kind": "ss1", "settings": "compression=4", "in_features": k, "out_features": n, "tokens": 2048,
+             "dtype": "bfloat16", "pass": "fwd", "speedup": s}
+            for (k, n), s in [((128, 512), 1.8), ((512, 128), 0.6), ((128, 384), 0.9), ((128, 128), 0.5)]]
+    keep = SpeedTable(rows).keep_dense("ss1", {"compression": 4}, tokens=4096)
+    report = flyweight.convert(model, "ss1", compression=4, filter_fn=keep)
+    converted = {c.name for c in report.converted}
+    assert converted == {f"transformer.h.{i}.mlp.c_fc" for i in range(2)}
+    assert all("kept dense" in c.skipped for c in report.skipped)
+    assert type(model.transformer.h[0].mlp.c_proj).__name__ == "Conv1D"  # untouched
+    # every layer measured slower: nothing converted, and that is not an error
+    none = SpeedTable([]).keep_dense("ss1", {"compression": 4}, tokens=4096)
+    assert flyweight.convert(build_gpt2("tiny", seed=0), "ss1", compression=4, filter_fn=none).converted == []

@@ -208,7 +208,14 @@ def test_run_py_cfg_job_prints_seed_experiment():
     assert "kind: ss1" in out.stdout and "compression: 8" in out.stdout and "mode: eval" in out.stdout
 
 
-def test_default_experiment_is_the_small_cpu_run():
-    cfg = compose_experiment("default")
+def test_tiny_lm_experiment_is_the_small_cpu_run():
+    cfg = compose_experiment("tiny-lm")
     assert cfg.task == "lm" and cfg.data.corpus == "wiki_offline" and cfg.data.tokenizer == "gpt2"
     assert cfg.model.size == "tiny" and cfg.trainer.max_steps <= 1000
+
+
+def test_default_experiment_is_the_cpu_sized_comparison_of_all_kinds():
+    cfg = compose_experiment("default")
+    assert cfg.task == "compare" and cfg.model.size == "tiny" and cfg.data.corpus == "wiki_offline"
+    assert sorted(v.kind for v in cfg.compare.variants) == ["dense", "lowrank", "monarch", "ss1"]
+    assert cfg.compare.budget.steps <= 200

@@ -11,6 +11,11 @@ import sys
 # subcommand -> experiment it selects
 SUBCOMMANDS: dict[str, str] = {
     "layers": "layers",
+    "imagenet-eval": "imagenet-t2tvit-eval",
+    "fmnist-t2t": "fmnist-t2tvit",
+    "models": "models",
+    "bench": "bench",
+    "compare": "compare",
 }
 
 

@@ -17,6 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 # task name -> "module:function"
 TASKS: dict[str, str] = {
     "layers": "flyweight.bench.layers:run",
+    "lm": "flyweight.train.lm:run",
+    "imagenet_eval": "flyweight.train.image_eval:run",
+    "fmnist_t2t": "flyweight.train.fmnist_t2t:run",
+    "models": "flyweight.bench.models:run",
+    "bench": "flyweight.bench.suite:run",
+    "compare": "flyweight.bench.compare:run",
 }
 
 

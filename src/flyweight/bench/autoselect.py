@@ -52,3 +52,17 @@ class SpeedTable:
         if speedup > min_speedup:
             return Decision(True, speedup, f"measured {speedup:.2f}x over dense at M={nearest}")
         return Decision(False, speedup, f"measured {speedup:.2f}x (<= {min_speedup:.2f}x) at M={nearest}: kept dense")
+
+    def keep_dense(self, kind: str, settings: dict, tokens: int, dtype: str = "bfloat16", pass_: str = "fwd",
+                   min_speedup: float = 1.0):
+        """A ``filter_fn`` for ``flyweight.convert``: the reason to keep a layer dense, or None to convert it.
+
+        ``flyweight.convert(model, "ss1", compression=4,
+                            filter_fn=table.keep_dense("ss1", {"compression": 4}, tokens=8192))``
+        """
+
+        def reason(name: str, in_features: int, out_features: int) -> str | None:
+            d = self.decide(kind, settings, in_features, out_features, tokens, dtype, pass_, min_speedup)
+            return None if d.use_structured else d.reason
+
+        return reason

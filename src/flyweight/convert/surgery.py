@@ -18,7 +18,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -206,6 +206,7 @@ def convert(
     skip: str | Iterable[str] = (),
     init: str = "random",
     seed_offset: int = 0,
+    filter_fn: Callable[[str, int, int], str | None] | None = None,
     **layer_kwargs: Any,
 ) -> ConversionReport:
     """Replace the linear layers selected by ``targets`` (minus ``skip``) with ``kind`` layers, in place.
@@ -219,6 +220,9 @@ def convert(
     each layer gets its own hash seed, ``seed + seed_offset + index`` (``seed`` defaults to 1024),
     recorded in the report and in the saved structure.
     A layer whose sizes the kind cannot take is skipped with the reason logged and reported.
+    filter_fn(name, in_features, out_features) -> reason or None: a layer it gives a reason for
+    stays as it is (reported as skipped with that reason), e.g. the measured auto-selection of
+    ``flyweight.bench.autoselect.SpeedTable.keep_dense``.
     """
     cls = linear_class(kind)
     if init not in ("random", "project"):
@@ -235,6 +239,7 @@ def convert(
     changes: list[LayerChange] = []
     new_layers: dict[str, dict[str, Any]] = {}
     untied_head = False
+    kept_by_filter = 0
 
     for index, name in enumerate(selected):
         old = by_name[name]
@@ -247,6 +252,14 @@ def convert(
             in_features=in_f, out_features=out_f,
             params_before=sum(p.numel() for p in old.parameters()), params_after=0,
         )
+        reason = filter_fn(name, in_f, out_f) if filter_fn is not None else None
+        if reason:
+            change.skipped = reason
+            change.params_after = change.params_before
+            log.info("convert: keeping %s (%d->%d): %s", name, in_f, out_f, reason)
+            changes.append(change)
+            kept_by_filter += 1
+            continue
         try:
             new = _build(cls, kind, init, in_f, out_f, weight, bias, kwargs)
         except ValueError as err:
@@ -275,7 +288,7 @@ def convert(
             "source": change.source,
         }
 
-    if selected and not new_layers:
+    if len(selected) > kept_by_filter and not new_layers:
         reasons = sorted({c.skipped for c in changes if c.skipped})
         raise ValueError(f"convert: kind {kind!r} could not take any of the {len(selected)} selected layers: {reasons}")
     if untied_head:
