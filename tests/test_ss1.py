@@ -186,3 +186,13 @@ def test_3d_noncontiguous_input_and_module_device_move():
     torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=1e-12, atol=1e-12)
     layer.to(torch.float32)
     assert layer(x.float()).dtype == torch.float32
+
+
+def test_autocast_runs_in_the_autocast_dtype_like_f_linear():
+    layer = SS1Linear(128, 64, compression=2)
+    x = torch.randn(3, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        ref = torch.nn.functional.linear(x, layer.to_dense(), layer.bias)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)

@@ -107,6 +107,10 @@ class SS1Linear(StructuredLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if torch.is_autocast_enabled(x.device.type):
+            # a custom op gets no autocast treatment: cast like F.linear would, so mixed precision
+            # runs the bf16/fp16 kernels instead of fp32 ones
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
         extra = self.layout.padded_in - self.in_features
