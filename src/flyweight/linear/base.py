@@ -127,6 +127,13 @@ class StructuredLinear(nn.Module):
             )
         return in_features, out_features
 
+    @classmethod
+    def _empty_like_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None, kwargs: dict[str, Any]):
+        """A new layer of this kind sized for a dense (out, in) weight, on its device and dtype."""
+        in_features, out_features = cls._check_dense(weight, bias)
+        kwargs = {"bias": bias is not None, "device": weight.device, "dtype": weight.dtype, **kwargs}
+        return cls(in_features, out_features, **kwargs)
+
     def _copy_bias(self, bias: torch.Tensor | None) -> None:
         if self.bias is not None:
             with torch.no_grad():

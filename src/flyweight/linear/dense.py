@@ -33,11 +33,7 @@ class DenseLinear(StructuredLinear):
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs):
-        in_features, out_features = cls._check_dense(weight, bias)
-        kwargs.setdefault("bias", bias is not None)
-        kwargs.setdefault("device", weight.device)
-        kwargs.setdefault("dtype", weight.dtype)
-        layer = cls(in_features, out_features, **kwargs)
+        layer = cls._empty_like_dense(weight, bias, kwargs)
         with torch.no_grad():
             layer.weight.copy_(weight)
         layer._copy_bias(bias)

@@ -66,11 +66,7 @@ class LowRankLinear(StructuredLinear):
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs):
         """Truncated SVD: A = sqrt(S_r) V_r^T, B = U_r sqrt(S_r) (optimal in Frobenius norm)."""
-        in_features, out_features = cls._check_dense(weight, bias)
-        kwargs.setdefault("bias", bias is not None)
-        kwargs.setdefault("device", weight.device)
-        kwargs.setdefault("dtype", weight.dtype)
-        layer = cls(in_features, out_features, **kwargs)
+        layer = cls._empty_like_dense(weight, bias, kwargs)
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32
         u, s, vh = torch.linalg.svd(weight.detach().to(work), full_matrices=False)
         root = s[: layer.rank].sqrt()

@@ -131,11 +131,8 @@ class SS1Linear(StructuredLinear):
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs):
         """Least-squares projection: each weight slot is the mean of the real dense entries it serves."""
-        in_features, out_features = cls._check_dense(weight, bias)
-        kwargs.setdefault("bias", bias is not None)
-        kwargs.setdefault("device", weight.device)
-        kwargs.setdefault("dtype", weight.dtype)
-        layer = cls(in_features, out_features, **kwargs)
+        layer = cls._empty_like_dense(weight, bias, kwargs)
+        in_features, out_features = layer.in_features, layer.out_features
         lay = layer.layout
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32
         dev = weight.device
