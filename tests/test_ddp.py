@@ -27,6 +27,7 @@ def test_two_process_ddp_disjoint_data_identical_weights_summed_perplexity(tmp_p
     steps, global_batch = 4, 8
     run_dir = tmp_path / "run"
     overrides = [
+        "experiment=tiny-lm",
         "data.corpus=wikitext103", f"data.path={wt}", f"data.tokenizer={tok}", f"data.cache_dir={tmp_path / 'cache'}",
         "data.max_length=32", f"data.global_batch_size={global_batch}", "data.micro_batch_size=2",
         "data.progress=false", "model.n_positions=32", "model.dropout=0.1", f"trainer.max_steps={steps}",
