@@ -66,6 +66,23 @@ def write_results_csv(rows: list[dict], path: Path) -> None:
             w.writerow({c: r.get(c) for c in REPORT_COLUMNS})
 
 
+def _labelled_scatter(ax, names: list[str], xs: list[float], ys: list[float]) -> None:
+    for name, x, y in zip(names, xs, ys):
+        ax.scatter([x], [y], s=50, label=name, zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+
+
+def _save(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_all(rows: list[dict], curves: dict[str, list[tuple[int, float]]], out: Path) -> tuple[dict[str, Path], dict[str, int]]:
     """Write the three PNGs; return their paths and how many data series each one shows."""
     import matplotlib
@@ -76,53 +93,31 @@ def plot_all(rows: list[dict], curves: dict[str, list[tuple[int, float]]], out: 
     paths = {k: out / v for k, v in PLOTS.items()}
     names = [r["variant"] for r in rows]
     ppl = [float(r["val_ppl"]) for r in rows]
+    series = {}
 
     thr = [float(r["infer_tokens_per_s"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, x, y in zip(names, thr, ppl):
-        ax.scatter([x], [y], s=50, label=name, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    _labelled_scatter(ax, names, thr, ppl)
     front = pareto_front(thr, ppl)
     ax.plot([thr[i] for i in front], [ppl[i] for i in front], "k--o", mfc="none", ms=13, lw=1,
             label="Pareto front", zorder=2)
-    ax.set_xlabel("inference throughput (tokens/s)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("quality vs speed (down-right is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    series = {"ppl_vs_throughput": len(ax.collections)}
-    fig.savefig(paths["ppl_vs_throughput"], dpi=120)
-    plt.close(fig)
+    series["ppl_vs_throughput"] = len(ax.collections)
+    _save(plt, fig, ax, paths["ppl_vs_throughput"], "inference throughput (tokens/s)", "validation perplexity",
+          "quality vs speed (down-right is better)")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for name, p, y in zip(names, [r["params"] / 1e6 for r in rows], ppl):
-        ax.scatter([p], [y], s=50, label=name)
-        ax.annotate(name, (p, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("parameters (M)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("quality vs size (down-left is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    _labelled_scatter(ax, names, [r["params"] / 1e6 for r in rows], ppl)
     series["ppl_vs_params"] = len(ax.collections)
-    fig.savefig(paths["ppl_vs_params"], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, paths["ppl_vs_params"], "parameters (M)", "validation perplexity",
+          "quality vs size (down-left is better)")
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name in names:
         pts = curves.get(name) or []
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, lw=1.2)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("training loss")
-    ax.set_title("loss curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
     series["loss_curves"] = len(ax.lines)
-    fig.savefig(paths["loss_curves"], dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, paths["loss_curves"], "training tokens", "training loss", "loss curves")
     return paths, series
 
 
