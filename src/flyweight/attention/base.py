@@ -94,10 +94,15 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 # a span of block + w - 1 keys. Scores are (B, H, nblocks, block, span): O(T * (block + w)) memory.
 
 
+def check_window_size(window_size) -> int:
+    if int(window_size) < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    return int(window_size)
+
+
 def window_bounds(window_size: int) -> tuple[int, int]:
     """Query i sees keys j with -left <= j - i <= right; left + right + 1 == window_size."""
-    if window_size < 1:
-        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    window_size = check_window_size(window_size)
     left = window_size // 2
     return left, window_size - left - 1
 

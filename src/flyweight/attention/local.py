@@ -8,6 +8,7 @@ from flyweight.attention.base import (
     Attention,
     AttentionCost,
     block_size_for,
+    check_window_size,
     blocked_queries,
     compute_dtype,
     register_attention,
@@ -25,9 +26,7 @@ class LocalAttention(Attention):
 
     def __init__(self, window_size: int = 256):
         super().__init__()
-        if int(window_size) < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
-        self.window_size = int(window_size)
+        self.window_size = check_window_size(window_size)
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
         self._check(q, k, v, key_padding_mask)

@@ -17,6 +17,7 @@ import torch
 from flyweight.attention.base import (
     AttentionCost,
     block_size_for,
+    check_window_size,
     blocked_queries,
     register_attention,
     unblock,
@@ -36,9 +37,7 @@ class SBLocalAttention(RandomFeatureAttention):
 
     def __init__(self, window_size: int = 256, nb_features: int = 256, seed: int = 0):
         super().__init__(nb_features=nb_features, seed=seed)
-        if int(window_size) < 1:
-            raise ValueError(f"window_size must be >= 1, got {window_size}")
-        self.window_size = int(window_size)
+        self.window_size = check_window_size(window_size)
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
         self._check(q, k, v, key_padding_mask)
