@@ -76,10 +76,12 @@ def numerics(log, quick=False) -> bool:
     ok = True
     cases = [("gpt2-fc", 768, 3072, 4, 97), ("gpt2-proj", 3072, 768, 2, 255), ("gpt2xl-fc", 1600, 6400, 4, 33),
              ("llama-up", 4096, 14336, 4, 1000), ("llama-down", 14336, 4096, 8, 17), ("llama-qo", 4096, 4096, 2, 1)]
-    if quick:  # one decode-sized case per weight shape family, both forward modes
-        cases = [("llama-down", 14336, 4096, 4, 16), ("gpt2-qkv", 768, 2304, 4, 2000)]
-    # None: whatever the tuner/default picks; "op": the same through the registered custom ops
-    modes = [None, "op", "sketch", "fused"]
+    if quick:  # a decode-sized and a large case per weight shape family, every forward mode
+        cases = [("llama-down", 14336, 4096, 4, 16), ("gpt2-qkv", 768, 2304, 4, 2000),
+                 ("gpt2-fc", 768, 3072, 8, 97), ("llama-qo", 4096, 4096, 2, 1000)]
+    # None: whatever the tuner/default picks; "op": the same through the registered custom ops;
+    # "tma" also runs the backward with TMA-loaded weight / sketch tiles.
+    modes = [None, "op", "sketch", "fused", "resident", "tma"]
     for dtype in (torch.bfloat16,) if quick else (torch.bfloat16, torch.float16):
         for name, k, n, r, m in cases:
             torch.manual_seed(hash((name, r, m, str(dtype))) % 2**31)
@@ -99,8 +101,18 @@ def numerics(log, quick=False) -> bool:
             plain = grads(low, x, g)
             for mode in modes:
                 T.EAGER_FAST_PATH = mode != "op"
+                if mode == "resident" and triton.next_power_of_2(fast.layout.compressed_in) > 512:
+                    continue  # the resident kernel is only a candidate where K/R fits in registers
                 if mode in (None, "op"):
                     ctx = contextlib.nullcontext()
+                elif mode == "resident":
+                    ctx = T.config_override(fwd=dict(mode="resident", BM=64, BN=64, TILES=2, num_warps=4, num_stages=2))
+                elif mode == "tma":
+                    ctx = T.config_override(
+                        fwd=dict(mode="tma", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=8, num_stages=3,
+                                 PERSISTENT=1, FLATTEN=1),
+                        dgrad=dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4, TMA=1),
+                        wgrad=dict(BN=64, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4, TMA=1))
                 else:
                     cfg = dict(T._fwd_candidates(m)[0])
                     cfg.update(mode=mode)
@@ -175,9 +187,14 @@ def time_all(steps, count, passes):
     return out
 
 
-def time_case(name, k, n, pad, m, r, dtype, passes, dense_cache, log):
+def _cfg_str(op, key):
+    cfg = T._CHOSEN.get(f"{T._device_tag(0)}|{op}|{key}", {})
+    return " ".join(f"{k}={v}" for k, v in sorted(cfg.items()) if k not in ("GROUP_M", "us"))
+
+
+def time_case(name, k, n, pad, m, r, dtype, passes, dense_cache, log, block_n=64):
     rows = []
-    layer = SS1Linear(k, n, compression=r, pad=pad, device="cuda", dtype=dtype)
+    layer = SS1Linear(k, n, compression=r, pad=pad, block_n=block_n, device="cuda", dtype=dtype)
     kp = layer.layout.padded_in
     meta = T.meta_of(layer.layout)
     lay = layer.layout
@@ -216,14 +233,15 @@ def time_case(name, k, n, pad, m, r, dtype, passes, dense_cache, log):
     flops_dense = 2 * m * n * k
     flops_ss1 = 2 * m * n * kp // r
     plan = T.plan_for(meta, kp, torch.device("cuda"))
-    cfg = T._CHOSEN.get(f"{T._device_tag(0)}|fwd|{T._key(plan, m, dtype, '|b1')}", {})
-    cfg_s = (f"{cfg.get('mode')}{cfg.get('BM')}x{cfg.get('BN')}x{cfg.get('BKT')}w{cfg.get('num_warps')}"
-             f"s{cfg.get('num_stages')}") if cfg else ""
+    key = T._key(plan, m, dtype)
+    cfg_s = _cfg_str("fwd", key + "|b1")
+    sketch_s = _cfg_str("sketch", key)
+    bwd_s = f"dgrad[{_cfg_str('dgrad', key)}] wgrad[{_cfg_str('wgrad', key)}]"
     for p in results:
         mult = 1 if p == "fwd" else 3
         (s_e, s_g), (d_e, d_g) = results[p], dense[p]
         rows.append(dict(
-            shape=name, K=k, N=n, M=m, R=r, dtype=str(dtype)[6:], pass_=p,
+            shape=name, K=k, N=n, M=m, R=r, block_n=block_n, dtype=str(dtype)[6:], pass_=p,
             ss1_us=round(s_e, 2), dense_us=round(d_e, 2), speedup=round(d_e / s_e, 3),
             ss1_graph_us=round(s_g, 2), dense_graph_us=round(d_g, 2), speedup_graph=round(d_g / s_g, 3),
             ss1_tflops=round(mult * flops_ss1 / s_g / 1e6, 1),
@@ -231,9 +249,10 @@ def time_case(name, k, n, pad, m, r, dtype, passes, dense_cache, log):
             dense_tflops=round(mult * flops_dense / d_g / 1e6, 1),
             ss1_param_mb=round((w.numel() + b.numel()) * 2 / 2**20, 2),
             dense_param_mb=round((n * k + n) * 2 / 2**20, 2),
-            fwd_config=cfg_s,
+            fwd_config=cfg_s, sketch_config=sketch_s if "mode=sketch" in cfg_s or "mode=tma" in cfg_s else "",
+            bwd_config=bwd_s if p != "fwd" else "",
         ))
-        log(f"{name:13s} M={m:5d} R={r} {str(dtype)[6:]:8s} {p:7s} eager ss1 {s_e:8.1f} dense {d_e:8.1f} "
+        log(f"{name:13s} bn={block_n} M={m:5d} R={r} {str(dtype)[6:]:8s} {p:7s} eager ss1 {s_e:8.1f} dense {d_e:8.1f} "
             f"x{d_e / s_e:5.2f} | graph ss1 {s_g:8.1f} dense {d_g:8.1f} x{d_g / s_g:5.2f}  {cfg_s}")
     del xs
     return rows
@@ -320,6 +339,9 @@ def main():
     ap.add_argument("--passes", default="fwd,fwd+bwd")
     ap.add_argument("--fp16-passes", default="fwd")
     ap.add_argument("--fp16-ms", default="16,2048,8192")
+    ap.add_argument("--shapes", default="", help="comma list of shape names (default: all)")
+    ap.add_argument("--block-n-sweep", default="", help="e.g. 32,128,256: R=4 bf16 fwd of llama-up and "
+                    "gpt2-fc at M in {2048, 8192} with these hash block widths, after the grid")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     logf = open(os.path.join(args.out, "ss1_gpu_log.txt"), "a")
@@ -346,7 +368,7 @@ def main():
     for dname in args.dtypes.split(","):
         dtype = getattr(torch, dname)
         passes = args.passes.split(",") if dtype == torch.bfloat16 else args.fp16_passes.split(",")
-        for name, k, n, pad in GRID_SHAPES:
+        for name, k, n, pad in [sh for sh in GRID_SHAPES if not args.shapes or sh[0] in args.shapes.split(",")]:
             for m in map(int, (args.ms if dtype == torch.bfloat16 else args.fp16_ms).split(",")):
                 for r in map(int, args.rs.split(",")):
                     if time.time() - tgrid > args.budget:
@@ -357,6 +379,10 @@ def main():
                     except torch.cuda.OutOfMemoryError as err:
                         log(f"OOM {name} M={m} R={r}: {err}")
                         torch.cuda.empty_cache()
+    for bn in [int(b) for b in args.block_n_sweep.split(",") if b]:
+        for name, k, n, pad in [sh for sh in SHAPES if sh[0] in ("llama-up", "gpt2-fc")]:
+            for m in (2048, 8192):
+                rows += time_case(name, k, n, pad, m, 4, torch.bfloat16, ["fwd"], dense_cache, log, block_n=bn)
     log(f"timing: {len(rows)} rows in {time.time() - tgrid:.0f} s; {skipped} cases skipped (budget)")
     if rows:
         write_and_summarize(rows, args.out, log)

@@ -21,15 +21,20 @@ pytestmark = pytest.mark.skipif(
 
 # Small tiles keep the interpreter fast; they still span several hash blocks and K steps.
 SMALL = dict(
-    fwd=dict(mode="sketch", BM=16, BN=16, BKT=16, GROUP_M=2, num_warps=4, num_stages=1),
+    # TILES: output tiles per program (resident mode); PERSISTENT: programs per "SM" (tma mode;
+    # the interpreter counts 4 SMs, so each program loops over several tiles).
+    fwd=dict(mode="sketch", BM=16, BN=16, BKT=16, GROUP_M=2, TILES=2, PERSISTENT=1, num_warps=4, num_stages=1),
     dgrad=dict(BM=16, BJ=16, BR=16, GROUP_M=2, num_warps=4, num_stages=1),
     wgrad=dict(BN=16, BJ=16, BR=16, GROUP_M=2, num_warps=4, num_stages=1),
+    sketch=dict(BM=16, BJ=16, num_warps=4, num_stages=1),
 )
 
 
-def small(mode="sketch", bn=16, bkt=16):
+def small(mode="sketch", bn=16, bkt=16, tma_backward=False):
     cfg = {k: dict(v) for k, v in SMALL.items()}
     cfg["fwd"].update(mode=mode, BN=bn, BKT=bkt)
+    if tma_backward:
+        cfg["dgrad"]["TMA"] = cfg["wgrad"]["TMA"] = 1
     return T.config_override(**cfg)
 
 
@@ -71,17 +76,23 @@ def test_interpreter_is_active_without_cuda():
     assert type(T._ss1_fwd_kernel).__name__ == "InterpretedFunction"
 
 
-CASES = [  # (R, M, bias, mode): every R, odd M, bias on/off, both forward modes
+CASES = [  # (R, M, bias, mode): every R, odd M, bias on/off, every forward mode
     (1, 17, True, "sketch"),
     (1, 1, False, "fused"),
+    (1, 17, True, "resident"),
     (2, 97, True, "fused"),
     (2, 17, False, "sketch"),
+    (2, 97, False, "tma"),
     (4, 1, True, "sketch"),
     (4, 17, True, "fused"),
     (4, 97, False, "sketch"),
+    (4, 97, True, "resident"),
+    (4, 17, True, "tma"),
     (8, 17, True, "sketch"),
     (8, 97, True, "fused"),
     (8, 1, False, "fused"),
+    (8, 1, False, "resident"),
+    (8, 33, True, "tma"),
 ]
 
 
@@ -95,7 +106,28 @@ def test_kernels_match_torch_path(R, M, bias, mode):
     assert_all_close(res)
 
 
-@pytest.mark.parametrize("mode", ["sketch", "fused"])
+@pytest.mark.parametrize("R,M", [(2, 17), (4, 33), (8, 5)])
+def test_tma_backward_kernels(R, M):
+    """dX and dWc with the weight / sketch tiles loaded through TMA descriptors (Hopper path)."""
+    torch.manual_seed(R * 7 + M)
+    fast, ref = pair(128, 40, compression=R, block_k=16, block_n=8, vec=4, seed=R + 3)
+    with small("tma", tma_backward=True):
+        assert_all_close(run_both(fast, ref, torch.randn(M, 128, device=DEVICE)))
+
+
+def test_phase_ordered_weight_cache_follows_in_place_updates():
+    """The TMA path's phase-ordered weight copy is reused only while the weight is unchanged."""
+    torch.manual_seed(3)
+    fast, ref = pair(128, 64, compression=4, block_k=16, block_n=8, vec=4, seed=5)
+    x = torch.randn(9, 128, device=DEVICE)
+    with torch.no_grad(), small("tma"):
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+        for layer in (fast, ref):
+            layer.weight.mul_(-2.0)  # an optimizer step: same tensor, new version
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["sketch", "fused", "resident", "tma"])
 def test_3d_noncontiguous_input_and_default_hash_blocks(mode):
     torch.manual_seed(1)
     fast, ref = pair(128, 128, compression=4, seed=9)  # default block_k=32, block_n=64, vec=8

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from typing import List, Optional
 
 import torch
@@ -54,14 +55,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Kernels
 # ==========================================================================================
 @triton.jit
+def _rotation(phase, k, c, r0m, r1m, VEC: tl.constexpr, D: tl.constexpr):
+    """h(pn, k, c) for every output block pn of this phase (the identity of ss1_layout.py)."""
+    return VEC * ((phase + r1m * (k + 1) + r0m * (c + 1)) % D)
+
+
+@triton.jit
 def _chunk_source_cols(j, c, phase, r0m, r1m, R: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr,
                        D: tl.constexpr):
     """Input columns that chunk ``c`` contributes to sketch columns ``j`` (runs of VEC contiguous)."""
     k = j // BK
-    t = j % BK
-    h = VEC * ((phase + r1m * (k + 1) + r0m * (c + 1)) % D)
-    src = (k * R + c) * BK + (t + h) % BK
+    src = (k * R + c) * BK + (j % BK + _rotation(phase, k, c, r0m, r1m, VEC, D)) % BK
     return tl.max_contiguous(tl.multiple_of(src, VEC), VEC)
+
+
+@triton.jit
+def _sketch_tile(x_rows, offs_j, mask, phase, r0m, r1m, stride_xk, R: tl.constexpr, BK: tl.constexpr,
+                 VEC: tl.constexpr, D: tl.constexpr):
+    """fp32 sum over the R chunks of the rotated input columns: one (rows, j) tile of the sketch."""
+    src = _chunk_source_cols(offs_j, 0, phase, r0m, r1m, R, BK, VEC, D)
+    acc = tl.load(x_rows + src[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+    for c in tl.static_range(1, R):
+        src = _chunk_source_cols(offs_j, c, phase, r0m, r1m, R, BK, VEC, D)
+        acc += tl.load(x_rows + src[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+    return acc
 
 
 @triton.jit(do_not_specialize=["P", "r0m", "r1m"])
@@ -81,13 +98,34 @@ def _ss1_sketch_kernel(
     mask = (offs_m < M)[:, None] & (offs_j < KC)[None, :]
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     for p in range(P):
-        phase = tl.load(phases_ptr + p)
-        acc = tl.zeros((BM, BJ), dtype=tl.float32)
-        for c in tl.static_range(R):
-            src = _chunk_source_cols(offs_j, c, phase, r0m, r1m, R, BK, VEC, D)
-            acc += tl.load(x_rows + src[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+        acc = _sketch_tile(x_rows, offs_j, mask, tl.load(phases_ptr + p), r0m, r1m, stride_xk, R, BK, VEC, D)
         out = xs_ptr + p * stride_sp + offs_m[:, None].to(tl.int64) * stride_sm + offs_j[None, :]
         tl.store(out, acc.to(xs_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_tile(acc, offs_m, m_mask, rows, n_mask, b_ptr, y_ptr, stride_ym, stride_yn,
+                HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr):
+    """Epilogue: + bias, cast, store the (BM, BN) tile to its original output columns ``rows``."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + rows[None, :] * stride_yn
+    if EVEN_N:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None])
+    else:
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _tile_rows(rows_ptr, row0, row1, BN: tl.constexpr, EVEN_N: tl.constexpr, ROW_HINT: tl.constexpr):
+    """Original output features of permuted rows row0 .. row0+BN (masked at row1), and the mask."""
+    offs_i = row0 + tl.arange(0, BN)
+    n_mask = offs_i < row1
+    if EVEN_N:
+        rows = tl.load(rows_ptr + offs_i)
+    else:
+        rows = tl.load(rows_ptr + offs_i, mask=n_mask, other=0)
+    return tl.max_contiguous(tl.multiple_of(rows, ROW_HINT), ROW_HINT), n_mask
 
 
 @triton.jit
@@ -128,13 +166,7 @@ def _ss1_fwd_kernel(
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     m_mask = offs_m < M
-    offs_i = row0 + tl.arange(0, BN)
-    n_mask = offs_i < row1
-    if EVEN_N:
-        rows = tl.load(rows_ptr + offs_i)
-    else:
-        rows = tl.load(rows_ptr + offs_i, mask=n_mask, other=0)
-    rows = tl.max_contiguous(tl.multiple_of(rows, ROW_HINT), ROW_HINT)
+    rows, n_mask = _tile_rows(rows_ptr, row0, row1, BN, EVEN_N, ROW_HINT)
 
     a_rows = offs_m[:, None].to(tl.int64) * stride_am
     if not FUSED:
@@ -157,11 +189,7 @@ def _ss1_fwd_kernel(
             w = tl.load(w_cols + offs_k[:, None] * stride_wk,
                         mask=n_mask[None, :] & (offs_k < KC)[:, None], other=0.0)
         if FUSED:
-            s = tl.zeros((BM, BKT), dtype=tl.float32)
-            for c in tl.static_range(R):
-                src = _chunk_source_cols(offs_k, c, phase, r0m, r1m, R, BK, VEC, D)
-                s += tl.load(a_ptr + a_rows + src[None, :] * stride_ak, mask=a_mask, other=0.0).to(tl.float32)
-            a = s.to(w.dtype)
+            a = _sketch_tile(a_ptr + a_rows, offs_k, a_mask, phase, r0m, r1m, stride_ak, R, BK, VEC, D).to(w.dtype)
         else:
             a = tl.load(a_ptr + a_rows + offs_k[None, :] * stride_ak, mask=a_mask, other=0.0)
         if IEEE:
@@ -172,27 +200,106 @@ def _ss1_fwd_kernel(
         part = part_ptr + (tl.program_id(1) * M + offs_m[:, None]).to(tl.int64) * N + rows[None, :]
         tl.store(part, acc, mask=m_mask[:, None] & n_mask[None, :])
     else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + rows[None, :] * stride_yn
-        if EVEN_N:
-            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None])
+        _store_tile(acc, offs_m, m_mask, rows, n_mask, b_ptr, y_ptr, stride_ym, stride_yn, HAS_BIAS, EVEN_N)
+
+
+@triton.jit(do_not_specialize=["num_groups", "r0m", "r1m"])
+def _ss1_fwd_resident_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, rows_ptr, groups_ptr,
+    M, KC, num_groups,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
+    r0m, r1m,
+    R: tl.constexpr, BK: tl.constexpr, VEC: tl.constexpr, D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, ROW_HINT: tl.constexpr,
+    IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, KCP: tl.constexpr,
+):
+    """Short K/R: sketch BM input rows once (the whole depth KCP >= K/R stays in registers), then
+    sweep a group of output tiles of that phase with it. X is read once per (row block, group), the
+    sketch never goes to memory, and the weight tiles (small, L2-resident) stream through.
+
+    groups_ptr holds (slot, phase, first row, end row) per group of consecutive tiles of one phase.
+    Groups vary fastest across programs, so programs that read the same X rows run together.
+    """
+    pid = tl.program_id(0)
+    pid_m = pid // num_groups
+    pid_g = pid % num_groups
+    phase = tl.load(groups_ptr + 4 * pid_g + 1)
+    row0 = tl.load(groups_ptr + 4 * pid_g + 2)
+    row1 = tl.load(groups_ptr + 4 * pid_g + 3)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    m_mask = offs_m < M
+    offs_j = tl.arange(0, KCP)
+    if EVEN_K:
+        a_mask = m_mask[:, None]
+    else:
+        a_mask = m_mask[:, None] & (offs_j < KC)[None, :]
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    a = _sketch_tile(x_rows, offs_j, a_mask, phase, r0m, r1m, stride_xk, R, BK, VEC, D).to(w_ptr.dtype.element_ty)
+    for i0 in range(row0, row1, BN):
+        rows, n_mask = _tile_rows(rows_ptr, i0, row1, BN, EVEN_N, ROW_HINT)
+        w_ptrs = w_ptr + rows[None, :].to(tl.int64) * stride_wn + offs_j[:, None] * stride_wk  # Wc^T tile
+        if EVEN_K:
+            w = tl.load(w_ptrs, mask=n_mask[None, :], other=0.0)
         else:
-            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+            w = tl.load(w_ptrs, mask=n_mask[None, :] & (offs_j < KC)[:, None], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, w, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w)
+        _store_tile(acc, offs_m, m_mask, rows, n_mask, b_ptr, y_ptr, stride_ym, stride_yn, HAS_BIAS, EVEN_N)
+
+
+@triton.jit(do_not_specialize=["num_tiles", "num_progs"])
+def _ss1_fwd_tma_kernel(
+    a_desc, w_desc, b_ptr, y_ptr, rows_ptr, tiles_ptr,
+    M, KC, num_tiles, num_progs,
+    stride_ym, stride_yn,
+    HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, ROW_HINT: tl.constexpr, IEEE: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BKT: tl.constexpr, GROUP_M: tl.constexpr, FLATTEN: tl.constexpr,
+):
+    """Sketch mode with tensor-memory-accelerator loads: A tiles from Xs viewed as (P*M, K/R), B tiles
+    from the phase-ordered weight copy Wp = Wc[rows] (N, K/R), so both are plain rectangular boxes.
+
+    Persistent when num_progs < the number of tiles (each program strides over tiles; FLATTEN lets the
+    compiler pipeline across tile boundaries). A tile's A rows past M belong to the next phase's sketch
+    (or are zero-filled past the end): they only feed output rows >= M, which are never stored.
+    """
+    num_pid_m = tl.cdiv(M, BM)
+    total = num_pid_m * num_tiles
+    k_steps = tl.cdiv(KC, BKT)
+    for t in tl.range(tl.program_id(0), total, num_progs, flatten=FLATTEN):
+        pid_m, pid_t = _grouped_pid(t, num_pid_m, num_tiles, GROUP_M)
+        slot = tl.load(tiles_ptr + 4 * pid_t)
+        row0 = tl.load(tiles_ptr + 4 * pid_t + 2)
+        row1 = tl.load(tiles_ptr + 4 * pid_t + 3)
+        a_row = slot * M + pid_m * BM
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for kk in range(k_steps):
+            a = a_desc.load([a_row, kk * BKT])
+            w = w_desc.load([row0, kk * BKT])
+            if IEEE:
+                acc = tl.dot(a, w.T, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, w.T, acc)
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        rows, n_mask = _tile_rows(rows_ptr, row0, row1, BN, EVEN_N, ROW_HINT)
+        _store_tile(acc, offs_m, offs_m < M, rows, n_mask, b_ptr, y_ptr, stride_ym, stride_yn, HAS_BIAS, EVEN_N)
 
 
 @triton.jit
 def _ss1_dgrad_kernel(
-    dy_ptr, w_ptr, g_ptr, rows_ptr, regions_ptr,
+    dy_ptr, w_ptr, wp_desc, g_ptr, rows_ptr, regions_ptr,
     M, KC,
     stride_dym, stride_dyn, stride_wn, stride_wk, stride_gp, stride_gm,
     ROW_HINT: tl.constexpr, EVEN_R: tl.constexpr, EVEN_J: tl.constexpr, IEEE: tl.constexpr,
-    BM: tl.constexpr, BJ: tl.constexpr, BR: tl.constexpr, GROUP_M: tl.constexpr,
+    TMA_B: tl.constexpr, BM: tl.constexpr, BJ: tl.constexpr, BR: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """G[p] = dY[:, rows_p] @ Wc[rows_p]: (M, K/R) per phase p, reduced over the phase's rows.
 
     EVEN_R: every phase's row count is a multiple of BR; EVEN_J: K/R is a multiple of BJ. Then the
-    loads carry no mask along their contiguous axis and stay 16-byte vectorised.
+    loads carry no mask along their contiguous axis and stay 16-byte vectorised. TMA_B: the weight
+    tiles come from the phase-ordered copy through a TMA descriptor (rows past the phase's end are
+    the next phase's, but they meet the zero-masked dY columns).
     """
     p = tl.program_id(1)
     pid_m, pid_j = _grouped_pid(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(KC, BJ), GROUP_M)
@@ -206,22 +313,25 @@ def _ss1_dgrad_kernel(
     acc = tl.zeros((BM, BJ), dtype=tl.float32)
     for i0 in range(row0, row1, BR):
         offs_i = i0 + tl.arange(0, BR)
+        i_mask = offs_i < row1
         if EVEN_R:
             rows = tl.load(rows_ptr + offs_i)
             rows = tl.max_contiguous(tl.multiple_of(rows, ROW_HINT), ROW_HINT)
             a = tl.load(dy_rows + rows[None, :] * stride_dyn, mask=m_mask[:, None], other=0.0)
-            b_ptrs = w_ptr + rows[:, None].to(tl.int64) * stride_wn + offs_j[None, :] * stride_wk
-            if EVEN_J:
-                b = tl.load(b_ptrs)
-            else:
-                b = tl.load(b_ptrs, mask=j_mask[None, :], other=0.0)
         else:
-            i_mask = offs_i < row1
             rows = tl.load(rows_ptr + offs_i, mask=i_mask, other=0)
             rows = tl.max_contiguous(tl.multiple_of(rows, ROW_HINT), ROW_HINT)
             a = tl.load(dy_rows + rows[None, :] * stride_dyn, mask=m_mask[:, None] & i_mask[None, :], other=0.0)
-            b = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_wn + offs_j[None, :] * stride_wk,
-                        mask=i_mask[:, None] & j_mask[None, :], other=0.0)
+        if TMA_B:
+            b = wp_desc.load([i0, pid_j * BJ])
+        else:
+            b_ptrs = w_ptr + rows[:, None].to(tl.int64) * stride_wn + offs_j[None, :] * stride_wk
+            if EVEN_R and EVEN_J:
+                b = tl.load(b_ptrs)
+            elif EVEN_R:
+                b = tl.load(b_ptrs, mask=j_mask[None, :], other=0.0)
+            else:
+                b = tl.load(b_ptrs, mask=i_mask[:, None] & j_mask[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
@@ -252,8 +362,7 @@ def _ss1_unsketch_kernel(
     g_rows = g_ptr + offs_m[:, None].to(tl.int64) * stride_gm
     acc = tl.zeros((BM, BX), dtype=tl.float32)
     for p in range(P):
-        phase = tl.load(phases_ptr + p)
-        h = VEC * ((phase + r1m * (k + 1) + r0m * (c + 1)) % D)
+        h = _rotation(tl.load(phases_ptr + p), k, c, r0m, r1m, VEC, D)
         src = k * BK + (s - h + BK) % BK
         src = tl.max_contiguous(tl.multiple_of(src, VEC), VEC)
         acc += tl.load(g_rows + p * stride_gp + src[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -278,24 +387,22 @@ def _ss1_splitk_reduce_kernel(part_ptr, b_ptr, y_ptr, M, N, SPLIT_K: tl.constexp
 
 @triton.jit(do_not_specialize=["num_tiles"])
 def _ss1_wgrad_kernel(
-    dy_ptr, xs_ptr, dw_ptr, rows_ptr, tiles_ptr,
+    dy_ptr, xs_ptr, xs_desc, dw_ptr, rows_ptr, tiles_ptr,
     M, KC, num_tiles,
     stride_dym, stride_dyn, stride_sp, stride_sm, stride_dwn,
-    ROW_HINT: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr,
+    ROW_HINT: tl.constexpr, EVEN_N: tl.constexpr, IEEE: tl.constexpr, TMA_B: tl.constexpr,
     BN: tl.constexpr, BJ: tl.constexpr, BR: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dWc[rows[i]] = dY[:, rows[i]]^T @ Xs[p] for a tile of permuted rows i of phase p (depth M)."""
+    """dWc[rows[i]] = dY[:, rows[i]]^T @ Xs[p] for a tile of permuted rows i of phase p (depth M).
+
+    TMA_B: the Xs tiles through a descriptor of Xs as (P*M, K/R); rows past M are the next phase's
+    sketch but meet zero-masked dY rows.
+    """
     pid_t, pid_j = _grouped_pid(tl.program_id(0), num_tiles, tl.cdiv(KC, BJ), GROUP_M)
     slot = tl.load(tiles_ptr + 4 * pid_t)
     row0 = tl.load(tiles_ptr + 4 * pid_t + 2)
     row1 = tl.load(tiles_ptr + 4 * pid_t + 3)
-    offs_i = row0 + tl.arange(0, BN)
-    n_mask = offs_i < row1
-    if EVEN_N:
-        rows = tl.load(rows_ptr + offs_i)
-    else:
-        rows = tl.load(rows_ptr + offs_i, mask=n_mask, other=0)
-    rows = tl.max_contiguous(tl.multiple_of(rows, ROW_HINT), ROW_HINT)
+    rows, n_mask = _tile_rows(rows_ptr, row0, row1, BN, EVEN_N, ROW_HINT)
     offs_j = pid_j * BJ + tl.arange(0, BJ)
     j_mask = offs_j < KC
     xs_base = xs_ptr + slot.to(tl.int64) * stride_sp
@@ -308,8 +415,11 @@ def _ss1_wgrad_kernel(
             a = tl.load(a_ptrs, mask=r_mask[None, :], other=0.0)
         else:
             a = tl.load(a_ptrs, mask=n_mask[:, None] & r_mask[None, :], other=0.0)
-        b = tl.load(xs_base + offs_r[:, None].to(tl.int64) * stride_sm + offs_j[None, :],
-                    mask=r_mask[:, None] & j_mask[None, :], other=0.0)
+        if TMA_B:
+            b = xs_desc.load([slot * M + m0, pid_j * BJ])
+        else:
+            b = tl.load(xs_base + offs_r[:, None].to(tl.int64) * stride_sm + offs_j[None, :],
+                        mask=r_mask[:, None] & j_mask[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, b, acc, input_precision="ieee")
         else:
@@ -357,22 +467,26 @@ class _Plan:
         self.regions = torch.tensor([[starts[i], starts[i + 1]] for i in range(len(cols))],
                                     dtype=torch.int32, device=device).reshape(-1)
         self.full_blocks = layout.out_features % layout.block_n == 0
-        self._tiles: dict[int, tuple[torch.Tensor, int]] = {}
+        self.rows_long = self.rows.long()
+        self._tiles: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
+        self.weight_cache: dict = {}  # data_ptr -> (weakref, version, phase-ordered copy)
 
     @property
     def num_phases(self) -> int:
         return len(self.phase_list)
 
-    def tiles(self, bn: int) -> tuple[torch.Tensor, int]:
-        """(num_tiles * 4) int32 table of (slot, phase, first row, end row) for row tiles of width bn."""
-        if bn not in self._tiles:
+    def tiles(self, bn: int, per: int = 1) -> tuple[torch.Tensor, int]:
+        """(count * 4) int32 table of (slot, phase, first row, end row) for groups of ``per`` row tiles
+        of width bn inside one phase (end row: the group's end, at most the phase's end)."""
+        if (bn, per) not in self._tiles:
             entries = []
             for slot, phase in enumerate(self.phase_list):
-                for r0 in range(self.starts[slot], self.starts[slot + 1], bn):
-                    entries.append([slot, phase, r0, self.starts[slot + 1]])
+                end = self.starts[slot + 1]
+                for r0 in range(self.starts[slot], end, bn * per):
+                    entries.append([slot, phase, r0, min(end, r0 + bn * per)])
             table = torch.tensor(entries, dtype=torch.int32, device=self.device).reshape(-1)
-            self._tiles[bn] = (table, len(entries))
-        return self._tiles[bn]
+            self._tiles[(bn, per)] = (table, len(entries))
+        return self._tiles[(bn, per)]
 
     def even(self, bn: int) -> bool:
         """True when every phase's row count is a multiple of the tile width (no masks on N)."""
@@ -410,43 +524,81 @@ def _clamp(cfg: dict, **limits) -> dict:
     return out
 
 
-def _fwd_candidates(m: int) -> list[dict]:
+def _has_tma() -> bool:
+    """Tensor-memory-accelerator descriptors: Hopper (sm_90) and newer, compiled Triton only."""
+    return not INTERPRET and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def _fwd_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
     """Forward tile configs tried by the tuner; the first is the fixed default when tuning is off.
 
     M <= 64 (decode): memory bound on the weight -> narrow output tiles and split K so that enough
-    programs stream the weight. Larger M: big tiles for deep K/R, and small high-occupancy tiles for
-    short K/R (GPT-2 at R >= 4 has only 3-6 K steps, so prologue/epilogue latency must overlap
-    across several CTAs per SM).
+    programs stream the weight. Larger M: big tiles for deep K/R (pointer loads, or TMA loads with
+    persistent programs on Hopper), small high-occupancy tiles for short K/R, and the ``resident``
+    kernel when the whole sketch depth fits in registers (K/R <= 512: GPT-2 widths, Llama at R = 8),
+    which never writes the sketch to memory and reads X once per group of output tiles.
+    ``plan`` (the layer's shapes) gates the kernels that need it; without it the list is generic.
     """
+    kcp = _pow2_at_least(plan.layout.compressed_in) if plan is not None else None
+    resident_ok = kcp is not None and kcp <= 512
     if m <= 64:
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-        return [
+        cands = [
             dict(mode="fused", BM=bm, BN=64, BKT=128, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=32, BKT=128, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=32, BKT=128, SPLIT_K=4, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=64, BKT=128, SPLIT_K=4, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=64, BKT=64, SPLIT_K=16, GROUP_M=8, num_warps=4, num_stages=4),
+            dict(mode="fused", BM=bm, BN=32, BKT=64, SPLIT_K=16, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=16, BKT=256, GROUP_M=8, num_warps=4, num_stages=3),
         ]
+        if resident_ok:
+            cands += [dict(mode="resident", BM=bm, BN=64, TILES=1, num_warps=4, num_stages=3),
+                      dict(mode="resident", BM=bm, BN=32, TILES=1, num_warps=4, num_stages=3)]
+        return cands
     cands = [
         dict(mode="sketch", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3),
-        dict(mode="sketch", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(mode="sketch", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=8, num_stages=4),
-        dict(mode="sketch", BM=64, BN=128, BKT=64, GROUP_M=8, num_warps=4, num_stages=4),
-        dict(mode="sketch", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=4),
-        dict(mode="sketch", BM=128, BN=128, BKT=128, GROUP_M=8, num_warps=8, num_stages=3),
         # short K/R: several CTAs per SM
         dict(mode="sketch", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=4, num_stages=2),
         dict(mode="sketch", BM=128, BN=64, BKT=64, GROUP_M=8, num_warps=4, num_stages=3),
         dict(mode="sketch", BM=64, BN=64, BKT=64, GROUP_M=8, num_warps=4, num_stages=2),
+        dict(mode="fused", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3),
     ]
     if m <= 512:
         cands.append(dict(mode="fused", BM=64, BN=128, BKT=64, GROUP_M=8, num_warps=4, num_stages=4))
         cands.append(dict(mode="fused", BM=64, BN=64, BKT=64, GROUP_M=8, num_warps=4, num_stages=3))
+    if plan is not None and _has_tma() and plan.layout.compressed_in >= 256:
+        cands += [
+            dict(mode="tma", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3, PERSISTENT=0),
+            dict(mode="tma", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3, PERSISTENT=1),
+            dict(mode="tma", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=4, PERSISTENT=1, FLATTEN=1),
+            dict(mode="tma", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=8, num_stages=4, PERSISTENT=2),
+        ]
+    if resident_ok:
+        if kcp <= 256:
+            cands += [dict(mode="resident", BM=128, BN=128, TILES=4, num_warps=8, num_stages=3),
+                      dict(mode="resident", BM=128, BN=64, TILES=4, num_warps=4, num_stages=3),
+                      dict(mode="resident", BM=64, BN=128, TILES=2, num_warps=4, num_stages=3)]
+        else:
+            cands += [dict(mode="resident", BM=64, BN=128, TILES=4, num_warps=8, num_stages=2),
+                      dict(mode="resident", BM=64, BN=64, TILES=4, num_warps=4, num_stages=2)]
     return cands
 
 
-def _dgrad_candidates(m: int) -> list[dict]:
+def _sketch_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
+    """The sketch is a pure memory pass (read M*K, write P*M*K/R): tile shapes and warps only."""
+    return [
+        dict(BM=32, BJ=128, num_warps=4, num_stages=2),
+        dict(BM=64, BJ=128, num_warps=4, num_stages=2),
+        dict(BM=64, BJ=128, num_warps=8, num_stages=2),
+        dict(BM=32, BJ=256, num_warps=4, num_stages=2),
+        dict(BM=128, BJ=128, num_warps=8, num_stages=2),
+        dict(BM=16, BJ=256, num_warps=4, num_stages=2),
+    ]
+
+
+def _dgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
     return [
         dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
@@ -454,10 +606,13 @@ def _dgrad_candidates(m: int) -> list[dict]:
         dict(BM=64, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(BM=128, BJ=256, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BM=128, BJ=128, BR=128, GROUP_M=8, num_warps=8, num_stages=3),
-    ]
+    ] + ([
+        dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4, TMA=1),
+        dict(BM=128, BJ=256, BR=64, GROUP_M=8, num_warps=8, num_stages=3, TMA=1),
+    ] if _has_tma() else [])
 
 
-def _wgrad_candidates(m: int) -> list[dict]:
+def _wgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
     return [
         dict(BN=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BN=128, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
@@ -465,10 +620,17 @@ def _wgrad_candidates(m: int) -> list[dict]:
         dict(BN=64, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(BN=128, BJ=256, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BN=128, BJ=128, BR=128, GROUP_M=8, num_warps=8, num_stages=3),
-    ]
+    ] + ([
+        dict(BN=64, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4, TMA=1),
+        dict(BN=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4, TMA=1),
+    ] if _has_tma() else [])
 
 
-_CANDIDATES = {"fwd": _fwd_candidates, "dgrad": _dgrad_candidates, "wgrad": _wgrad_candidates}
+# Part of every tuning key: bump it when the candidate lists change, so that configs chosen among
+# older candidates are not reused without the new ones ever being tried.
+CANDIDATES_VERSION = 2
+_CANDIDATES = {"fwd": _fwd_candidates, "dgrad": _dgrad_candidates, "wgrad": _wgrad_candidates,
+               "sketch": _sketch_candidates}
 _OVERRIDE: dict[str, dict] = {}
 _AUTOTUNE: Optional[bool] = None  # None: the environment decides (FLYWEIGHT_SS1_AUTOTUNE)
 
@@ -570,7 +732,7 @@ _CHOSEN: dict[str, dict] = {}
 @functools.lru_cache(maxsize=8)
 def _device_tag(device_index: int) -> str:
     name = torch.cuda.get_device_name(device_index) if torch.cuda.is_available() else "cpu"
-    return f"{name}|triton{triton.__version__}"
+    return f"{name}|triton{triton.__version__}|c{CANDIDATES_VERSION}"
 
 
 def _m_bucket(m: int) -> int:
@@ -607,7 +769,7 @@ def _gpu_time_ms(fn) -> float:
         return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
 
 
-def _choose(op: str, x: torch.Tensor, key: str, m: int, run) -> dict:
+def _choose(op: str, x: torch.Tensor, key: str, m: int, run, plan: Optional[_Plan] = None) -> dict:
     """Config for one op call: override, cached tuning result, fresh tuning (logged), or default."""
     if op in _OVERRIDE:
         return _OVERRIDE[op]
@@ -625,11 +787,11 @@ def _choose(op: str, x: torch.Tensor, key: str, m: int, run) -> dict:
         return default_config(op, m)
     t0 = time.perf_counter()
     results = []
-    for cand in _CANDIDATES[op](m):
+    for cand in _CANDIDATES[op](m, plan):
         try:
             ms = _gpu_time_ms(lambda cand=cand: run(cand))
         except Exception as err:  # e.g. out of shared memory on a smaller GPU: skip that config
-            log.debug("SS1 autotune %s: config %s failed: %s", op, cand, err)
+            log.info("SS1 autotune %s: config %s failed: %s", op, cand, str(err)[:300])
             continue
         results.append((ms, cand))
     if not results:
@@ -654,32 +816,114 @@ def _ieee(dtype: torch.dtype) -> bool:
 # ==========================================================================================
 # Launchers
 # ==========================================================================================
-def _sketch(x: torch.Tensor, plan: _Plan, bm: int = 32, bj: int = 128) -> torch.Tensor:
-    """Xs (P, M, K/R) in x's dtype."""
+def _sketch(x: torch.Tensor, plan: _Plan, cfg: Optional[dict] = None) -> torch.Tensor:
+    """Xs (P, M, K/R) in x's dtype (tile config tuned like the GEMMs unless given)."""
     lay = plan.layout
     m = x.shape[0]
     kc = lay.compressed_in
+    if cfg is None:
+        cfg = _choose("sketch", x, _key(plan, m, x.dtype), m, lambda c: _sketch(x, plan, c), plan)
     xs = torch.empty(plan.num_phases, m, kc, device=x.device, dtype=x.dtype)
-    bm, bj = min(bm, _pow2_at_least(m)), min(bj, _pow2_at_least(kc))
+    bm, bj = min(cfg["BM"], _pow2_at_least(m)), min(cfg["BJ"], _pow2_at_least(kc))
     grid = (triton.cdiv(m, bm), triton.cdiv(kc, bj))
     _ss1_sketch_kernel[grid](
         x, xs, plan.phases, m, kc, plan.num_phases,
         x.stride(0), x.stride(1), xs.stride(0), xs.stride(1),
         plan.r0m, plan.r1m,
-        R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d, BM=bm, BJ=bj, num_warps=4,
+        R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d, BM=bm, BJ=bj, **_launch_kw(cfg),
     )
     return xs
 
 
-def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.Tensor] = None,
-                  xs: Optional[torch.Tensor] = None, keep: Optional[list] = None) -> torch.Tensor:
-    """One forward launch (two in sketch mode); ``keep`` receives the sketch Xs when one was made."""
+def _phase_ordered_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Wp = Wc[rows] (N, K/R): each phase's rows contiguous, so TMA can load them as plain boxes.
+
+    Cached per weight tensor and version (inference reuses it; a training step re-gathers once
+    after each optimizer update, about N*K/R*4 bytes of traffic). Never cached inside CUDA graph
+    capture, where a replay must re-gather the then-current weight.
+    """
+    capturing = weight.is_cuda and torch.cuda.is_current_stream_capturing()
+    try:
+        version = weight._version
+    except RuntimeError:  # inference-mode tensors have no version counter
+        version = None
+    entry = plan.weight_cache.get(weight.data_ptr())
+    if entry is not None and not capturing and version is not None:
+        ref, ver, wp = entry
+        if ref() is weight and ver == version and wp.dtype == weight.dtype:
+            return wp
+    wp = weight.index_select(0, plan.rows_long)
+    if not capturing and version is not None:
+        plan.weight_cache[weight.data_ptr()] = (weakref.ref(weight), version, wp)
+    return wp
+
+
+def _forward_tma(cfg: dict, xs: torch.Tensor, weight: torch.Tensor, bias, plan: _Plan, y: torch.Tensor):
+    """Sketch-mode GEMM with TMA descriptors (Xs as (P*M, K/R); the phase-ordered weight)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    lay = plan.layout
+    p, m, kc = xs.shape
+    wp = _phase_ordered_weight(weight, plan)
+    a_desc = TensorDescriptor.from_tensor(xs.view(p * m, kc), [cfg["BM"], cfg["BKT"]])
+    w_desc = TensorDescriptor.from_tensor(wp, [cfg["BN"], cfg["BKT"]])
+    tiles, num_tiles = plan.tiles(cfg["BN"])
+    total = triton.cdiv(m, cfg["BM"]) * num_tiles
+    persistent = int(cfg.get("PERSISTENT", 0))  # programs per SM; 0: one program per tile
+    progs = total if persistent == 0 else min(total, persistent * _num_sms(xs.device))
+    _ss1_fwd_tma_kernel[(progs,)](
+        a_desc, w_desc, bias if bias is not None else weight, y, plan.rows, tiles,
+        m, kc, num_tiles, progs, y.stride(0), y.stride(1),
+        HAS_BIAS=bias is not None, EVEN_N=plan.even(cfg["BN"]), ROW_HINT=plan.row_hint(cfg["BN"]),
+        IEEE=_ieee(xs.dtype), BM=cfg["BM"], BN=cfg["BN"], BKT=cfg["BKT"], GROUP_M=cfg["GROUP_M"],
+        FLATTEN=bool(cfg.get("FLATTEN", 0)), **_launch_kw(cfg),
+    )
+    return y
+
+
+def _forward_resident(cfg: dict, x: torch.Tensor, weight: torch.Tensor, bias, plan: _Plan, y: torch.Tensor):
     lay = plan.layout
     m = x.shape[0]
     kc = lay.compressed_in
+    kcp = _pow2_at_least(kc)
+    groups, num_groups = plan.tiles(cfg["BN"], int(cfg.get("TILES", 1)))
+    _ss1_fwd_resident_kernel[(triton.cdiv(m, cfg["BM"]) * num_groups,)](
+        x, weight, bias if bias is not None else weight, y, plan.rows, groups,
+        m, kc, num_groups,
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
+        plan.r0m, plan.r1m,
+        R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d,
+        HAS_BIAS=bias is not None, EVEN_N=plan.even(cfg["BN"]), EVEN_K=kc == kcp,
+        ROW_HINT=plan.row_hint(cfg["BN"]), IEEE=_ieee(x.dtype),
+        BM=cfg["BM"], BN=cfg["BN"], KCP=kcp, **_launch_kw(cfg),
+    )
+    return y
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few programs, so the persistent loop runs several tiles each
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+FWD_MODES = ("sketch", "fused", "resident", "tma")
+
+
+def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.Tensor] = None,
+                  xs: Optional[torch.Tensor] = None, keep: Optional[list] = None) -> torch.Tensor:
+    """One forward (one to three launches); ``keep`` receives the sketch Xs when one was made."""
+    lay = plan.layout
+    m = x.shape[0]
+    kc = lay.compressed_in
+    mode = cfg["mode"]
+    if mode not in FWD_MODES:
+        raise ValueError(f"ss1 forward config: unknown mode {mode!r}; valid: {FWD_MODES}")
     cfg = _clamp(cfg, BM=m, BN=max(plan.counts), BKT=kc)
     y = out if out is not None else torch.empty(m, lay.out_features, device=x.device, dtype=x.dtype)
-    fused = cfg["mode"] == "fused"
+    if mode == "resident":
+        return _forward_resident(cfg, x, weight, bias, plan, y)
+    fused = mode == "fused"
     if fused:
         a, stride_am, stride_ak, stride_ap = x, x.stride(0), x.stride(1), 0
     else:
@@ -687,6 +931,8 @@ def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.T
         stride_am, stride_ak, stride_ap = a.stride(1), a.stride(2), a.stride(0)
         if keep is not None:
             keep.append(a)
+        if mode == "tma":
+            return _forward_tma(cfg, a, weight, bias, plan, y)
     tiles, num_tiles = plan.tiles(cfg["BN"])
     # split K/R only into whole BKT steps, and never into empty splits
     split = max(1, min(int(cfg.get("SPLIT_K", 1)), kc // cfg["BKT"]))
@@ -726,12 +972,18 @@ def _dgrad_with(cfg: dict, dy, weight, plan: _Plan) -> torch.Tensor:
     cfg = _clamp(cfg, BM=m, BJ=kc, BR=max(plan.counts))
     g = torch.empty(plan.num_phases, m, kc, device=dy.device, dtype=dy.dtype)
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(kc, cfg["BJ"]), plan.num_phases)
+    tma = bool(cfg.get("TMA", 0))
+    wp_desc = weight
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        wp_desc = TensorDescriptor.from_tensor(_phase_ordered_weight(weight, plan), [cfg["BR"], cfg["BJ"]])
     _ss1_dgrad_kernel[grid](
-        dy, weight, g, plan.rows, plan.regions,
+        dy, weight, wp_desc, g, plan.rows, plan.regions,
         m, kc,
         dy.stride(0), dy.stride(1), weight.stride(0), weight.stride(1), g.stride(0), g.stride(1),
         ROW_HINT=plan.row_hint(cfg["BR"]), EVEN_R=plan.even(cfg["BR"]), EVEN_J=kc % cfg["BJ"] == 0,
-        IEEE=_ieee(dy.dtype),
+        IEEE=_ieee(dy.dtype), TMA_B=tma,
         BM=cfg["BM"], BJ=cfg["BJ"], BR=cfg["BR"], GROUP_M=cfg["GROUP_M"], **_launch_kw(cfg),
     )
     k = lay.padded_in
@@ -754,11 +1006,17 @@ def _wgrad_with(cfg: dict, dy, xs, weight, plan: _Plan) -> torch.Tensor:
     dw = torch.empty_like(weight, memory_format=torch.contiguous_format)
     tiles, num_tiles = plan.tiles(cfg["BN"])
     grid = (num_tiles * triton.cdiv(kc, cfg["BJ"]),)
+    tma = bool(cfg.get("TMA", 0))
+    xs_desc = xs
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        xs_desc = TensorDescriptor.from_tensor(xs.view(-1, kc), [cfg["BR"], cfg["BJ"]])
     _ss1_wgrad_kernel[grid](
-        dy, xs, dw, plan.rows, tiles,
+        dy, xs, xs_desc, dw, plan.rows, tiles,
         m, kc, num_tiles,
         dy.stride(0), dy.stride(1), xs.stride(0), xs.stride(1), dw.stride(0),
-        ROW_HINT=plan.row_hint(cfg["BN"]), EVEN_N=plan.even(cfg["BN"]), IEEE=_ieee(dy.dtype),
+        ROW_HINT=plan.row_hint(cfg["BN"]), EVEN_N=plan.even(cfg["BN"]), IEEE=_ieee(dy.dtype), TMA_B=tma,
         BN=cfg["BN"], BJ=cfg["BJ"], BR=cfg["BR"], GROUP_M=cfg["GROUP_M"], **_launch_kw(cfg),
     )
     return dw
@@ -805,7 +1063,7 @@ def _forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         return x.new_empty(0, meta[0])
     _check_size(plan, m)
     cfg = _choose("fwd", x, _key(plan, m, x.dtype, f"|b{int(bias is not None)}"), m,
-                  lambda c: _forward_with(c, x, weight, bias, plan))
+                  lambda c: _forward_with(c, x, weight, bias, plan), plan)
     return _forward_with(cfg, x, weight, bias, plan, keep=keep)
 
 
