@@ -4,6 +4,7 @@
 #                GPU1: GPU comparison report (4 kinds, GPT-2 small), model table (small, medium)
 #   phase=ddp  : dense and SS1 GPT-2 small on 1 GPU and on 2 GPUs (Lightning DDP), equal global batch
 #   phase=rerun: comparison report and model table again, then ddp (the second call of the session)
+#   phase=kernels: SS1 kernel numerics and timings (KERNELS_MORE=seconds adds the R=2/8 grid)
 # Results go to $OUT/results.tgz. Carried: .whl (hydra/omegaconf/antlr wheels), .gpu/cache (the
 # default corpus, tokenizer and token cache, which the machine cannot download).
 set -u
@@ -45,7 +46,21 @@ run_ddp() {
   done
 }
 
-if [ "$phase" = rerun ]; then
+run_kernels() {  # SS1 kernels: numerics of every mode, the R=4 forward grid, Llama fwd+bwd, then R=2/8
+  local C="python3 benchmarks/gpu_ss1_check.py --log-tuning"
+  timeout 150 $C --out "$R/ss1" --quick-numerics --budget 0 > "$R/ss1_numerics.log" 2>&1
+  timeout 260 $C --out "$R/ss1_r4" --skip-numerics --rs 4 --ms 8192,2048,256,16 --dtypes bfloat16 --passes fwd \
+    --budget 220 > "$R/ss1_r4.log" 2>&1
+  timeout 150 $C --out "$R/ss1_bwd" --skip-numerics --rs 2,4,8 --ms 8192 --dtypes bfloat16 --passes fwd+bwd \
+    --shapes llama-up,llama-down,llama-qo,gpt2-fc --budget 120 > "$R/ss1_bwd.log" 2>&1
+  [ -n "${KERNELS_MORE:-}" ] && timeout "$KERNELS_MORE" $C --out "$R/ss1_r28" --skip-numerics --rs 2,8 \
+    --ms 8192,2048,256,16 --dtypes bfloat16 --passes fwd --budget $((KERNELS_MORE - 40)) > "$R/ss1_r28.log" 2>&1
+}
+
+if [ "$phase" = kernels ]; then
+  export FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json
+  run_kernels
+elif [ "$phase" = rerun ]; then
   # after the main call: the comparison and model table again (autocast/optimizer fixes), then DDP
   (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json; run_models 230) &
   (export CUDA_VISIBLE_DEVICES=1 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu1.json; run_compare 250) &

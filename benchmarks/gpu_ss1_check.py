@@ -81,7 +81,7 @@ def numerics(log, quick=False) -> bool:
                  ("gpt2-fc", 768, 3072, 8, 97), ("llama-qo", 4096, 4096, 2, 1000)]
     # None: whatever the tuner/default picks; "op": the same through the registered custom ops;
     # "tma" also runs the backward with TMA-loaded weight / sketch tiles.
-    modes = [None, "op", "sketch", "fused", "resident", "tma"]
+    modes = [None, "op", "gemm", "sketch", "fused", "resident", "tma"]
     for dtype in (torch.bfloat16,) if quick else (torch.bfloat16, torch.float16):
         for name, k, n, r, m in cases:
             torch.manual_seed(hash((name, r, m, str(dtype))) % 2**31)
@@ -105,6 +105,8 @@ def numerics(log, quick=False) -> bool:
                     continue  # the resident kernel is only a candidate where K/R fits in registers
                 if mode in (None, "op"):
                     ctx = contextlib.nullcontext()
+                elif mode == "gemm":
+                    ctx = T.config_override(fwd=dict(mode="gemm"), dgrad=dict(mode="gemm"), wgrad=dict(mode="gemm"))
                 elif mode == "resident":
                     ctx = T.config_override(fwd=dict(mode="resident", BM=64, BN=64, TILES=2, num_warps=4, num_stages=2))
                 elif mode == "tma":
@@ -114,13 +116,19 @@ def numerics(log, quick=False) -> bool:
                         dgrad=dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4, TMA=1),
                         wgrad=dict(BN=64, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4, TMA=1))
                 else:
-                    cfg = dict(T._fwd_candidates(m)[0])
-                    cfg.update(mode=mode)
+                    cfg = dict(T._fwd_candidates(m)[1 if m > 64 else 0])  # a pointer-load phase config
+                    cfg.update(mode=mode, BN=min(cfg["BN"], 128))  # fused 128x256 at R=8 exceeds SMEM
                     ctx = T.config_override(fwd=cfg)
-                with ctx:
-                    poison()
-                    got = grads(fast, x, g)
-                torch.cuda.synchronize()
+                try:
+                    with ctx:
+                        poison()
+                        got = grads(fast, x, g)
+                    torch.cuda.synchronize()
+                except Exception as err:  # noqa: BLE001 - report it as a failure and go on
+                    ok = False
+                    log(f"numerics {name} R={r} M={m} mode={mode}: FAILED to run: {str(err)[:300]}")
+                    T.EAGER_FAST_PATH = True
+                    continue
                 T.EAGER_FAST_PATH = True
                 parts = []
                 for key in ("y", "dx", "dw", "db"):
@@ -342,8 +350,14 @@ def main():
     ap.add_argument("--shapes", default="", help="comma list of shape names (default: all)")
     ap.add_argument("--block-n-sweep", default="", help="e.g. 32,128,256: R=4 bf16 fwd of llama-up and "
                     "gpt2-fc at M in {2048, 8192} with these hash block widths, after the grid")
+    ap.add_argument("--log-tuning", action="store_true", help="log every tuning candidate's time")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.log_tuning:
+        import logging
+
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger("flyweight.kernels.ss1_triton").setLevel(logging.INFO)
     logf = open(os.path.join(args.out, "ss1_gpu_log.txt"), "a")
 
     def log(msg):

@@ -31,10 +31,14 @@ SMALL = dict(
 
 
 def small(mode="sketch", bn=16, bkt=16, tma_backward=False):
+    """Test tiles; the backward follows the forward's family (gemm mode: library GEMMs throughout)."""
     cfg = {k: dict(v) for k, v in SMALL.items()}
     cfg["fwd"].update(mode=mode, BN=bn, BKT=bkt)
     if tma_backward:
         cfg["dgrad"]["TMA"] = cfg["wgrad"]["TMA"] = 1
+    if mode == "gemm":
+        cfg["dgrad"] = {"mode": "gemm"}
+        cfg["wgrad"] = {"mode": "gemm"}
     return T.config_override(**cfg)
 
 
@@ -93,6 +97,10 @@ CASES = [  # (R, M, bias, mode): every R, odd M, bias on/off, every forward mode
     (8, 1, False, "fused"),
     (8, 1, False, "resident"),
     (8, 33, True, "tma"),
+    (1, 17, False, "gemm"),
+    (2, 97, True, "gemm"),
+    (4, 1, True, "gemm"),
+    (8, 33, False, "gemm"),
 ]
 
 
@@ -127,7 +135,7 @@ def test_phase_ordered_weight_cache_follows_in_place_updates():
         torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["sketch", "fused", "resident", "tma"])
+@pytest.mark.parametrize("mode", ["gemm", "sketch", "fused", "resident", "tma"])
 def test_3d_noncontiguous_input_and_default_hash_blocks(mode):
     torch.manual_seed(1)
     fast, ref = pair(128, 128, compression=4, seed=9)  # default block_k=32, block_n=64, vec=8
@@ -240,22 +248,25 @@ def test_autotune_cache_roundtrip_and_tuning_off(tmp_path, monkeypatch):
     # tuning off (or no GPU): the fixed default config, the first candidate for that M
     monkeypatch.setenv("FLYWEIGHT_SS1_AUTOTUNE", "0")
     assert T._choose("fwd", torch.empty(4, 8), "k", 4, run=None) == T.default_config("fwd", 4)
-    assert T.default_config("fwd", 4)["mode"] == "fused" and T.default_config("fwd", 4096)["mode"] == "sketch"
+    assert T.default_config("fwd", 4)["mode"] == "fused" and T.default_config("fwd", 4096)["mode"] == "gemm"
+    # a caller restricted to the phase kernels (the weight gradient from a kept Xs) never gets gemm
+    assert "mode" not in T.default_config("wgrad", 4096, modes=("phase",))
 
 
-@pytest.mark.parametrize("R,saves_sketch", [(4, True), (2, False)])
-def test_forward_keeps_the_sketch_for_the_weight_gradient(R, saves_sketch):
-    """Sketch mode saves Xs (P, M, K/R) instead of X when it is no larger (P <= R): dWc needs only Xs."""
+@pytest.mark.parametrize("R,mode,saved", [(4, "sketch", (4, 9, 32)), (2, "sketch", (9, 128)),
+                                           (2, "gemm", (9, 64)), (8, "gemm", (9, 16))])
+def test_forward_keeps_the_sketch_for_the_weight_gradient(R, mode, saved):
+    """The forward saves its sketch instead of X when it is no larger (sketch mode: Xs (P, M, K/R)
+    when P <= R; gemm mode: S0 (M, K/R) always): dWc needs only the sketch, dX neither."""
     torch.manual_seed(6)
     fast, ref = pair(128, 32, compression=R, block_k=16, block_n=8, vec=4, seed=4)  # 4 blocks -> P = 4
     x = torch.randn(9, 128, device=DEVICE, requires_grad=True)
     shapes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
-        with small("sketch"):
+        with small(mode):
             y = fast(x)
-    expected = (4, 9, 128 // R) if saves_sketch else (9, 128)
-    assert expected in shapes and fast.weight.shape in shapes
-    with small("sketch"):
+    assert saved in shapes and fast.weight.shape in shapes
+    with small(mode):
         y.backward(torch.ones_like(y))
     xr = x.detach().clone().requires_grad_()
     ref(xr).backward(torch.ones_like(y))

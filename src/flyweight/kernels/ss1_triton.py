@@ -431,6 +431,24 @@ def _ss1_wgrad_kernel(
         tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=n_mask[:, None] & j_mask[None, :])
 
 
+@triton.jit
+def _ss1_rotate_rows_kernel(
+    src_ptr, dst_ptr, shift_ptr, N, KC, stride_s, stride_d,
+    SIGN: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BJ: tl.constexpr,
+):
+    """dst[n, k*BK + u] = src[n, k*BK + (u - SIGN*shift[n]) mod BK]: each row's BK-wide slices rotated
+    by that row's shift (SIGN = 1: Wc -> the rotated weight Wr; SIGN = -1: its inverse, dWr -> dWc)."""
+    offs_n = tl.program_id(0) * BR + tl.arange(0, BR)
+    offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
+    n_mask = offs_n < N
+    mask = n_mask[:, None] & (offs_j < KC)[None, :]
+    sh = tl.load(shift_ptr + offs_n, mask=n_mask, other=0)
+    src_col = (offs_j // BK * BK)[None, :] + ((offs_j % BK)[None, :] - SIGN * sh[:, None] + BK) % BK
+    rows = offs_n[:, None].to(tl.int64)
+    v = tl.load(src_ptr + rows * stride_s + src_col, mask=mask, other=0.0)
+    tl.store(dst_ptr + rows * stride_d + offs_j[None, :], v, mask=mask)
+
+
 # ==========================================================================================
 # Plans: the index tables of one layout on one device (built once, cached)
 # ==========================================================================================
@@ -468,6 +486,12 @@ class _Plan:
                                     dtype=torch.int32, device=device).reshape(-1)
         self.full_blocks = layout.out_features % layout.block_n == 0
         self.rows_long = self.rows.long()
+        # The single-sketch identity: the sketch of phase p is the phase-0 sketch with every BK-wide
+        # slice rotated by VEC*p, so y = S0 @ Wr^T where S0 is the phase-0 sketch (M, K/R) and Wr is
+        # Wc with row n's slices rotated by its phase's shift VEC*phase(n // block_n).
+        self.phase0 = torch.zeros(1, dtype=torch.int32, device=device)
+        self.row_shift = (layout.vec * layout.block_phases[torch.arange(layout.out_features) // layout.block_n]).to(
+            device=device, dtype=torch.int32)
         self._tiles: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}
         self.weight_cache: dict = {}  # data_ptr -> (weakref, version, phase-ordered copy)
 
@@ -555,8 +579,9 @@ def _fwd_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
         if resident_ok:
             cands += [dict(mode="resident", BM=bm, BN=64, TILES=1, num_warps=4, num_stages=3),
                       dict(mode="resident", BM=bm, BN=32, TILES=1, num_warps=4, num_stages=3)]
-        return cands
+        return cands + [dict(mode="gemm")]
     cands = [
+        dict(mode="gemm"),
         dict(mode="sketch", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3),
         dict(mode="sketch", BM=128, BN=128, BKT=64, GROUP_M=8, num_warps=8, num_stages=4),
         # short K/R: several CTAs per SM
@@ -599,7 +624,9 @@ def _sketch_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
 
 
 def _dgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
+    """``gemm`` (library GEMM against the rotated weight + phase-0 unsketch) or the phase kernel."""
     return [
+        dict(mode="gemm"),
         dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BM=128, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(BM=128, BJ=256, BR=64, GROUP_M=8, num_warps=8, num_stages=3),
@@ -613,7 +640,9 @@ def _dgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
 
 
 def _wgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
+    """``gemm`` (dY^T @ S0 by the library GEMM, rotated back) or the phase kernel (reads Xs)."""
     return [
+        dict(mode="gemm"),
         dict(BN=128, BJ=128, BR=64, GROUP_M=8, num_warps=8, num_stages=4),
         dict(BN=128, BJ=128, BR=64, GROUP_M=8, num_warps=4, num_stages=4),
         dict(BN=128, BJ=256, BR=64, GROUP_M=8, num_warps=8, num_stages=3),
@@ -628,7 +657,7 @@ def _wgrad_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
 
 # Part of every tuning key: bump it when the candidate lists change, so that configs chosen among
 # older candidates are not reused without the new ones ever being tried.
-CANDIDATES_VERSION = 2
+CANDIDATES_VERSION = 3
 _CANDIDATES = {"fwd": _fwd_candidates, "dgrad": _dgrad_candidates, "wgrad": _wgrad_candidates,
                "sketch": _sketch_candidates}
 _OVERRIDE: dict[str, dict] = {}
@@ -740,9 +769,9 @@ def _m_bucket(m: int) -> int:
     return triton.next_power_of_2(max(1, m))
 
 
-def default_config(op: str, m: int) -> dict:
-    """The fixed config used when tuning is off: the first candidate for this M."""
-    return dict(_CANDIDATES[op](m)[0])
+def default_config(op: str, m: int, modes: Optional[tuple] = None) -> dict:
+    """The fixed config used when tuning is off: the first candidate for this M (of these modes)."""
+    return dict(next(c for c in _CANDIDATES[op](m) if modes is None or c.get("mode", "phase") in modes))
 
 
 def _gpu_time_ms(fn) -> float:
@@ -769,12 +798,16 @@ def _gpu_time_ms(fn) -> float:
         return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
 
 
-def _choose(op: str, x: torch.Tensor, key: str, m: int, run, plan: Optional[_Plan] = None) -> dict:
-    """Config for one op call: override, cached tuning result, fresh tuning (logged), or default."""
-    if op in _OVERRIDE:
+def _choose(op: str, x: torch.Tensor, key: str, m: int, run, plan: Optional[_Plan] = None,
+            modes: Optional[tuple] = None) -> dict:
+    """Config for one op call: override, cached tuning result, fresh tuning (logged), or default.
+
+    ``modes``: only candidates of these modes (a config without "mode" is a "phase" kernel config).
+    """
+    if op in _OVERRIDE and (modes is None or _OVERRIDE[op].get("mode", "phase") in modes):
         return _OVERRIDE[op]
-    if x.device.type != "cuda" or not autotune_enabled():
-        return default_config(op, m)
+    if x.device.type != "cuda" or not autotune_enabled() or op in _OVERRIDE:
+        return default_config(op, m, modes)
     full_key = f"{_device_tag(x.device.index or 0)}|{op}|{key}"
     cfg = _CHOSEN.get(full_key) or _CACHE.get(full_key)
     if cfg is not None:
@@ -784,10 +817,12 @@ def _choose(op: str, x: torch.Tensor, key: str, m: int, run, plan: Optional[_Pla
         # Timing is impossible inside a CUDA graph capture: run one untuned step first to tune.
         log.warning("SS1 autotune: %s %s first seen during CUDA graph capture; using the default config "
                     "(run one step before capturing to tune it)", op, key)
-        return default_config(op, m)
+        return default_config(op, m, modes)
     t0 = time.perf_counter()
     results = []
     for cand in _CANDIDATES[op](m, plan):
+        if modes is not None and cand.get("mode", "phase") not in modes:
+            continue
         try:
             ms = _gpu_time_ms(lambda cand=cand: run(cand))
         except Exception as err:  # e.g. out of shared memory on a smaller GPU: skip that config
@@ -797,6 +832,10 @@ def _choose(op: str, x: torch.Tensor, key: str, m: int, run, plan: Optional[_Pla
     if not results:
         raise RuntimeError(f"SS1 autotune: no config of op {op!r} ran for key {key}")
     best_ms, best = min(results, key=lambda r: r[0])
+    if log.isEnabledFor(logging.INFO):
+        for ms, cand in sorted(results, key=lambda r: r[0]):
+            log.info("SS1 autotune %s %s: %8.1f us  %s", op, key, ms * 1e3,
+                     " ".join(f"{k}={v}" for k, v in sorted(cand.items()) if k != "GROUP_M"))
     best = dict(best, us=round(best_ms * 1e3, 2))
     log.warning("SS1 autotune: tuned %s %s in %.1f s -> %s (cached in %s)", op, key,
                 time.perf_counter() - t0, best, cache_path())
@@ -816,46 +855,104 @@ def _ieee(dtype: torch.dtype) -> bool:
 # ==========================================================================================
 # Launchers
 # ==========================================================================================
-def _sketch(x: torch.Tensor, plan: _Plan, cfg: Optional[dict] = None) -> torch.Tensor:
-    """Xs (P, M, K/R) in x's dtype (tile config tuned like the GEMMs unless given)."""
+def _sketch(x: torch.Tensor, plan: _Plan, cfg: Optional[dict] = None, single: bool = False) -> torch.Tensor:
+    """Xs (P, M, K/R) in x's dtype, or with ``single`` the phase-0 sketch S0 (M, K/R) alone.
+
+    The tile config is tuned like the GEMMs unless given.
+    """
     lay = plan.layout
     m = x.shape[0]
     kc = lay.compressed_in
     if cfg is None:
-        cfg = _choose("sketch", x, _key(plan, m, x.dtype), m, lambda c: _sketch(x, plan, c), plan)
-    xs = torch.empty(plan.num_phases, m, kc, device=x.device, dtype=x.dtype)
+        cfg = _choose("sketch", x, _key(plan, m, x.dtype, "|s0" if single else ""), m,
+                      lambda c: _sketch(x, plan, c, single), plan)
+    phases, count = (plan.phase0, 1) if single else (plan.phases, plan.num_phases)
+    xs = torch.empty(count, m, kc, device=x.device, dtype=x.dtype)
     bm, bj = min(cfg["BM"], _pow2_at_least(m)), min(cfg["BJ"], _pow2_at_least(kc))
     grid = (triton.cdiv(m, bm), triton.cdiv(kc, bj))
     _ss1_sketch_kernel[grid](
-        x, xs, plan.phases, m, kc, plan.num_phases,
+        x, xs, phases, m, kc, count,
         x.stride(0), x.stride(1), xs.stride(0), xs.stride(1),
         plan.r0m, plan.r1m,
         R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d, BM=bm, BJ=bj, **_launch_kw(cfg),
     )
-    return xs
+    return xs[0] if single else xs
 
 
-def _phase_ordered_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """Wp = Wc[rows] (N, K/R): each phase's rows contiguous, so TMA can load them as plain boxes.
+def _unsketch(g: torch.Tensor, plan: _Plan, phases: torch.Tensor) -> torch.Tensor:
+    """dX (M, padded_in): the sketch's transpose applied to G (P, M, K/R), one slot per phase."""
+    lay = plan.layout
+    m = g.shape[1]
+    k = lay.padded_in
+    dx = torch.empty(m, k, device=g.device, dtype=g.dtype)
+    bm, bx = min(32, _pow2_at_least(m)), min(128, _pow2_at_least(k))
+    _ss1_unsketch_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bx))](
+        g, dx, phases, m, k, g.shape[0],
+        g.stride(0), g.stride(1), dx.stride(0),
+        plan.r0m, plan.r1m,
+        R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d, BM=bm, BX=bx, num_warps=4,
+    )
+    return dx
 
-    Cached per weight tensor and version (inference reuses it; a training step re-gathers once
-    after each optimizer update, about N*K/R*4 bytes of traffic). Never cached inside CUDA graph
-    capture, where a replay must re-gather the then-current weight.
+
+def _rotate_rows(src: torch.Tensor, plan: _Plan, sign: int) -> torch.Tensor:
+    """Wr from Wc (sign 1) or dWc from dWr (sign -1): per-row rotation of every BK-wide slice."""
+    n, kc = src.shape
+    dst = torch.empty(n, kc, device=src.device, dtype=src.dtype)
+    br, bj = 32, min(128, _pow2_at_least(kc))
+    _ss1_rotate_rows_kernel[(triton.cdiv(n, br), triton.cdiv(kc, bj))](
+        src, dst, plan.row_shift, n, kc, src.stride(0), dst.stride(0),
+        SIGN=sign, BK=plan.layout.block_k, BR=br, BJ=bj, num_warps=4,
+    )
+    return dst
+
+
+def _derived_weight(weight: torch.Tensor, plan: _Plan, kind: str, make) -> torch.Tensor:
+    """A tensor derived from the weight (``make(weight, plan)``), cached per weight tensor and version.
+
+    Inference reuses it; a training step re-derives it once after each optimizer update (about
+    N*K/R*4 bytes of traffic). Never cached inside CUDA graph capture, where a replay must derive
+    it from the then-current weight.
     """
     capturing = weight.is_cuda and torch.cuda.is_current_stream_capturing()
     try:
         version = weight._version
     except RuntimeError:  # inference-mode tensors have no version counter
         version = None
-    entry = plan.weight_cache.get(weight.data_ptr())
+    key = (kind, weight.data_ptr())
+    entry = plan.weight_cache.get(key)
     if entry is not None and not capturing and version is not None:
-        ref, ver, wp = entry
-        if ref() is weight and ver == version and wp.dtype == weight.dtype:
-            return wp
-    wp = weight.index_select(0, plan.rows_long)
+        ref, ver, derived = entry
+        if ref() is weight and ver == version and derived.dtype == weight.dtype:
+            return derived
+    derived = make(weight, plan)
     if not capturing and version is not None:
-        plan.weight_cache[weight.data_ptr()] = (weakref.ref(weight), version, wp)
-    return wp
+        plan.weight_cache[key] = (weakref.ref(weight), version, derived)
+    return derived
+
+
+def _phase_ordered_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Wp = Wc[rows] (N, K/R): each phase's rows contiguous, so TMA can load them as plain boxes."""
+    return _derived_weight(weight, plan, "phase_ordered", lambda w, pl: w.index_select(0, pl.rows_long))
+
+
+def _rotated_weight(weight: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Wr (N, K/R) with y = S0 @ Wr^T + b (see ``_Plan``): one dense GEMM for the whole layer."""
+    return _derived_weight(weight, plan, "rotated", lambda w, pl: _rotate_rows(w, pl, 1))
+
+
+def _no_autocast(device: torch.device):
+    """The library GEMMs of ``gemm`` mode run in the inputs' dtype, whatever autocast says."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def _forward_gemm(x: torch.Tensor, weight: torch.Tensor, bias, plan: _Plan, keep: Optional[list]):
+    """``gemm`` mode: S0 = phase-0 sketch (M, K/R), then one library GEMM S0 @ Wr^T + b."""
+    s0 = _sketch(x, plan, single=True)
+    if keep is not None:
+        keep.append(s0)
+    with _no_autocast(x.device):
+        return torch.nn.functional.linear(s0, _rotated_weight(weight, plan), bias)
 
 
 def _forward_tma(cfg: dict, xs: torch.Tensor, weight: torch.Tensor, bias, plan: _Plan, y: torch.Tensor):
@@ -907,7 +1004,7 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-FWD_MODES = ("sketch", "fused", "resident", "tma")
+FWD_MODES = ("gemm", "sketch", "fused", "resident", "tma")
 
 
 def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.Tensor] = None,
@@ -920,6 +1017,8 @@ def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.T
     if mode not in FWD_MODES:
         raise ValueError(f"ss1 forward config: unknown mode {mode!r}; valid: {FWD_MODES}")
     cfg = _clamp(cfg, BM=m, BN=max(plan.counts), BKT=kc)
+    if mode == "gemm":
+        return _forward_gemm(x, weight, bias, plan, keep)
     y = out if out is not None else torch.empty(m, lay.out_features, device=x.device, dtype=x.dtype)
     if mode == "resident":
         return _forward_resident(cfg, x, weight, bias, plan, y)
@@ -965,10 +1064,15 @@ def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.T
 
 
 def _dgrad_with(cfg: dict, dy, weight, plan: _Plan) -> torch.Tensor:
-    """dX (M, padded_in) from dY via G (P, M, K/R) and the unsketch."""
+    """dX (M, padded_in) from dY via G (P, M, K/R) and the unsketch; ``gemm`` mode: G = dY @ Wr
+    (M, K/R) by the library GEMM and the phase-0 unsketch (a pure gather)."""
     lay = plan.layout
     m = dy.shape[0]
     kc = lay.compressed_in
+    if cfg.get("mode") == "gemm":
+        with _no_autocast(dy.device):
+            g = torch.mm(dy, _rotated_weight(weight, plan))
+        return _unsketch(g.unsqueeze(0), plan, plan.phase0)
     cfg = _clamp(cfg, BM=m, BJ=kc, BR=max(plan.counts))
     g = torch.empty(plan.num_phases, m, kc, device=dy.device, dtype=dy.dtype)
     grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(kc, cfg["BJ"]), plan.num_phases)
@@ -986,19 +1090,25 @@ def _dgrad_with(cfg: dict, dy, weight, plan: _Plan) -> torch.Tensor:
         IEEE=_ieee(dy.dtype), TMA_B=tma,
         BM=cfg["BM"], BJ=cfg["BJ"], BR=cfg["BR"], GROUP_M=cfg["GROUP_M"], **_launch_kw(cfg),
     )
-    k = lay.padded_in
-    dx = torch.empty(m, k, device=dy.device, dtype=dy.dtype)
-    bm, bx = min(32, _pow2_at_least(m)), min(128, _pow2_at_least(k))
-    _ss1_unsketch_kernel[(triton.cdiv(m, bm), triton.cdiv(k, bx))](
-        g, dx, plan.phases, m, k, plan.num_phases,
-        g.stride(0), g.stride(1), dx.stride(0),
-        plan.r0m, plan.r1m,
-        R=lay.compression, BK=lay.block_k, VEC=lay.vec, D=plan.d, BM=bm, BX=bx, num_warps=4,
-    )
-    return dx
+    return _unsketch(g, plan, plan.phases)
+
+
+def _wgrad_gemm(dy: torch.Tensor, s0: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """dWc from the phase-0 sketch S0 (M, K/R): dWr = dY^T @ S0 by the library GEMM, rotated back."""
+    with _no_autocast(dy.device):
+        dwr = torch.mm(dy.t(), s0)
+    return _rotate_rows(dwr, plan, -1)
+
+
+def _wgrad_from_x(cfg: dict, dy, x, weight, plan: _Plan) -> torch.Tensor:
+    """Weight gradient when the forward kept only X: sketch it the way the config's mode reads it."""
+    if cfg.get("mode") == "gemm":
+        return _wgrad_gemm(dy, _sketch(x, plan, single=True), plan)
+    return _wgrad_with(cfg, dy, _sketch(x, plan), weight, plan)
 
 
 def _wgrad_with(cfg: dict, dy, xs, weight, plan: _Plan) -> torch.Tensor:
+    """dWc from the per-phase sketches Xs (P, M, K/R) (the forward's phase modes keep them)."""
     lay = plan.layout
     m = dy.shape[0]
     kc = lay.compressed_in
@@ -1082,13 +1192,19 @@ def _backward_impl(dy: torch.Tensor, x: Optional[torch.Tensor], weight: torch.Te
                 torch.zeros_like(weight) if needs[1] else empty,
                 dy.new_zeros(meta[0]) if needs[2] else empty]
     if needs[0]:
-        cfg = _choose("dgrad", dy, _key(plan, m, dy.dtype), m, lambda c: _dgrad_with(c, dy, weight, plan))
+        cfg = _choose("dgrad", dy, _key(plan, m, dy.dtype), m, lambda c: _dgrad_with(c, dy, weight, plan), plan)
         dx = _dgrad_with(cfg, dy, weight, plan)
     if needs[1]:
-        if xs is None:
-            xs = _sketch(x, plan)
-        cfg = _choose("wgrad", dy, _key(plan, m, dy.dtype), m, lambda c: _wgrad_with(c, dy, xs, weight, plan))
-        dw = _wgrad_with(cfg, dy, xs, weight, plan)
+        if xs is not None and xs.dim() == 2:  # the forward ran in gemm mode and kept S0
+            dw = _wgrad_gemm(dy, xs, plan)
+        elif xs is not None:  # a phase mode kept Xs (P, M, K/R)
+            cfg = _choose("wgrad", dy, _key(plan, m, dy.dtype, "|xs"), m,
+                          lambda c: _wgrad_with(c, dy, xs, weight, plan), plan, modes=("phase",))
+            dw = _wgrad_with(cfg, dy, xs, weight, plan)
+        else:  # only X: either mode, tuned
+            cfg = _choose("wgrad", dy, _key(plan, m, dy.dtype, "|x"), m,
+                          lambda c: _wgrad_from_x(c, dy, x, weight, plan), plan)
+            dw = _wgrad_from_x(cfg, dy, x, weight, plan)
     if needs[2]:
         db = dy.sum(0, dtype=torch.float32).to(dy.dtype)
     return [dx, dw, db]
@@ -1148,20 +1264,20 @@ EAGER_FAST_PATH = True  # False: eager calls go through the registered custom op
 class _SS1Eager(torch.autograd.Function):
     """The same kernels without the custom-op dispatch (eager mode: about 30 us less per call).
 
-    When the forward made the sketch Xs and it is no larger than X (phases <= R), Xs is saved
-    instead of X: the weight gradient needs only Xs, the input gradient neither.
+    When the forward made a sketch (S0 in gemm mode: 1/R of X; Xs in the phase modes) no larger
+    than X, the sketch is saved instead of X: the weight gradient needs only it, the input
+    gradient neither.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, meta, weight_grad_wanted):
         # (grad mode is off inside forward: the caller says whether a weight gradient may follow)
-        plan = plan_for(meta, x.shape[1], x.device)
-        keep = [] if weight_grad_wanted and plan.num_phases <= meta[1] else None
+        keep = [] if weight_grad_wanted else None
         y = _forward_impl(x, weight, bias, meta, keep=keep)
         ctx.meta = list(meta)
         ctx.has_bias = bias is not None
-        ctx.kept_sketch = bool(keep)
-        ctx.save_for_backward(keep[0] if keep else x, weight)
+        ctx.kept_sketch = bool(keep) and keep[0].numel() <= x.numel()
+        ctx.save_for_backward(keep[0] if ctx.kept_sketch else x, weight)
         return y
 
     @staticmethod
