@@ -9,6 +9,11 @@ The model is Hugging Face's ``GPT2LMHeadModel`` (causal SDPA attention, tied emb
 Roles: "mlp" (c_fc d->4d, c_proj 4d->d), "attn_qkv" (c_attn d->3d), "attn_out" (attn.c_proj d->d),
 optionally "lm_head" (then untied from the embedding).
 
+``pad_vocab_to=64`` pads the (tied) embedding/lm_head to a multiple of 64 rows (50257 -> 50304), so
+the logits GEMM has tensor-core-friendly shapes. The padded rows are dead weight: their logits are
+-inf (zero probability, zero gradient), the real rows' logits equal the unpadded model's, and the
+parameter and FLOP counts below cover the real vocabulary only (see ``PaddedVocabHead``).
+
 Initialisation follows GPT-2: N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0,
 0.02/sqrt(2*n_layer)), zero biases. For a structured layer "std" means the std of the entries of
 its dense equivalent (see ``flyweight.convert.init``).
@@ -21,9 +26,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from flyweight.convert.checkpoint import load_structured, save_structured
+from flyweight.convert.checkpoint import load_structured as _load_structured
+from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
 from flyweight.convert.surgery import convert, get_structure, is_linear_like
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
@@ -32,10 +39,12 @@ __all__ = [
     "DEFAULT_LINEAR",
     "GPT2_ROLES",
     "GPT2_SIZES",
+    "PaddedVocabHead",
     "build_gpt2",
     "load_structured",
     "model_flops_per_token",
     "num_parameters",
+    "real_vocab_size",
     "save_structured",
 ]
 
@@ -94,6 +103,7 @@ def build_gpt2(
     n_head: int | None = None,
     n_positions: int = 1024,
     vocab_size: int = 50257,
+    pad_vocab_to: int | None = None,
     dropout: float = 0.1,
     seed: int | None = None,
     kinds: dict | None = None,
@@ -106,6 +116,9 @@ def build_gpt2(
     get hash seeds ``seed_ss1 + index`` (``linear["seed"]``, default 1024), distinct per layer.
     seed: seeds the weight initialisation (global RNG left untouched). device: e.g. "meta" to
     count parameters without allocating.
+    pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
+    50304); the padded logits are -inf (``PaddedVocabHead``). The real rows are initialised exactly
+    as without padding (same seed, same values), the padded ones are zero. None/1: no padding.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -123,6 +136,12 @@ def build_gpt2(
     for k in {kind, *kinds.values()}:
         if k not in LINEAR_KINDS:
             raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+    if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
+                                     or pad_vocab_to < 1):
+        raise ValueError(f"pad_vocab_to must be a positive integer (e.g. 64) or None, got {pad_vocab_to!r}")
+    if pad_vocab_to and pad_vocab_to > 1 and "lm_head" in role_list:
+        raise ValueError("pad_vocab_to pads the tied dense lm_head; it cannot be combined with a structured "
+                         "lm_head (lm_head=True or the lm_head role): set pad_vocab_to=None")
 
     config = GPT2Config(
         vocab_size=vocab_size,
@@ -157,6 +176,9 @@ def build_gpt2(
             if k == "ss1":
                 ss1_seen += len(report.converted)
         _gpt2_init_(model)
+        if pad_vocab_to and pad_vocab_to > 1:
+            # after the init, so the real rows hold exactly the values of an unpadded build
+            _pad_vocabulary_(model, pad_vocab_to)
 
     spec = get_structure(model)
     if spec is not None:
@@ -184,15 +206,105 @@ def _gpt2_init_(model: nn.Module) -> None:
             normal_init_(module, std)
 
 
+# ---- vocabulary padding ---------------------------------------------------------------------------
+REAL_VOCAB_KEY = "flyweight_real_vocab_size"  # HF config attribute: saved in config.json with the model
+
+
+class PaddedVocabHead(nn.Linear):
+    """The tied lm_head of a vocabulary padded from ``vocab_size`` to ``out_features`` rows.
+
+    The padding exists only so the logits GEMM (and its two backward GEMMs) see a width that is a
+    multiple of 64; 50257 is odd, so every row of the logits is misaligned for the tensor cores
+    (what it buys on a GPU is measured by ``benchmarks/gpt2_train_gpu.py --pad-vocab 64,0``). The padded rows'
+    logits are overwritten with -inf, so the softmax gives them exactly zero probability: the loss,
+    perplexity and ``generate()`` are those of the real vocabulary, and the padded rows never receive
+    a gradient. (-inf rather than slicing the logits: the model's logits keep the width
+    ``config.vocab_size`` that Hugging Face's own ``labels=`` loss reshapes them by. A loss that
+    spreads mass over every column, e.g. label smoothing, must use the first ``vocab_size`` only.)
+    """
+
+    def __init__(self, in_features: int, out_features: int, vocab_size: int, device=None, dtype=None):
+        if not 0 < vocab_size <= out_features:
+            raise ValueError(f"vocab_size={vocab_size} must be in 1..out_features={out_features}")
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, self.weight)
+        # in place on a (B, T, padding) slice: no copy of the logits; the matmul saved its inputs,
+        # not its output, so autograd allows it (the filled entries get a zero gradient)
+        logits[..., self.vocab_size:] = float("-inf")
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, vocab_size={self.vocab_size} (rows {self.vocab_size}.. padding, logits -inf)"
+
+
+def real_vocab_size(model: nn.Module) -> int:
+    """The vocabulary the model predicts: ``config.vocab_size`` less any padding rows."""
+    config = model.config
+    return int(getattr(config, REAL_VOCAB_KEY, None) or config.vocab_size)
+
+
+def _install_padded_head(model: nn.Module, vocab_size: int) -> None:
+    """Replace the tied nn.Linear lm_head by a ``PaddedVocabHead`` sharing the embedding's weight."""
+    head = model.get_output_embeddings()
+    if isinstance(head, PaddedVocabHead):
+        return
+    if type(head) is not nn.Linear or head.bias is not None:
+        raise ValueError(f"vocabulary padding needs GPT-2's tied nn.Linear lm_head, found {type(head).__name__}")
+    rows, width = head.weight.shape  # the weight's, not the attributes: they may predate the padding
+    new = PaddedVocabHead(width, rows, vocab_size, device="meta")
+    new.weight = head.weight  # the same Parameter: the tie to the embedding is kept
+    model.set_output_embeddings(new)
+
+
+def _pad_vocabulary_(model: nn.Module, multiple: int) -> None:
+    config = model.config
+    real = int(config.vocab_size)
+    rows = -(-real // multiple) * multiple
+    if rows == real:
+        return  # already aligned: nothing to pad, an ordinary model
+    old = model.get_input_embeddings()
+    emb = nn.Embedding(rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        emb.weight[:real].copy_(old.weight)
+        emb.weight[real:].zero_()  # never looked up (token ids < real) and never updated
+    model.set_input_embeddings(emb)
+    model.lm_head.weight = emb.weight
+    config.vocab_size = rows
+    setattr(config, REAL_VOCAB_KEY, real)
+    _install_padded_head(model, real)
+
+
+def load_structured(path, *, device: str | torch.device | None = None, model: nn.Module | None = None) -> nn.Module:
+    """``flyweight.convert.load_structured``, then the -inf logits of a padded vocabulary restored
+    (config.json records the real vocabulary; Hugging Face rebuilds a plain lm_head)."""
+    model = _load_structured(path, device=device, model=model)
+    config = getattr(model, "config", None)
+    real = getattr(config, REAL_VOCAB_KEY, None) if config is not None else None
+    if real is not None and int(real) < int(config.vocab_size):
+        _install_padded_head(model, int(real))
+    return model
+
+
 # ---- counting: the one place params and FLOPs come from -----------------------------------------
 def num_parameters(model: nn.Module, *, tied: bool = True) -> int:
-    """Parameters of the model; a tied lm_head/embedding counted once (``tied=False``: twice)."""
-    return sum(p.numel() for _, p in model.named_parameters(remove_duplicate=tied))
+    """Parameters of the model; a tied lm_head/embedding counted once (``tied=False``: twice).
+
+    The rows of a padded vocabulary are not counted: they are zeros that never receive a gradient, so
+    a padded model reports the count of the same model without padding.
+    """
+    dead = {id(m.weight): (m.out_features - m.vocab_size) * m.in_features
+            for m in model.modules() if isinstance(m, PaddedVocabHead)}
+    return sum(p.numel() - dead.get(id(p), 0) for _, p in model.named_parameters(remove_duplicate=tied))
 
 
 def _linear_flops(module: nn.Module) -> int:
     if isinstance(module, StructuredLinear):
         return module.flops_per_token()
+    if isinstance(module, PaddedVocabHead):  # useful work only: the real vocabulary's logits
+        return 2 * module.in_features * module.vocab_size
     if isinstance(module, nn.Linear):
         return 2 * module.in_features * module.out_features
     in_f, out_f = module.weight.shape  # Conv1D: (in, out)
@@ -203,7 +315,9 @@ def model_flops_per_token(model: nn.Module, seq_len: int, *, causal: bool = Fals
     """Forward FLOPs per token at context ``seq_len``; training FLOPs are 3x this.
 
     = every linear layer's own ``flops_per_token()`` (structured or dense, lm_head included;
-    multiply-add = 2 FLOPs, biases, norms, activations and embedding look-ups not counted)
+    multiply-add = 2 FLOPs, biases, norms, activations and embedding look-ups not counted; a padded
+    vocabulary's lm_head counts its real rows only, so MFU measures useful work and a padded model
+    reports the FLOPs of the unpadded one)
     + attention: per layer 2*d_attn*seq_len for the scores (q.k) and as much for the weighted
     values, d_attn = n_head * head_dim. By default every query is charged all ``seq_len`` keys
     (the PaLM / nanoGPT MFU convention: 6N + 12*L*d*T per trained token); ``causal=True`` charges
