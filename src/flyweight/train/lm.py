@@ -44,7 +44,8 @@ class TrainerConfig:
     keep_checkpoints: int = 2          # newest step checkpoints kept (-1: all), plus last.ckpt
     log_every_n_steps: int = 10
     grad_clip: float | None = 1.0
-    compile: bool = False
+    compile: bool = False              # torch.compile the model together with its loss
+    compile_mode: str | None = None    # torch.compile(mode=...): default | reduce-overhead | max-autotune | ...
     resume: str | None = None          # a .ckpt path, or "auto": <out_dir>/checkpoints/last.ckpt
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
@@ -52,6 +53,10 @@ class TrainerConfig:
     deterministic: bool = False
     progress_bar: bool = True
     save_model: bool = True            # final weights as <out_dir>/model (save_structured)
+    wandb: bool = False                # also log to Weights & Biases (needs `pip install wandb`)
+    wandb_project: str = "flyweight"
+    wandb_name: str | None = None      # run name; None: W&B's own
+    wandb_offline: bool = False        # write the W&B run locally (wandb sync later)
 
 
 def _plain(cfg) -> dict:
@@ -148,11 +153,28 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.fabric").propagate = False
 
 
-def _loggers(out_dir: Path):
+def _require_wandb() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ImportError("trainer.wandb=true needs the wandb package, which is not installed: "
+                          "`pip install wandb` (then `wandb login`, or trainer.wandb_offline=true), "
+                          "or leave trainer.wandb=false (CSV and TensorBoard logs are always written)")
+
+
+def _loggers(out_dir: Path, tcfg: TrainerConfig | None = None, cfg: dict | None = None):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    return [CSVLogger(str(out_dir), name="logs", version="csv"),
-            TensorBoardLogger(str(out_dir), name="logs", version="tb", default_hp_metric=False)]
+    loggers = [CSVLogger(str(out_dir), name="logs", version="csv"),
+               TensorBoardLogger(str(out_dir), name="logs", version="tb", default_hp_metric=False)]
+    if tcfg is not None and tcfg.wandb:
+        _require_wandb()
+        from lightning.pytorch.loggers import WandbLogger
+
+        # config=: the resolved config becomes the W&B run's config
+        loggers.append(WandbLogger(project=tcfg.wandb_project, name=tcfg.wandb_name, save_dir=str(out_dir),
+                                   offline=tcfg.wandb_offline, config=cfg))
+    return loggers
 
 
 def train_lm(cfg, out_dir: str | Path) -> dict | None:
@@ -167,6 +189,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("train", "val"))
     ocfg = _dataclass_from(OptimConfig, cfg.get("optim"), "optim")
+    if tcfg.wandb:
+        _require_wandb()  # before any training, not after it
     seed_all(seed)  # the same dropout stream whether called from the runner or directly
 
     accum = accumulation(dcfg.global_batch_size, dcfg.micro_batch_size, world)
@@ -190,7 +214,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     flops = model_flops_per_token(model, dcfg.max_length)
     peak = float(tcfg.peak_tflops) * 1e12 if tcfg.peak_tflops else (peak_flops() if accelerator == "gpu" else None)
     module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=tcfg.compile,
-                      steps_csv=out / "steps.csv", record_indices=tcfg.record_indices)
+                      compile_mode=tcfg.compile_mode, steps_csv=out / "steps.csv",
+                      record_indices=tcfg.record_indices)
 
     ckpt_dir = out / "checkpoints"
     callbacks = []
@@ -208,7 +233,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         gradient_clip_val=tcfg.grad_clip or None, gradient_clip_algorithm="norm",
         # validation every val_every optimizer steps (counted in micro-batches); never when 0
         check_val_every_n_epoch=None, val_check_interval=(val_every * accum) if val_every else stop * accum + 1,
-        num_sanity_val_steps=0, logger=_loggers(out), callbacks=callbacks,
+        num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg), callbacks=callbacks,
         enable_checkpointing=bool(callbacks), log_every_n_steps=max(1, int(tcfg.log_every_n_steps)),
         use_distributed_sampler=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), deterministic=tcfg.deterministic,
@@ -260,6 +285,25 @@ def _print_eval(results: dict, dcfg: DataConfig) -> None:
                  f"tokens): {r['ppl']:.3f}")
 
 
+def _match_vocab_rows(model_cfg: dict, weights: dict, vocab_size: int) -> dict:
+    """The model config with ``pad_vocab_to`` set so the embedding has the checkpoint's row count.
+
+    Padding is a speed setting, not part of the model: a checkpoint trained without it still loads
+    under a config that pads (and vice versa); the real-vocabulary logits are the same either way.
+    """
+    emb = weights.get("transformer.wte.weight")
+    cfg = dict(model_cfg)
+    real = int(cfg.get("vocab_size") or vocab_size)
+    if emb is None:
+        return cfg
+    rows = int(emb.shape[0])
+    if rows == real:
+        cfg["pad_vocab_to"] = None
+    elif rows > real:
+        cfg["pad_vocab_to"] = rows  # the one multiple of rows that covers real: rows itself
+    return cfg  # rows < real: load_state_dict reports the mismatch
+
+
 def load_checkpoint_model(ckpt: str | Path, model_cfg: dict, vocab_size: int, seed: int | None = None):
     """(model, training step or None) from a Lightning ``.ckpt`` of ``train_lm`` (rebuilt from
     ``model_cfg``) or a ``save_structured`` folder (rebuilt from its own config)."""
@@ -273,7 +317,7 @@ def load_checkpoint_model(ckpt: str | Path, model_cfg: dict, vocab_size: int, se
     state = torch.load(path, map_location="cpu", weights_only=True)
     weights = state.get("state_dict", state)
     weights = {k.removeprefix("model."): v for k, v in weights.items()}
-    model = build_model(model_cfg, vocab_size, seed=seed)
+    model = build_model(_match_vocab_rows(model_cfg, weights, vocab_size), vocab_size, seed=seed)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.endswith("attn.bias") and not k.endswith("masked_bias")]
     if missing or unexpected:

@@ -7,6 +7,7 @@ sits in the blocks matters only to the model builder and to the FLOP count the m
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import random
 import time
@@ -17,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from flyweight.train.metrics import lm_nll_sum, mfu, perplexity
+from flyweight.train.metrics import NextTokenNLL, mfu, perplexity
 from flyweight.train.optim import OptimConfig, make_optimizer, make_scheduler
 
 
@@ -26,7 +27,7 @@ def build_model(model_cfg: dict, vocab_size: int, seed: int | None = None):
     from flyweight.models.gpt2 import build_gpt2
 
     kwargs = {k: v for k, v in dict(model_cfg).items() if v is not None}
-    kwargs.setdefault("vocab_size", vocab_size)
+    kwargs.setdefault("vocab_size", vocab_size)  # the real vocabulary; pad_vocab_to pads the rows beyond it
     if kwargs["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's {vocab_size}")
     if seed is not None:
@@ -67,17 +68,20 @@ def restore_rng(state: dict) -> None:
 class LMModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, warmup_steps: int, schedule_steps: int,
                  flops_per_token: int | None = None, peak_flops: float | None = None, compile: bool = False,
-                 steps_csv: str | Path | None = None, record_indices: bool = False):
+                 steps_csv: str | Path | None = None, record_indices: bool = False, compile_mode: str | None = None):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
         self.warmup_steps, self.schedule_steps = int(warmup_steps), int(schedule_steps)
         self.flops_per_token, self.peak = flops_per_token, peak_flops
-        self.compile = compile
+        self.compile, self.compile_mode = compile, compile_mode
         self.steps_csv = Path(steps_csv) if steps_csv else None
         self.record_indices = record_indices
         self.seen_indices: list[int] = []
         self.eval_results: dict[str, dict] = {}
+        # model + loss as one module (compiled together; see NextTokenNLL), kept off the module tree so
+        # checkpoints hold the plain model's parameter names
+        object.__setattr__(self, "_nll", NextTokenNLL(model))
         self._compiled = None
         self._pending_rng: dict | None = None
         self._reset_step_stats()
@@ -87,12 +91,16 @@ class LMModule(L.LightningModule):
     # ---- forward ----------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.compile and self._compiled is None:
-            # kept off the module tree so checkpoints hold the plain model's parameter names
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            object.__setattr__(self, "_compiled", torch.compile(self._nll, mode=self.compile_mode))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        model = self._compiled if self._compiled is not None else self.model
-        return model(input_ids=input_ids).logits
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    def nll_sum(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Summed next-token NLL of the batch (compiled with the model when compile=True), and its token count."""
+        fn = self._compiled if self._compiled is not None else self._nll
+        b, t = input_ids.shape
+        return fn(input_ids), b * (t - 1)
 
     # ---- training ---------------------------------------------------------------------------------
     def _reset_step_stats(self) -> None:
@@ -105,7 +113,7 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ids = batch["input_ids"]
-        nll, n = lm_nll_sum(self(ids), ids)
+        nll, n = self.nll_sum(ids)
         loss = nll / n
         d = loss.detach()
         self._loss_sum = d if self._loss_sum is None else self._loss_sum + d
@@ -149,17 +157,17 @@ class LMModule(L.LightningModule):
 
     # ---- evaluation: sums per rank, reduced across ranks, perplexity at the end ------------------
     def _eval_start(self) -> None:
-        self._nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._nll_total = torch.zeros((), dtype=torch.float64, device=self.device)
         self._count = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def _eval_step(self, batch: dict) -> None:
         ids = batch["input_ids"]
-        nll, n = lm_nll_sum(self(ids), ids)
-        self._nll += nll.double()
+        nll, n = self.nll_sum(ids)
+        self._nll_total += nll.double()
         self._count += n
 
     def _eval_end(self, stage: str) -> None:
-        nll = self.trainer.strategy.reduce(self._nll, reduce_op="sum")
+        nll = self.trainer.strategy.reduce(self._nll_total, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._count, reduce_op="sum")
         nll_f, count_i = float(nll), round(float(count))
         ppl = perplexity(nll_f, count_i) if count_i else float("nan")
@@ -187,11 +195,35 @@ class LMModule(L.LightningModule):
         self._eval_end("test")
 
     # ---- optimizer, checkpoints ---------------------------------------------------------------------
+    def _grad_scaler(self):
+        trainer = self._trainer
+        return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
     def configure_optimizers(self):
-        opt = make_optimizer(self.model, self.optim_cfg)
+        cfg = self.optim_cfg
+        if cfg.fused is None:
+            # fused AdamW wherever it is exact and clippable here: CUDA parameters, no fp16 GradScaler
+            on_cuda = all(p.is_cuda for p in self.model.parameters())
+            cfg = dataclasses.replace(cfg, fused=on_cuda and self._grad_scaler() is None)
+        opt = make_optimizer(self.model, cfg)
         sched = make_scheduler(opt, self.warmup_steps, self.schedule_steps, self.optim_cfg.schedule,
                                self.optim_cfg.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning refuses to clip for a fused optimizer under any mixed precision, because under fp16
+        # the fused step unscales the gradients itself (here they would still be scaled). Without a
+        # GradScaler (bf16, fp32) the gradients are the true ones, so clip them here ourselves.
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if gradient_clip_val and fused and self._grad_scaler() is None:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng"] = capture_rng()

@@ -25,8 +25,8 @@ class OptimConfig:
     warmup_steps: int | None = None
     warmup_epochs: float | None = 1.0   # used when warmup_steps is None
     min_lr_ratio: float = 0.0     # final lr = lr * min_lr_ratio
-    fused: bool | None = None     # None: foreach AdamW (Lightning refuses to clip gradients of a fused
-                                  # optimizer under mixed precision, since it unscales internally)
+    fused: bool | None = None     # None: make_optimizer uses foreach AdamW; the Lightning module picks fused
+                                  # on CUDA without an fp16 GradScaler (and clips the gradients itself)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
