@@ -575,7 +575,14 @@ def _fwd_candidates(m: int, plan: Optional["_Plan"] = None) -> list[dict]:
             dict(mode="fused", BM=bm, BN=64, BKT=64, SPLIT_K=16, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=32, BKT=64, SPLIT_K=16, GROUP_M=8, num_warps=4, num_stages=4),
             dict(mode="fused", BM=bm, BN=16, BKT=256, GROUP_M=8, num_warps=4, num_stages=3),
+            # the sketch made once by its own small launch: the GEMV then only streams the weight
+            # (fused mode re-sketches X for every output tile, which dominates narrow tiles)
+            dict(mode="sketch", BM=bm, BN=64, BKT=128, GROUP_M=8, num_warps=4, num_stages=4),
+            dict(mode="sketch", BM=bm, BN=32, BKT=256, GROUP_M=8, num_warps=4, num_stages=3),
+            dict(mode="sketch", BM=bm, BN=64, BKT=128, SPLIT_K=4, GROUP_M=8, num_warps=4, num_stages=4),
         ]
+        if plan is not None and _has_tma() and plan.layout.compressed_in >= 256:
+            cands.append(dict(mode="tma", BM=bm, BN=64, BKT=128, GROUP_M=8, num_warps=4, num_stages=4, PERSISTENT=0))
         if resident_ok:
             cands += [dict(mode="resident", BM=bm, BN=64, TILES=1, num_warps=4, num_stages=3),
                       dict(mode="resident", BM=bm, BN=32, TILES=1, num_warps=4, num_stages=3)]
