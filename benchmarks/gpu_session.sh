@@ -5,6 +5,7 @@
 #   phase=ddp  : dense and SS1 GPT-2 small on 1 GPU and on 2 GPUs (Lightning DDP), equal global batch
 #   phase=rerun: comparison report and model table again, then ddp (the second call of the session)
 #   phase=kernels: SS1 kernel numerics and timings (KERNELS_MORE=seconds adds the R=2/8 grid)
+#   phase=final: GPU0 SS1 numerics + the whole kernel table + block_n sweep; GPU1 GPT-2 MFU search
 # Results go to $OUT/results.tgz. Carried: .whl (hydra/omegaconf/antlr wheels), .gpu/cache (the
 # default corpus, tokenizer and token cache, which the machine cannot download).
 set -u
@@ -57,7 +58,21 @@ run_kernels() {  # SS1 kernels: numerics of every mode, the R=4 forward grid, Ll
     --ms 8192,2048,256,16 --dtypes bfloat16 --passes fwd --budget $((KERNELS_MORE - 40)) > "$R/ss1_r28.log" 2>&1
 }
 
-if [ "$phase" = kernels ]; then
+run_final_grid() {  # SS1 numerics (fp16 + bf16, every mode), then the whole table and a block_n sweep
+  local C="python3 benchmarks/gpu_ss1_check.py --log-tuning --out $R/ss1_grid"
+  timeout 200 $C --budget 0 > "$R/ss1_numerics_full.log" 2>&1
+  timeout $(( $1 - 200 )) $C --skip-numerics --budget $(( $1 - 300 )) --block-n-sweep 32,128,256 > "$R/ss1_grid.log" 2>&1
+}
+run_mfu() {  # dense GPT-2 small: micro-batch search, vocabulary padding, dropout; then every kind
+  timeout $1 python3 benchmarks/gpt2_train_gpu.py --out "$R/mfu" --part search --kinds dense,ss1,monarch,lowrank \
+    --pad-vocab 64,0 --dropout 0.0,0.1 --batch-start 32 --batch-max 128 --steps 15 --warmup-steps 3 > "$R/mfu.log" 2>&1
+}
+
+if [ "$phase" = final ]; then
+  (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json; run_final_grid 540) &
+  (export CUDA_VISIBLE_DEVICES=1 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu1.json; run_mfu 540) &
+  wait
+elif [ "$phase" = kernels ]; then
   export FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json
   run_kernels
 elif [ "$phase" = rerun ]; then

@@ -382,8 +382,9 @@ def main():
     for dname in args.dtypes.split(","):
         dtype = getattr(torch, dname)
         passes = args.passes.split(",") if dtype == torch.bfloat16 else args.fp16_passes.split(",")
-        for name, k, n, pad in [sh for sh in GRID_SHAPES if not args.shapes or sh[0] in args.shapes.split(",")]:
-            for m in map(int, (args.ms if dtype == torch.bfloat16 else args.fp16_ms).split(",")):
+        # M outermost: a budget cut drops whole M values (the last listed), not whole shapes
+        for m in map(int, (args.ms if dtype == torch.bfloat16 else args.fp16_ms).split(",")):
+            for name, k, n, pad in [sh for sh in GRID_SHAPES if not args.shapes or sh[0] in args.shapes.split(",")]:
                 for r in map(int, args.rs.split(",")):
                     if time.time() - tgrid > args.budget:
                         skipped += 1
@@ -396,6 +397,9 @@ def main():
     for bn in [int(b) for b in args.block_n_sweep.split(",") if b]:
         for name, k, n, pad in [sh for sh in SHAPES if sh[0] in ("llama-up", "gpt2-fc")]:
             for m in (2048, 8192):
+                if time.time() - tgrid > args.budget + 60:
+                    skipped += 1
+                    continue
                 rows += time_case(name, k, n, pad, m, 4, torch.bfloat16, ["fwd"], dense_cache, log, block_n=bn)
     log(f"timing: {len(rows)} rows in {time.time() - tgrid:.0f} s; {skipped} cases skipped (budget)")
     if rows:
