@@ -288,6 +288,76 @@ def search(args, device, out: Path) -> list[dict]:
 
 
 # ---- part 3: quality --------------------------------------------------------------------------------------
+# ---- profile: where a training step's GPU time goes ----------------------------------------------
+KERNEL_CLASSES = (  # (class, substrings of the kernel name), first match wins
+    ("ss1 kernels", ("_ss1_",)),
+    ("attention (SDPA flash/mem-efficient)", ("flash", "fmha", "attention", "efficient_attention")),
+    ("optimizer (fused AdamW, clipping)", ("adam", "multi_tensor", "foreach", "l2norm", "norm_kernel")),
+    ("GEMMs (cuBLAS/cuBLASLt)", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "wgmma", "matmul")),
+    ("fused elementwise/norm/loss (Triton, inductor)", ("triton_",)),
+)
+
+
+def kernel_class(name: str) -> str:
+    low = name.lower()
+    for label, keys in KERNEL_CLASSES:
+        if any(k in low for k in keys):
+            return label
+    return "other"
+
+
+def profile(args, device, out: Path) -> list[dict]:
+    """GPU time per kernel class over a few compiled training steps (after warm-up) of each kind."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = []
+    bs, pad, dropout, steps = args.batch_sizes[0], args.pad_vocab[0], args.dropout[0], 3
+    for kind in args.kinds:
+        model = build(kind, args, args.vocab, pad, dropout)
+        flops = model_flops_per_token(model, args.seq_len)
+        tr = Trainer(model, args, device, total_steps=10**6, warmup=10, compile=args.compile)
+        ids = torch.randint(0, args.vocab, (bs, args.seq_len), device=device)
+        for _ in range(args.warmup_steps):
+            tr.step(ids)
+        sync(device)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        t0 = time.perf_counter()
+        with torch_profile(activities=activities) as prof:
+            for _ in range(steps):
+                tr.step(ids)
+            sync(device)
+        step_ms = (time.perf_counter() - t0) / steps * 1e3
+        # kernels only: an operator event (aten::mm) also carries its kernels' time as "self device
+        # time", so counting every event would count each kernel twice
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+        by_class: dict[str, float] = {}
+        for evt in kernels:
+            us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0)
+            if us and us > 0:
+                label = kernel_class(evt.key)
+                by_class[label] = by_class.get(label, 0.0) + us / steps / 1e3
+        gpu_ms = sum(by_class.values())
+        tps = bs * args.seq_len / (step_ms / 1e3)
+        log(f"[profile] {kind}: micro-batch {bs}, step {step_ms:.1f} ms wall, {gpu_ms:.1f} ms of kernels, "
+            f"{tps:,.0f} tokens/s, MFU {3 * flops * tps / PEAK:.3f} (profiler on)")
+        for label, ms in sorted(by_class.items(), key=lambda kv: -kv[1]):
+            row = {"kind": kind, "micro_batch": bs, "pad_vocab_to": pad, "dropout": dropout, "class": label,
+                   "ms_per_step": round(ms, 2), "share_of_kernel_time": round(ms / gpu_ms, 4) if gpu_ms else "",
+                   "step_ms_wall": round(step_ms, 1)}
+            log(f"[profile]   {label:48s} {ms:8.2f} ms  {ms / gpu_ms:6.1%}" if gpu_ms else f"[profile]   {label}")
+            append_row(out / "profile.csv", row)
+            rows.append(row)
+        top = sorted(((getattr(e, "self_device_time_total", 0.0) or 0.0, e.key) for e in kernels), reverse=True)[:20]
+        for us, key in top:
+            if us > 0:
+                log(f"[profile]     {us / steps / 1e3:8.2f} ms  {key[:110]}")
+        del model, tr
+        free(device)
+    return rows
+
+
 def load_windows(folder: Path, split: str, seq_len: int) -> torch.Tensor:
     meta = json.loads((folder / "meta.json").read_text())
     tokens = np.fromfile(folder / f"{split}.bin", dtype=np.dtype(meta["dtype"]))
@@ -376,7 +446,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="output folder (CSV + JSON)")
-    p.add_argument("--part", choices=("throughput", "search", "quality", "all"), default="all",
+    p.add_argument("--part", choices=("throughput", "search", "profile", "quality", "all"), default="all",
                    help="all = throughput grid, then quality")
     p.add_argument("--kinds", default="dense,ss1,monarch,lowrank")
     p.add_argument("--size", default="small", help="GPT-2 size (tiny for a CPU smoke test)")
@@ -446,6 +516,8 @@ def main(argv=None) -> int:
     if args.part == "search":
         results["throughput"] = search(args, device, args.out)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.part == "profile":
+        results["profile"] = profile(args, device, args.out)
     if args.part in ("quality", "all"):
         results["quality"] = quality(args, device, args.out)
     results["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -244,7 +244,9 @@ def time_case(name, k, n, pad, m, r, dtype, passes, dense_cache, log, block_n=64
     key = T._key(plan, m, dtype)
     cfg_s = _cfg_str("fwd", key + "|b1")
     sketch_s = _cfg_str("sketch", key)
-    bwd_s = f"dgrad[{_cfg_str('dgrad', key)}] wgrad[{_cfg_str('wgrad', key)}]"
+    # the weight gradient's key says what the forward kept: Xs ("|xs"), X ("|x"); S0 needs no tuning
+    wgrad_s = _cfg_str("wgrad", key + "|xs") or _cfg_str("wgrad", key + "|x") or "mode=gemm (kept S0)"
+    bwd_s = f"dgrad[{_cfg_str('dgrad', key)}] wgrad[{wgrad_s}]"
     for p in results:
         mult = 1 if p == "fwd" else 3
         (s_e, s_g), (d_e, d_g) = results[p], dense[p]

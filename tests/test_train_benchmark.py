@@ -90,3 +90,17 @@ def test_tiny_run_end_to_end_without_hydra_or_lightning(tmp_path):
     assert rows[0]["fwd_flops_per_token"] == rows[1]["fwd_flops_per_token"]
     assert rows[0]["params"] == rows[1]["params"]
     assert rows[2]["vs_dense"] != "" and (out / "results.json").exists()
+
+
+def test_profile_kernel_classes(bench):
+    """Kernel names from a real H200 profile land in the class the profile table reports them under."""
+    cases = {
+        "nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN": "GEMMs",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64": "attention",
+        "triton_red_fused__log_softmax__to_copy__unsafe_view_fill_lift_fresh_prepare_softmax_online_slice_21": "fused",
+        "_ss1_sketch_kernel": "ss1",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "Memcpy HtoD (Pageable -> Device)": "other",
+    }
+    for name, expected in cases.items():
+        assert bench.kernel_class(name).lower().startswith(expected.lower()), (name, bench.kernel_class(name))

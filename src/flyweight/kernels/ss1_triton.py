@@ -8,14 +8,22 @@ How the operator maps onto GEMMs (see ``ss1_layout.py`` for the phase identity):
   sketched input ``Xs[p] = sum_c rotate(X chunk c)`` of shape (M, K/R). A kernel tile of output rows
   lies inside one phase's range, so it may span many 64-wide hash blocks; its columns are written
   back to their original positions through ``rows`` (runs of ``block_n`` contiguous features).
-* Forward, two modes (chosen per shape by the tuner):
+* The single-sketch identity: the sketch of phase p is the phase-0 sketch S0 with every BK-wide
+  slice rotated by VEC*p, so y = S0 @ Wr^T + b with Wr = Wc, each row's slices rotated by its
+  block's shift. ``gemm`` mode runs exactly that: a Triton sketch kernel (X -> S0, M x K/R) and one
+  library GEMM against the cached rotated weight; no phases and no output scatter.
+* Forward, the other modes (all chosen per shape by the tuner):
   ``sketch``: one memory-bound kernel writes ``Xs`` (P, M, K/R), then a grouped GEMM reads it;
+  ``tma``: the same with TMA loads (Xs and a phase-ordered weight copy) and persistent programs;
   ``fused``: the GEMM rotates-and-sums the R input chunks while loading its A tiles (no ``Xs`` in
-  memory; re-reads X per output tile, which is cheap when M is small). Small M may also split K/R
-  across programs (fp32 partials, summed with the bias by a second kernel).
+  memory; re-reads X per output tile, which is cheap when M is small); ``resident``: the sketch of
+  a row block stays in registers (K/R <= 512) while the program sweeps a group of output tiles.
+  Small M may also split K/R across programs (fp32 partials, summed with the bias by a second kernel).
 * Input gradient: ``G[p] = dY[:, rows_p] @ Wc[rows_p]`` (P, M, K/R) then the "unsketch" (the transpose
-  of the sketch): ``dX[:, (k*R+c)*BK + s] = sum_p G[p][:, k*BK + (s - h(p,k,c)) mod BK]``.
-* Weight gradient: ``dWc[rows_p] = dY[:, rows_p]^T @ Xs[p]`` (depth M).
+  of the sketch): ``dX[:, (k*R+c)*BK + s] = sum_p G[p][:, k*BK + (s - h(p,k,c)) mod BK]``; in
+  ``gemm`` mode G = dY @ Wr (one library GEMM) and the phase-0 unsketch, a pure gather.
+* Weight gradient: ``dWc[rows_p] = dY[:, rows_p]^T @ Xs[p]`` (depth M); in ``gemm`` mode
+  dWr = dY^T @ S0 and dWc = its rows rotated back.
 * Bias gradient: ``dY.sum(0)`` in fp32.
 
 Kernel tiles (BM, BN, BJ, ...) are free; the hash blocks (block_k, block_n, vec) are the model's.
