@@ -283,3 +283,30 @@ def test_split_k_forward(R, M, mode):
     cfg["fwd"].update(mode=mode, SPLIT_K=3)  # whole BKT steps: R=2 gives 48+48+32 columns, R=4/8 two halves
     with T.config_override(**cfg):
         assert_all_close(run_both(fast, ref, torch.randn(M, 256, device=DEVICE)))
+
+
+def test_gemm_mode_under_inference_mode_and_weight_updates():
+    """gemm mode caches the rotated weight per weight version; inference tensors have no version
+    counter (never cached), and an in-place update must be seen by the next call."""
+    torch.manual_seed(11)
+    fast, ref = pair(128, 64, compression=4, block_k=16, block_n=8, vec=4, seed=6)
+    x = torch.randn(5, 128, device=DEVICE)
+    with torch.inference_mode(), small("gemm"):
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), small("gemm"):
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+        for layer in (fast, ref):
+            layer.weight.add_(0.5)
+        torch.testing.assert_close(fast(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_gradient_from_a_kept_xs_ignores_a_gemm_choice():
+    """A phase-mode forward keeps Xs; a gemm config for the weight gradient (which reads S0) must
+    not be applied to it: the phase kernel runs instead and the gradient is still exact."""
+    torch.manual_seed(12)
+    fast, ref = pair(128, 32, compression=4, block_k=16, block_n=8, vec=4, seed=4)
+    cfg = {k: dict(v) for k, v in SMALL.items()}
+    cfg["wgrad"] = {"mode": "gemm"}
+    with T.config_override(**cfg):
+        res = run_both(fast, ref, torch.randn(9, 128, device=DEVICE))
+    assert_all_close(res)
