@@ -102,7 +102,7 @@ class Trainer:
         mode = None if args.compile_mode == "default" else args.compile_mode
         self.compiled = compile
         if compile and args.compile_loss:
-            self.nll_sum = torch.compile(NextTokenNLL(self.model), mode=mode)
+            self.nll_sum = torch.compile(NextTokenNLL(self.model, loss_chunk=args.loss_chunk or None), mode=mode)
         else:
             fwd = torch.compile(self.model, mode=mode) if compile else self.model
             # the loss after the model's graph, in eager code: what --no-compile-loss measures
@@ -168,6 +168,7 @@ def measure(kind: str, bs: int, pad: int, dropout: float, compile: bool, args, d
     row = {"stage": stage, "kind": kind, "size": args.size, "seq_len": args.seq_len, "micro_batch": bs,
            "pad_vocab_to": pad, "vocab_rows": model.config.vocab_size, "dropout": dropout, "compile": compile,
            "compile_mode": args.compile_mode if compile else "", "compile_loss": compile and args.compile_loss,
+           "loss_chunk": args.loss_chunk,
            "fused_adamw": "", "dtype": args.dtype, "params": num_parameters(model), "fwd_flops_per_token": flops}
     tr = None
     try:
@@ -467,6 +468,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile(mode=...)")
     p.add_argument("--compile-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="compile the model and the loss as one graph (off: the loss in eager code)")
+    p.add_argument("--loss-chunk", type=int, default=0, help="rows of logits at a time: the loss from hidden "
+                   "states in chunks, never the whole (tokens, vocab) logits (0: full logits; needs --compile-loss)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                    help="fused AdamW (default: on CUDA)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
