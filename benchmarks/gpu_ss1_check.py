@@ -280,22 +280,23 @@ def breakdown(log):
     w, b = layer.weight.detach(), layer.bias.detach()
     T._forward_impl(x, w, b, meta)
     T._backward_impl(dy, x, w, meta, [1, 1, 1])
-    key = T._key(plan, m, x.dtype)
-    tag = T._device_tag(0)
-    fcfg = T._CHOSEN[f"{tag}|fwd|{key}|b1"]
-    dcfg = T._CHOSEN[f"{tag}|dgrad|{key}"]
-    wcfg = T._CHOSEN[f"{tag}|wgrad|{key}"]
     xs = T._sketch(x, plan)
-    g = torch.empty(plan.num_phases, m, k // r, device="cuda", dtype=x.dtype)
-    parts = {
-        "sketch": lambda: T._sketch(x, plan),
-        "fwd gemm (Xs given)": lambda: T._forward_with(fcfg, x, w, b, plan, xs=xs),
-        "fwd fused-mode gemm": lambda: T._forward_with(dict(fcfg, mode="fused"), x, w, b, plan),
-        "dgrad gemm+unsketch": lambda: T._dgrad_with(dcfg, dy, w, plan),
-        "unsketch alone": lambda: T._ss1_unsketch_kernel[(triton.cdiv(m, 32), triton.cdiv(k, 128))](
-            g, x, plan.phases, m, k, plan.num_phases, g.stride(0), g.stride(1), x.stride(0), plan.r0m, plan.r1m,
-            R=r, BK=32, VEC=8, D=4, BM=32, BX=128, num_warps=4),
-        "wgrad gemm": lambda: T._wgrad_with(wcfg, dy, xs, w, plan),
+    s0 = T._sketch(x, plan, single=True)
+    wr = T._rotate_rows(w, plan, 1)
+    g0 = torch.empty(1, m, k // r, device="cuda", dtype=x.dtype)
+    tma = dict(mode="tma", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=4, PERSISTENT=1, FLATTEN=1)
+    pointer = dict(mode="sketch", BM=128, BN=256, BKT=64, GROUP_M=8, num_warps=8, num_stages=3)
+    parts = {  # every part of every mode, each timed alone (eager do_bench: these are large launches)
+        "sketch, 4 phases (Xs)": lambda: T._sketch(x, plan),
+        "sketch S0 (gemm mode)": lambda: T._sketch(x, plan, single=True),
+        "rotate weight Wc -> Wr": lambda: T._rotate_rows(w, plan, 1),
+        "gemm mode: F.linear(S0, Wr, b)": lambda: F.linear(s0, wr, b),
+        "tma GEMM, Xs given": lambda: T._forward_with(tma, x, w, b, plan, xs=xs),
+        "pointer GEMM, Xs given": lambda: T._forward_with(pointer, x, w, b, plan, xs=xs),
+        "fused mode (sketch in the GEMM)": lambda: T._forward_with(dict(pointer, mode="fused"), x, w, b, plan),
+        "dX gemm mode (mm + unsketch0)": lambda: T._dgrad_with({"mode": "gemm"}, dy, w, plan),
+        "unsketch0 alone": lambda: T._unsketch(g0, plan, plan.phase0),
+        "dWc gemm mode (mm + rotate back)": lambda: T._wgrad_gemm(dy, s0, plan),
         "bias grad (dy.sum)": lambda: dy.sum(0, dtype=torch.float32),
         "dense F.linear fwd": lambda: F.linear(x, torch.empty(n, k, device="cuda", dtype=x.dtype).normal_(), b),
     }
@@ -304,7 +305,6 @@ def breakdown(log):
         us = bench(fn)
         log(f"breakdown llama-up M={m} R={r}: {name:22s} {us:8.1f} us  ({gemm_flops / us / 1e6:6.0f} TFLOP/s "
             f"if it were the K/R GEMM)")
-    log(f"configs fwd {fcfg} dgrad {dcfg} wgrad {wcfg}")
     import cProfile
     import io
     import pstats

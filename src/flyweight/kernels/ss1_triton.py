@@ -1022,9 +1022,10 @@ def _num_sms(device: torch.device) -> int:
 FWD_MODES = ("gemm", "sketch", "fused", "resident", "tma")
 
 
-def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.Tensor] = None,
-                  xs: Optional[torch.Tensor] = None, keep: Optional[list] = None) -> torch.Tensor:
-    """One forward (one to three launches); ``keep`` receives the sketch Xs when one was made."""
+def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, xs: Optional[torch.Tensor] = None,
+                  keep: Optional[list] = None) -> torch.Tensor:
+    """One forward (one to three launches); ``keep`` receives the sketch (Xs, or S0 in gemm mode)
+    when one was made; ``xs`` (phase modes) reuses a sketch already made."""
     lay = plan.layout
     m = x.shape[0]
     kc = lay.compressed_in
@@ -1034,7 +1035,7 @@ def _forward_with(cfg: dict, x, weight, bias, plan: _Plan, out: Optional[torch.T
     cfg = _clamp(cfg, BM=m, BN=max(plan.counts), BKT=kc)
     if mode == "gemm":
         return _forward_gemm(x, weight, bias, plan, keep)
-    y = out if out is not None else torch.empty(m, lay.out_features, device=x.device, dtype=x.dtype)
+    y = torch.empty(m, lay.out_features, device=x.device, dtype=x.dtype)
     if mode == "resident":
         return _forward_resident(cfg, x, weight, bias, plan, y)
     fused = mode == "fused"
