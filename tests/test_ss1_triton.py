@@ -310,3 +310,20 @@ def test_weight_gradient_from_a_kept_xs_ignores_a_gemm_choice():
     with T.config_override(**cfg):
         res = run_both(fast, ref, torch.randn(9, 128, device=DEVICE))
     assert_all_close(res)
+
+
+def test_derived_weight_copies_are_freed_with_their_weight():
+    """The rotated / phase-ordered weight copies live only as long as the weight they come from."""
+    import gc
+
+    torch.manual_seed(13)
+    layer = SS1Linear(128, 64, compression=4, block_k=16, block_n=8, vec=4, seed=7, device=DEVICE)
+    layer.backend = "triton"
+    plan = T.plan_for(T.meta_of(layer.layout), 128, torch.device(DEVICE))
+    before = len(plan.weight_cache)
+    with torch.no_grad(), small("gemm"):
+        layer(torch.randn(3, 128, device=DEVICE))
+    assert len(plan.weight_cache) == before + 1
+    del layer
+    gc.collect()
+    assert len(plan.weight_cache) == before

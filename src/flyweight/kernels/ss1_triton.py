@@ -942,7 +942,13 @@ def _derived_weight(weight: torch.Tensor, plan: _Plan, kind: str, make) -> torch
             return derived
     derived = make(weight, plan)
     if not capturing and version is not None:
-        plan.weight_cache[key] = (weakref.ref(weight), version, derived)
+        cache = plan.weight_cache
+
+        def forget(ref, key=key):  # the weight is gone: free its derived copy with it
+            if key in cache and cache[key][0] is ref:
+                del cache[key]
+
+        cache[key] = (weakref.ref(weight, forget), version, derived)
     return derived
 
 
