@@ -84,6 +84,21 @@ def build(kind: str, args, vocab: int, pad: int, dropout: float):
     return build_gpt2(**kw)
 
 
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+
+
+def sdpa_backend(name: str):
+    """Restrict scaled_dot_product_attention to one backend ("auto": PyTorch's own choice)."""
+    import contextlib
+
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[name])
+
+
 def is_oom(err: BaseException) -> bool:
     # compiled code can surface an allocation failure wrapped in another error type
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
@@ -113,7 +128,7 @@ class Trainer:
     def loss(self, ids: torch.Tensor) -> torch.Tensor:
         if self.compiled:  # a new iteration for CUDA graphs (reduce-overhead); a no-op otherwise
             torch.compiler.cudagraph_mark_step_begin()
-        with self.amp:
+        with self.amp, sdpa_backend(self.args.sdpa_backend):
             nll = self.nll_sum(ids)
         return nll / (ids.shape[0] * (ids.shape[1] - 1))
 
@@ -168,7 +183,7 @@ def measure(kind: str, bs: int, pad: int, dropout: float, compile: bool, args, d
     row = {"stage": stage, "kind": kind, "size": args.size, "seq_len": args.seq_len, "micro_batch": bs,
            "pad_vocab_to": pad, "vocab_rows": model.config.vocab_size, "dropout": dropout, "compile": compile,
            "compile_mode": args.compile_mode if compile else "", "compile_loss": compile and args.compile_loss,
-           "loss_chunk": args.loss_chunk,
+           "loss_chunk": args.loss_chunk, "sdpa_backend": args.sdpa_backend,
            "fused_adamw": "", "dtype": args.dtype, "params": num_parameters(model), "fwd_flops_per_token": flops}
     tr = None
     try:
@@ -468,6 +483,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default", help="torch.compile(mode=...)")
     p.add_argument("--compile-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="compile the model and the loss as one graph (off: the loss in eager code)")
+    p.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
+                   help="attention kernel of the training step (auto: PyTorch's choice; cuDNN on the H200)")
     p.add_argument("--loss-chunk", type=int, default=0, help="rows of logits at a time: the loss from hidden "
                    "states in chunks, never the whole (tokens, vocab) logits (0: full logits; needs --compile-loss)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
