@@ -160,19 +160,7 @@ def bench(fn):
 
 def bench_graph(step, count):
     """Median us of one step, replayed from a CUDA graph holding ``count`` steps (no CPU overhead)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(count):
-            step()
-    us = do_bench(graph.replay, warmup=5, rep=25, return_mode="median") * 1e3 / count
-    del graph
-    return us
+    return T.cuda_graph_time_ms(step, reps=count, side_warmups=2, rep_ms=25) * 1e3
 
 
 def make_steps(fwd, x_next, params, dy):

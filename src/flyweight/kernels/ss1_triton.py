@@ -789,24 +789,30 @@ def default_config(op: str, m: int, modes: Optional[tuple] = None) -> dict:
     return dict(next(c for c in _CANDIDATES[op](m) if modes is None or c.get("mode", "phase") in modes))
 
 
-def _gpu_time_ms(fn) -> float:
-    """Median GPU time of ``fn`` in ms, replayed from a CUDA graph so that Python launch overhead
-    (tens of us per call) does not decide between configs; plain do_bench if capture fails."""
-    fn()  # compiles the config (a failure here skips it)
-    reps = 8
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+def cuda_graph_time_ms(fn, reps: int, side_warmups: int = 1, rep_ms: int = 20) -> float:
+    """Median GPU time of one ``fn()`` in ms: ``reps`` calls captured in a CUDA graph and replayed, so
+    Python launch overhead (tens of us per call) is not measured. ``side_warmups`` calls run first on
+    a side stream, as capture requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(side_warmups):
             fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                fn()
-        ms = triton.testing.do_bench(graph.replay, warmup=5, rep=20, return_mode="median") / reps
-        del graph
-        return ms
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    ms = triton.testing.do_bench(graph.replay, warmup=5, rep=rep_ms, return_mode="median") / reps
+    del graph
+    return ms
+
+
+def _gpu_time_ms(fn) -> float:
+    """GPU time of ``fn`` for the tuner (``cuda_graph_time_ms``); plain do_bench if capture fails."""
+    fn()  # compiles the config (a failure here skips it)
+    try:
+        return cuda_graph_time_ms(fn, reps=8)
     except Exception as err:
         log.debug("SS1 autotune: graph timing failed (%s); timing eagerly", err)
         torch.cuda.synchronize()
