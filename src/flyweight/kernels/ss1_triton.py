@@ -986,7 +986,6 @@ def _forward_tma(cfg: dict, xs: torch.Tensor, weight: torch.Tensor, bias, plan: 
     """Sketch-mode GEMM with TMA descriptors (Xs as (P*M, K/R); the phase-ordered weight)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    lay = plan.layout
     p, m, kc = xs.shape
     wp = _phase_ordered_weight(weight, plan)
     a_desc = TensorDescriptor.from_tensor(xs.view(p * m, kc), [cfg["BM"], cfg["BKT"]])

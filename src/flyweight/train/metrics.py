@@ -46,6 +46,7 @@ class _ChunkedLinearNLL(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=hidden.device)
         d_hidden = torch.empty_like(hidden)
         d_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        w_grad_dtype = weight.to(hidden.dtype)  # cast once, not per chunk
         for start in range(0, n, chunk):
             h = hidden[start:start + chunk]
             t = target[start:start + chunk]
@@ -57,8 +58,8 @@ class _ChunkedLinearNLL(torch.autograd.Function):
             grad = torch.exp(logits - lse[:, None])  # softmax
             grad[torch.arange(len(t), device=t.device), safe] -= 1.0
             grad = (grad * valid[:, None]).to(hidden.dtype)
-            d_hidden[start:start + chunk] = (grad @ weight.to(grad.dtype)).to(hidden.dtype)
-            d_weight += (grad.t() @ h.to(grad.dtype)).to(acc)
+            d_hidden[start:start + chunk] = grad @ w_grad_dtype
+            d_weight += (grad.t() @ h).to(acc)
         ctx.save_for_backward(d_hidden, d_weight.to(weight.dtype))
         return total
 
