@@ -62,3 +62,16 @@ def test_lightning_module_uses_the_chunked_loss():
     assert n_a == n_b == 2 * 8
     torch.testing.assert_close(b, reference_nll(model, ids, 100), rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(a.double(), b, rtol=1e-6, atol=1e-6)  # the plain path's softmax is float32
+
+
+def test_chunked_loss_without_grad_gives_the_same_value():
+    """Under no_grad (evaluation) the chunked loss skips the gradient GEMMs but keeps its value."""
+    torch.manual_seed(1)
+    hidden = torch.randn(2, 6, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, dtype=torch.float64)
+    ids = torch.randint(0, 11, (2, 6))
+    with_grad, _ = chunked_lm_nll_sum(hidden, weight, ids, chunk=4)
+    with torch.no_grad():
+        without, _ = chunked_lm_nll_sum(hidden, weight, ids, chunk=4)
+    assert not without.requires_grad
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)

@@ -40,7 +40,7 @@ class _ChunkedLinearNLL(torch.autograd.Function):
     (The loss must be a scalar that is differentiated once, as a training loss is.)"""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, chunk):
+    def forward(ctx, hidden, weight, target, chunk, with_grad):
         n = hidden.shape[0]
         acc = torch.promote_types(hidden.dtype, torch.float32)  # float32 softmax, float64 stays float64
         total = torch.zeros((), dtype=acc, device=hidden.device)
@@ -55,6 +55,8 @@ class _ChunkedLinearNLL(torch.autograd.Function):
             valid = t >= 0
             safe = t.clamp_min(0)
             total = total + ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+            if not with_grad:  # evaluation: the gradient GEMMs would be wasted
+                continue
             grad = torch.exp(logits - lse[:, None])  # softmax
             grad[torch.arange(len(t), device=t.device), safe] -= 1.0
             grad = (grad * valid[:, None]).to(hidden.dtype)
@@ -66,7 +68,7 @@ class _ChunkedLinearNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         d_hidden, d_weight = ctx.saved_tensors
-        return d_hidden * grad_out.to(d_hidden.dtype), d_weight * grad_out.to(d_weight.dtype), None, None
+        return d_hidden * grad_out.to(d_hidden.dtype), d_weight * grad_out.to(d_weight.dtype), None, None, None
 
 
 def chunked_lm_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, input_ids: torch.Tensor,
@@ -79,7 +81,8 @@ def chunked_lm_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, input_ids: to
     b, t, d = hidden.shape
     target = torch.full_like(input_ids, -100)
     target[:, :-1] = input_ids[:, 1:]
-    nll = _ChunkedLinearNLL.apply(hidden.reshape(b * t, d), weight, target.reshape(-1), int(chunk))
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    nll = _ChunkedLinearNLL.apply(hidden.reshape(b * t, d), weight, target.reshape(-1), int(chunk), with_grad)
     return nll, b * (t - 1)
 
 
