@@ -117,7 +117,8 @@ class Trainer:
         mode = None if args.compile_mode == "default" else args.compile_mode
         self.compiled = compile
         if compile and args.compile_loss:
-            self.nll_sum = torch.compile(NextTokenNLL(self.model, loss_chunk=args.loss_chunk or None), mode=mode)
+            self.nll_sum = torch.compile(NextTokenNLL(self.model, loss_chunk=args.loss_chunk or None,
+                                                     fused_loss=args.fused_loss), mode=mode)
         else:
             fwd = torch.compile(self.model, mode=mode) if compile else self.model
             # the loss after the model's graph, in eager code: what --no-compile-loss measures
@@ -183,7 +184,7 @@ def measure(kind: str, bs: int, pad: int, dropout: float, compile: bool, args, d
     row = {"stage": stage, "kind": kind, "size": args.size, "seq_len": args.seq_len, "micro_batch": bs,
            "pad_vocab_to": pad, "vocab_rows": model.config.vocab_size, "dropout": dropout, "compile": compile,
            "compile_mode": args.compile_mode if compile else "", "compile_loss": compile and args.compile_loss,
-           "loss_chunk": args.loss_chunk, "sdpa_backend": args.sdpa_backend,
+           "loss_chunk": args.loss_chunk, "fused_loss": args.fused_loss, "sdpa_backend": args.sdpa_backend,
            "fused_adamw": "", "dtype": args.dtype, "params": num_parameters(model), "fwd_flops_per_token": flops}
     tr = None
     try:
@@ -487,6 +488,8 @@ def main(argv=None) -> int:
                    help="attention kernel of the training step (auto: PyTorch's choice; cuDNN on the H200)")
     p.add_argument("--loss-chunk", type=int, default=0, help="rows of logits at a time: the loss from hidden "
                    "states in chunks, never the whole (tokens, vocab) logits (0: full logits; needs --compile-loss)")
+    p.add_argument("--fused-loss", action="store_true", help="the head GEMM and the cross-entropy as one op (a "
+                   "Triton kernel turns the logits into their gradient in the forward; needs --compile-loss)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                    help="fused AdamW (default: on CUDA)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")

@@ -47,6 +47,7 @@ class TrainerConfig:
     compile: bool = False              # torch.compile the model together with its loss
     compile_mode: str | None = None    # torch.compile(mode=...): default | reduce-overhead | max-autotune | ...
     loss_chunk: int | None = None      # rows of logits at a time (chunked linear + cross-entropy); None: full logits
+    fused_loss: bool = False           # head GEMM + cross-entropy fused (logits turned into their gradient in the forward)
     resume: str | None = None          # a .ckpt path, or "auto": <out_dir>/checkpoints/last.ckpt
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
@@ -215,7 +216,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     flops = model_flops_per_token(model, dcfg.max_length)
     peak = float(tcfg.peak_tflops) * 1e12 if tcfg.peak_tflops else (peak_flops() if accelerator == "gpu" else None)
     module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=tcfg.compile,
-                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, steps_csv=out / "steps.csv",
+                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=tcfg.fused_loss, steps_csv=out / "steps.csv",
                       record_indices=tcfg.record_indices)
 
     ckpt_dir = out / "checkpoints"

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyweight.kernels.lm_loss import fused_linear_nll
+
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                    "L4": 121e12, "4090": 165e12}
@@ -98,28 +100,42 @@ class NextTokenNLL(nn.Module):
     instead of from full logits; needs a plain (tied or untied) output embedding without a bias, and
     uses only its first ``vocab`` rows (a padded vocabulary's extra rows take no probability, exactly
     as their -inf logits do).
+
+    ``fused_loss``: the head GEMM and the cross-entropy as one operation
+    (``flyweight.kernels.lm_loss.fused_linear_nll``): a Triton kernel turns the logits into their
+    gradient in place during the forward, so the logits are read twice instead of four times. Same
+    head requirements as ``loss_chunk``; the two are alternatives.
     """
 
-    def __init__(self, model: nn.Module, loss_chunk: int | None = None):
+    def __init__(self, model: nn.Module, loss_chunk: int | None = None, fused_loss: bool = False):
         super().__init__()
         self.model = model
         self.loss_chunk = loss_chunk
-        if loss_chunk:
+        self.fused_loss = bool(fused_loss)
+        if loss_chunk and fused_loss:
+            raise ValueError("loss_chunk and fused_loss are alternative ways to compute the loss: set one of them")
+        if loss_chunk or fused_loss:
             head = model.get_output_embeddings()
+            option = "loss_chunk" if loss_chunk else "fused_loss"
             if not isinstance(head, nn.Linear) or head.bias is not None:
-                raise ValueError(f"loss_chunk needs a bias-free nn.Linear output embedding, got {type(head).__name__}; "
-                                 "use loss_chunk=None")
+                raise ValueError(f"{option} needs a bias-free nn.Linear output embedding, got {type(head).__name__}; "
+                                 f"turn {option} off")
             config = model.config
             self.vocab = int(getattr(config, "flyweight_real_vocab_size", None) or config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if not self.loss_chunk:
+        if not (self.loss_chunk or self.fused_loss):
             logits = self.model(input_ids=input_ids, use_cache=False).logits
             return lm_nll_sum(logits, input_ids)[0]
         base = getattr(self.model, self.model.base_model_prefix)
         hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state
-        weight = self.model.get_output_embeddings().weight[: self.vocab]
-        return chunked_lm_nll_sum(hidden, weight, input_ids, self.loss_chunk)[0]
+        weight = self.model.get_output_embeddings().weight
+        if self.fused_loss:
+            target = torch.full_like(input_ids, -1)
+            target[:, :-1] = input_ids[:, 1:]
+            # the whole (padded) weight: the GEMM keeps its aligned width, the kernel ignores the padding
+            return fused_linear_nll(hidden.reshape(-1, hidden.shape[-1]), weight, target.reshape(-1), self.vocab)
+        return chunked_lm_nll_sum(hidden, weight[: self.vocab], input_ids, self.loss_chunk)[0]
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:

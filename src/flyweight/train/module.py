@@ -69,7 +69,7 @@ class LMModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, warmup_steps: int, schedule_steps: int,
                  flops_per_token: int | None = None, peak_flops: float | None = None, compile: bool = False,
                  steps_csv: str | Path | None = None, record_indices: bool = False, compile_mode: str | None = None,
-                 loss_chunk: int | None = None):
+                 loss_chunk: int | None = None, fused_loss: bool = False):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
@@ -82,7 +82,7 @@ class LMModule(L.LightningModule):
         self.eval_results: dict[str, dict] = {}
         # model + loss as one module (compiled together; see NextTokenNLL), kept off the module tree so
         # checkpoints hold the plain model's parameter names
-        object.__setattr__(self, "_nll", NextTokenNLL(model, loss_chunk=loss_chunk))
+        object.__setattr__(self, "_nll", NextTokenNLL(model, loss_chunk=loss_chunk, fused_loss=fused_loss))
         self._compiled = None
         self._pending_rng: dict | None = None
         self._reset_step_stats()

@@ -1,0 +1,126 @@
+"""The fused LM head + cross-entropy (Triton kernel under TRITON_INTERPRET=1, and its PyTorch path)
+against float64 references built from full logits."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flyweight.kernels import lm_loss
+from flyweight.kernels.lm_loss import fused_linear_nll, nll_and_grad_
+
+HAS_KERNEL = lm_loss.triton is not None and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def reference(logits64, target, vocab):
+    """Per-row NLL and d(sum NLL)/d(logits) in float64; padded columns and ignored rows get zero."""
+    x = logits64[:, :vocab]
+    nll = F.cross_entropy(x, target.clamp_min(0), reduction="none") * (target >= 0)
+    grad = torch.softmax(x, dim=-1)
+    grad[torch.arange(len(target)), target.clamp_min(0)] -= 1
+    grad = grad * (target >= 0)[:, None]
+    full = torch.zeros_like(logits64)
+    full[:, :vocab] = grad
+    return nll, full
+
+
+def make_case(n, width, seed, scale=4.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, width, generator=g, dtype=torch.float64) * scale
+    target = torch.randint(0, width, (n,), generator=g)
+    return logits, target
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize("n,width,vocab", [(5, 300, 300), (7, 320, 301), (3, 17, 11), (4, 1000, 999)])
+def test_rows_match_float64_reference(path, n, width, vocab, monkeypatch):
+    if path == "kernel" and not HAS_KERNEL:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    if path == "torch":
+        monkeypatch.setattr(lm_loss, "_use_triton", lambda t: False)
+    logits64, target = make_case(n, width, seed=n * width)
+    target = target.clamp_max(vocab - 1)
+    target[1] = -100  # an ignored row
+    ref_nll, ref_grad = reference(logits64, target, vocab)
+    work = logits64.float().clone()  # the kernel computes in float32
+    nll = nll_and_grad_(work, target, vocab)
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(work.double(), ref_grad, rtol=1e-5, atol=1e-6)
+    assert work[1].abs().max() == 0 and (vocab == width or work[:, vocab:].abs().max() == 0)
+
+
+@pytest.mark.skipif(not HAS_KERNEL, reason="needs CUDA or TRITON_INTERPRET=1")
+def test_kernel_in_bfloat16_rounds_like_the_reference_and_can_skip_the_gradient():
+    logits64, target = make_case(6, 200, seed=1)
+    work = logits64.to(torch.bfloat16)
+    ref_nll, ref_grad = reference(work.double(), target, 200)  # reference from the rounded logits
+    before = work.clone()
+    nll = nll_and_grad_(work, target, 200, write_grad=False)
+    assert torch.equal(work, before)  # evaluation: the logits are left alone
+    torch.testing.assert_close(nll.double(), ref_nll, rtol=1e-5, atol=1e-5)
+    nll_and_grad_(work, target, 200)
+    assert work.dtype == torch.bfloat16
+    torch.testing.assert_close(work.double(), ref_grad, rtol=1e-2, atol=4e-3)  # bf16 storage of the gradient
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+def test_fused_linear_nll_value_and_gradients_match_autograd(path, monkeypatch):
+    if path == "kernel" and not HAS_KERNEL:
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    if path == "torch":
+        monkeypatch.setattr(lm_loss, "_use_triton", lambda t: False)
+    dtype = torch.float32 if path == "kernel" else torch.float64
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(9, 16, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(64, 16, generator=g, dtype=dtype, requires_grad=True)  # 60 real rows + 4 padding
+    target = torch.randint(0, 60, (9,), generator=g)
+    target[-1] = -1
+    loss = fused_linear_nll(hidden, weight, target, vocab=60)
+    (2.5 * loss).backward()  # the incoming gradient scales both weight and hidden gradients
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64[:60].t(), target, ignore_index=-1, reduction="sum")
+    (2.5 * ref).backward()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss.double(), ref.detach(), **tol)
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, **tol)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, **tol)
+    assert weight.grad[60:].abs().max() == 0  # padding rows never learn
+
+
+def test_no_grad_evaluation_and_bad_inputs():
+    hidden, weight = torch.randn(4, 8), torch.randn(10, 8)
+    target = torch.tensor([1, 2, -1, 9])
+    with torch.no_grad():
+        loss = fused_linear_nll(hidden, weight, target)
+    ref = F.cross_entropy(hidden @ weight.t(), target, ignore_index=-1, reduction="sum")
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="target"):
+        fused_linear_nll(hidden, weight, target.float())
+    with pytest.raises(ValueError, match="hidden"):
+        fused_linear_nll(hidden, torch.randn(10, 7), target)
+    with pytest.raises(ValueError, match="vocab"):
+        nll_and_grad_(torch.randn(4, 10), target, vocab=11)
+
+
+@pytest.mark.parametrize("pad", [None, 64])
+def test_next_token_nll_with_fused_loss_matches_full_logits(pad):
+    """NextTokenNLL(fused_loss=True) on a GPT-2 (padded vocabulary or not): the loss and every
+    parameter's gradient equal the plain full-logits loss computed in float64."""
+    from flyweight.models.gpt2 import build_gpt2
+    from flyweight.train.metrics import NextTokenNLL
+
+    model = build_gpt2("small", n_layer=2, n_embd=32, n_head=2, vocab_size=300, pad_vocab_to=pad, dropout=0.0, seed=5)
+    ids = torch.randint(0, 300, (2, 11), generator=torch.Generator().manual_seed(1))
+    params = list(model.parameters())
+    got = NextTokenNLL(model, fused_loss=True)(ids)
+    got_grads = torch.autograd.grad(got, params)
+    model64 = model.double()
+    logits = model64(input_ids=ids, use_cache=False).logits[..., :300]
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1), reduction="sum")
+    ref_grads = torch.autograd.grad(ref, params)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="alternative"):
+        NextTokenNLL(model, fused_loss=True, loss_chunk=8)
