@@ -78,20 +78,22 @@ def environment() -> dict:
 
 def build(kind: str, args, vocab: int, pad: int, dropout: float):
     kw = {"size": args.size, "kind": kind, "linear": KINDS[kind], "n_positions": args.seq_len,
-          "vocab_size": vocab, "pad_vocab_to": pad or None, "dropout": dropout, "seed": args.seed}
+          "vocab_size": vocab, "pad_vocab_to": pad or None, "dropout": dropout, "seed": args.seed,
+          "attention": "triton" if getattr(args, "sdpa_backend", "auto") == "triton" else "sdpa"}
     if args.size == "tiny":
         kw.update(n_layer=2)
     return build_gpt2(**kw)
 
 
-SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")
+SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math", "triton")
 
 
 def sdpa_backend(name: str):
-    """Restrict scaled_dot_product_attention to one backend ("auto": PyTorch's own choice)."""
+    """Restrict scaled_dot_product_attention to one backend ("auto": PyTorch's own choice; "triton": the
+    model runs flyweight's Triton flash attention instead, see ``build``)."""
     import contextlib
 
-    if name == "auto":
+    if name in ("auto", "triton"):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -485,7 +487,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile-loss", action=argparse.BooleanOptionalAction, default=True,
                    help="compile the model and the loss as one graph (off: the loss in eager code)")
     p.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
-                   help="attention kernel of the training step (auto: PyTorch's choice; cuDNN on the H200)")
+                   help="attention kernel of the training step (auto: PyTorch's choice, cuDNN on the H200; "
+                   "triton: flyweight.kernels.flash_attention)")
     p.add_argument("--loss-chunk", type=int, default=0, help="rows of logits at a time: the loss from hidden "
                    "states in chunks, never the whole (tokens, vocab) logits (0: full logits; needs --compile-loss)")
     p.add_argument("--fused-loss", action="store_true", help="the head GEMM and the cross-entropy as one op (a "

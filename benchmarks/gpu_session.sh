@@ -7,6 +7,8 @@
 #   phase=kernels: SS1 kernel numerics and timings (KERNELS_MORE=seconds adds the R=2/8 grid)
 #   phase=final: GPU0 SS1 numerics + the whole kernel table + block_n sweep; GPU1 GPT-2 MFU search
 #   phase=mfu-next: dense micro-batch 256, then loss chunking x attention backend (not run yet)
+#   phase=fused: GPU0: fused LM loss kernel, attention kernels, then dense MFU with both; GPU1: the
+#                dense MFU grid loss {plain, fused} x attention {cuDNN, flash, Triton}, micro-batch 256
 # Results go to $OUT/results.tgz. Carried: .whl (hydra/omegaconf/antlr wheels), .gpu/cache (the
 # default corpus, tokenizer and token cache, which the machine cannot download).
 set -u
@@ -77,7 +79,28 @@ run_mfu_next() {  # session 3's plan: the chunked loss and the attention backend
   done; done
 }
 
-if [ "$phase" = mfu-next ]; then
+run_fused() {  # session 3: the fused LM loss and the Triton attention, alone and in the dense training step
+  local B="python3 benchmarks/gpt2_train_gpu.py --part throughput --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3 --out $R/mfu_gpu$1"
+  if [ "$1" = 0 ]; then
+    timeout 100 python3 benchmarks/lm_loss_gpu.py --out "$R/lm_loss" > "$R/lm_loss.log" 2>&1
+    timeout 200 python3 benchmarks/attention_gpu.py --out "$R/attn" > "$R/attn.log" 2>&1
+    for be in triton auto; do
+      timeout 100 $B --batch-sizes 64 --fused-loss --sdpa-backend $be > "$R/mfu_fused_$be.log" 2>&1
+    done
+  else
+    for be in flash triton; do
+      timeout 100 $B --batch-sizes 64 --sdpa-backend $be > "$R/mfu_plain_$be.log" 2>&1
+    done
+    timeout 130 $B --batch-sizes 128 --fused-loss --sdpa-backend triton > "$R/mfu_fused_b128.log" 2>&1
+    timeout 150 $B --batch-sizes 256 --fused-loss --sdpa-backend triton > "$R/mfu_fused_b256.log" 2>&1
+  fi
+}
+
+if [ "$phase" = fused ]; then
+  (export CUDA_VISIBLE_DEVICES=0; run_fused 0) &
+  (export CUDA_VISIBLE_DEVICES=1; run_fused 1) &
+  wait
+elif [ "$phase" = mfu-next ]; then
   run_mfu_next
 elif [ "$phase" = final ]; then
   (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json; run_final_grid 540) &

@@ -63,6 +63,7 @@ DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
     "lowrank": {"compression": 8},
 }
 INIT_STD = 0.02
+ATTENTIONS = ("sdpa", "triton")
 
 
 def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
@@ -108,6 +109,7 @@ def build_gpt2(
     seed: int | None = None,
     kinds: dict | None = None,
     device: str | torch.device | None = None,
+    attention: str = "sdpa",
 ):
     """A ``transformers.GPT2LMHeadModel`` whose block linears are ``kind`` (per role: ``kinds``).
 
@@ -119,6 +121,8 @@ def build_gpt2(
     pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
     50304); the padded logits are -inf (``PaddedVocabHead``). The real rows are initialised exactly
     as without padding (same seed, same values), the padded ones are zero. None/1: no padding.
+    attention: "sdpa" (PyTorch's fused kernels) or "triton" (flyweight's Triton flash attention,
+    ``flyweight.attention.hf_triton``; calls with a padding mask or attention dropout still use SDPA).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -136,6 +140,8 @@ def build_gpt2(
     for k in {kind, *kinds.values()}:
         if k not in LINEAR_KINDS:
             raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTIONS)}")
     if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
                                      or pad_vocab_to < 1):
         raise ValueError(f"pad_vocab_to must be a positive integer (e.g. 64) or None, got {pad_vocab_to!r}")
@@ -180,6 +186,10 @@ def build_gpt2(
             # after the init, so the real rows hold exactly the values of an unpadded build
             _pad_vocabulary_(model, pad_vocab_to)
 
+    if attention == "triton":
+        from flyweight.attention.hf_triton import use_triton_attention
+
+        use_triton_attention(model)
     spec = get_structure(model)
     if spec is not None:
         spec["builder"] = {
