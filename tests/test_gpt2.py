@@ -62,7 +62,8 @@ def test_causal_every_kind(kind):
 
 
 def test_attention_is_sdpa():
-    assert tiny("ss1").config._attn_implementation == "sdpa"
+    # Hugging Face's SDPA function, registered under flyweight's name (flyweight.attention.hf_triton)
+    assert tiny("ss1").config._attn_implementation == "flyweight_sdpa"
 
 
 # ---- training and generation work for every kind ---------------------------------------------

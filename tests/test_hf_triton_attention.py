@@ -20,7 +20,7 @@ def test_triton_attention_matches_sdpa_logits_and_gradients(monkeypatch):
     real = fa.flash_attention
     monkeypatch.setattr(fa, "flash_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     ref_model, model = pair()
-    assert model.config._attn_implementation == hf_triton.TRITON_ATTENTION
+    assert model.config._attn_implementation == hf_triton.IMPLEMENTATIONS["triton"]
     ids = torch.randint(0, 120, (2, 37), generator=torch.Generator().manual_seed(0))
     ref = ref_model(input_ids=ids, use_cache=False).logits
     got = model(input_ids=ids, use_cache=False).logits
@@ -48,3 +48,31 @@ def test_padding_masks_and_cached_decoding_fall_back_to_sdpa():
 def test_unknown_attention_is_rejected():
     with pytest.raises(ValueError, match="attention"):
         build_gpt2("tiny", attention="flash3")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_compiled_loss_runs_causal_attention_without_a_mask(attention):
+    """Under torch.compile transformers materialises a (T x T) mask; NextTokenNLL's promise of causal
+    windows lets flyweight's implementations drop it: SDPA gets is_causal=True and no mask, and the
+    Triton implementation really calls the kernel op. The loss equals the eager one."""
+    from flyweight.train.metrics import NextTokenNLL
+
+    model = build_gpt2("small", n_layer=2, n_embd=64, n_head=2, vocab_size=120, dropout=0.0, seed=4, attention=attention)
+    ids = torch.randint(0, 120, (2, 32), generator=torch.Generator().manual_seed(2))
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    loss = torch.compile(NextTokenNLL(model), backend=capture)(ids)
+    calls = [n for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    sdpa = [n for n in calls if "scaled_dot_product" in str(n.target)]
+    flash = [n for n in calls if "flash_attn_fwd" in str(n.target)]
+    if attention == "sdpa":
+        assert len(sdpa) == 2 and not flash
+        assert all(n.kwargs.get("attn_mask") is None and n.kwargs.get("is_causal") is True for n in sdpa)
+    else:
+        assert len(flash) == 2 and not sdpa
+    torch.testing.assert_close(loss, NextTokenNLL(model)(ids), rtol=1e-5, atol=1e-4)

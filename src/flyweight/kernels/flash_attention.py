@@ -29,10 +29,12 @@ order (``empty_like``), so O of a transposed (B, T, H, D) input is (B, T, H, D) 
 Registration with torch.compile: two ops built from the same Python bodies.
 ``flyweight::flash_attn_fwd``/``_bwd`` are ``torch.library.triton_op``s whose kernels are launched
 through ``torch.library.wrap_triton``: Inductor sees the Triton kernels themselves (no graph break, no
-opaque call). Under ``TRITON_INTERPRET=1`` the kernels are interpreter objects that ``wrap_triton``
-can call eagerly but not trace, so torch.compile uses ``flyweight::flash_attn_fwd_opaque``/``_bwd_opaque``
-instead: ordinary ``torch.library.custom_op``s with fake implementations (opaque to the compiler, still
-no graph break). ``FLYWEIGHT_FLASH_OP=triton_op|custom_op`` picks either one explicitly. Both have
+opaque call). ``flyweight::flash_attn_fwd_opaque``/``_bwd_opaque`` are ordinary
+``torch.library.custom_op``s with fake implementations (opaque to the compiler, still no graph break).
+torch.compile uses the custom_ops by default: under ``TRITON_INTERPRET=1`` the kernels are interpreter
+objects that ``wrap_triton`` can call eagerly but not trace, and on the H200 (torch 2.11, Triton 3.6)
+Inductor failed to compile the forward kernel through the triton_op route while the custom_op route
+compiled and matched eager exactly. ``FLYWEIGHT_FLASH_OP=triton_op|custom_op`` picks either one explicitly. Both have
 their autograd registered. Eager calls skip the op dispatch and its per-call overhead: they use an
 ``autograd.Function`` that launches the same kernels.
 
@@ -565,7 +567,10 @@ flash_attn_fwd_opaque.register_fake(_fake_fwd)
 flash_attn_bwd_opaque.register_fake(_fake_bwd)
 _OPS = {"triton_op": flash_attn_fwd, "custom_op": flash_attn_fwd_opaque}
 
-OP_KIND = os.environ.get("FLYWEIGHT_FLASH_OP", "custom_op" if INTERPRET else "triton_op")
+# custom_op by default: on the H200 (torch 2.11, Triton 3.6) Inductor failed to compile the forward
+# kernel through the triton_op route (an accumulator type assertion in tl.dot) while the same kernel
+# launched by the opaque custom_op compiled and matched eager exactly (benchmarks/attention_gpu.py)
+OP_KIND = os.environ.get("FLYWEIGHT_FLASH_OP", "custom_op")
 if OP_KIND not in OP_KINDS:
     raise ValueError(f"FLYWEIGHT_FLASH_OP must be one of {OP_KINDS}, got {OP_KIND!r}")
 

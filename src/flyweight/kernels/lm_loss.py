@@ -37,9 +37,8 @@ try:  # Triton is optional: CPU-only installs use the PyTorch path
 except ImportError:  # pragma: no cover - exercised on machines without Triton
     triton = None
 
-LOG2E = 1.4426950408889634
-
 if triton is not None:
+    LOG2E = tl.constexpr(1.4426950408889634)  # a plain float global does not compile (the interpreter accepts it)
 
     @triton.jit
     def _nll_grad_rows(logits_ptr, stride_row, target_ptr, nll_ptr, n_valid, n_cols,

@@ -121,8 +121,9 @@ def build_gpt2(
     pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
     50304); the padded logits are -inf (``PaddedVocabHead``). The real rows are initialised exactly
     as without padding (same seed, same values), the padded ones are zero. None/1: no padding.
-    attention: "sdpa" (PyTorch's fused kernels) or "triton" (flyweight's Triton flash attention,
-    ``flyweight.attention.hf_triton``; calls with a padding mask or attention dropout still use SDPA).
+    attention: "sdpa" (PyTorch's fused kernels) or "triton" (flyweight's Triton flash attention; calls
+    with a padding mask or attention dropout still use SDPA). Either way a padding-free causal batch
+    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_triton``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -186,10 +187,9 @@ def build_gpt2(
             # after the init, so the real rows hold exactly the values of an unpadded build
             _pad_vocabulary_(model, pad_vocab_to)
 
-    if attention == "triton":
-        from flyweight.attention.hf_triton import use_triton_attention
+    from flyweight.attention.hf_triton import use_attention
 
-        use_triton_attention(model)
+    use_attention(model, attention)
     spec = get_structure(model)
     if spec is not None:
         spec["builder"] = {

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyweight.attention.hf_triton import CAUSAL_BATCH, IMPLEMENTATIONS
 from flyweight.kernels.lm_loss import fused_linear_nll
 
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
@@ -112,6 +113,10 @@ class NextTokenNLL(nn.Module):
         self.model = model
         self.loss_chunk = loss_chunk
         self.fused_loss = bool(fused_loss)
+        # every window is an unpadded causal sequence: flyweight's attention implementations then drop
+        # the mask transformers materialises under torch.compile (flyweight.attention.hf_triton)
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        self._causal = {CAUSAL_BATCH: True} if impl in IMPLEMENTATIONS.values() else {}
         if loss_chunk and fused_loss:
             raise ValueError("loss_chunk and fused_loss are alternative ways to compute the loss: set one of them")
         if loss_chunk or fused_loss:
@@ -125,10 +130,10 @@ class NextTokenNLL(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not (self.loss_chunk or self.fused_loss):
-            logits = self.model(input_ids=input_ids, use_cache=False).logits
+            logits = self.model(input_ids=input_ids, use_cache=False, **self._causal).logits
             return lm_nll_sum(logits, input_ids)[0]
         base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = base(input_ids=input_ids, use_cache=False, **self._causal).last_hidden_state
         weight = self.model.get_output_embeddings().weight
         if self.fused_loss:
             target = torch.full_like(input_ids, -1)
