@@ -311,6 +311,8 @@ def search(args, device, out: Path) -> list[dict]:
 KERNEL_CLASSES = (  # (class, substrings of the kernel name), first match wins
     ("ss1 kernels", ("_ss1_",)),
     ("attention (SDPA flash/mem-efficient)", ("flash", "fmha", "attention", "efficient_attention")),
+    ("attention (flyweight Triton)", ("_attn_fwd", "_attn_bwd", "_bwd_preprocess")),
+    ("LM loss kernel (flyweight Triton)", ("_nll_grad_rows",)),
     ("optimizer (fused AdamW, clipping)", ("adam", "multi_tensor", "foreach", "l2norm", "norm_kernel")),
     ("GEMMs (cuBLAS/cuBLASLt)", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "wgmma", "matmul")),
     ("fused elementwise/norm/loss (Triton, inductor)", ("triton_",)),

@@ -80,19 +80,18 @@ run_mfu_next() {  # session 3's plan: the chunked loss and the attention backend
 }
 
 run_fused() {  # session 3: the fused LM loss and the Triton attention, alone and in the dense training step
-  local B="python3 benchmarks/gpt2_train_gpu.py --part throughput --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3 --out $R/mfu_gpu$1"
+  local B="python3 benchmarks/gpt2_train_gpu.py --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3"
+  local T="$B --part throughput --out $R/mfu_gpu$1"
   if [ "$1" = 0 ]; then
     timeout 100 python3 benchmarks/lm_loss_gpu.py --out "$R/lm_loss" > "$R/lm_loss.log" 2>&1
-    timeout 200 python3 benchmarks/attention_gpu.py --out "$R/attn" > "$R/attn.log" 2>&1
-    for be in triton auto; do
-      timeout 100 $B --batch-sizes 64 --fused-loss --sdpa-backend $be > "$R/mfu_fused_$be.log" 2>&1
-    done
+    timeout 80 $T --batch-sizes 64 --sdpa-backend auto > "$R/mfu_sdpa_plain.log" 2>&1
+    timeout 80 $T --batch-sizes 64 --sdpa-backend auto --fused-loss > "$R/mfu_sdpa_fused.log" 2>&1
+    timeout 80 $T --batch-sizes 64 --sdpa-backend triton --fused-loss > "$R/mfu_triton_fused.log" 2>&1
+    timeout 100 $T --batch-sizes 128 --sdpa-backend auto --fused-loss > "$R/mfu_sdpa_fused_b128.log" 2>&1
   else
-    for be in flash triton; do
-      timeout 100 $B --batch-sizes 64 --sdpa-backend $be > "$R/mfu_plain_$be.log" 2>&1
-    done
-    timeout 130 $B --batch-sizes 128 --fused-loss --sdpa-backend triton > "$R/mfu_fused_b128.log" 2>&1
-    timeout 150 $B --batch-sizes 256 --fused-loss --sdpa-backend triton > "$R/mfu_fused_b256.log" 2>&1
+    timeout 80 $T --batch-sizes 64 --sdpa-backend triton > "$R/mfu_triton_plain.log" 2>&1
+    timeout 100 $T --batch-sizes 128 --sdpa-backend triton --fused-loss > "$R/mfu_triton_fused_b128.log" 2>&1
+    timeout 100 $B --part profile --out "$R/profile" --batch-sizes 64 --sdpa-backend triton --fused-loss > "$R/profile.log" 2>&1
   fi
 }
 
