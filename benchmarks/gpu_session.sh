@@ -7,6 +7,7 @@
 #   phase=kernels: SS1 kernel numerics and timings (KERNELS_MORE=seconds adds the R=2/8 grid)
 #   phase=final: GPU0 SS1 numerics + the whole kernel table + block_n sweep; GPU1 GPT-2 MFU search
 #   phase=mfu-next: dense micro-batch 256, then loss chunking x attention backend (not run yet)
+#   phase=refresh: GPU0: every kind at dense's best training setting, then the model table; GPU1: comparison report
 #   phase=fused: GPU0: fused LM loss kernel, attention kernels, then dense MFU with both; GPU1: the
 #                dense MFU grid loss {plain, fused} x attention {cuDNN, flash, Triton}, micro-batch 256
 # Results go to $OUT/results.tgz. Carried: .whl (hydra/omegaconf/antlr wheels), .gpu/cache (the
@@ -95,7 +96,14 @@ run_fused() {  # session 3: the fused LM loss and the Triton attention, alone an
   fi
 }
 
-if [ "$phase" = fused ]; then
+if [ "$phase" = refresh ]; then  # session 3, after 'fused': every kind at dense's best setting; the stale tables again
+  (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json
+   timeout 260 python3 benchmarks/gpt2_train_gpu.py --part throughput --kinds dense,ss1,lowrank,monarch --pad-vocab 64 \
+     --dropout 0.0 --steps 15 --warmup-steps 3 --batch-sizes 128 --fused-loss --sdpa-backend triton --out "$R/kinds" > "$R/kinds.log" 2>&1
+   run_models 250) &
+  (export CUDA_VISIBLE_DEVICES=1 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu1.json; run_compare 400) &
+  wait
+elif [ "$phase" = fused ]; then
   (export CUDA_VISIBLE_DEVICES=0; run_fused 0) &
   (export CUDA_VISIBLE_DEVICES=1; run_fused 1) &
   wait

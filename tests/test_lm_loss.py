@@ -124,3 +124,14 @@ def test_next_token_nll_with_fused_loss_matches_full_logits(pad):
         torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="alternative"):
         NextTokenNLL(model, fused_loss=True, loss_chunk=8)
+
+
+def test_trainer_fused_loss_auto_is_on_for_gpus_only():
+    from flyweight.train.lm import resolve_fused_loss
+
+    assert resolve_fused_loss("auto", "gpu", None) is True
+    assert resolve_fused_loss("auto", "cpu", None) is False
+    assert resolve_fused_loss("auto", "gpu", 8192) is False  # the chunked loss was asked for
+    assert resolve_fused_loss(True, "cpu", None) is True
+    with pytest.raises(ValueError, match="fused_loss"):
+        resolve_fused_loss("yes", "gpu", None)

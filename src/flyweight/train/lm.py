@@ -47,7 +47,8 @@ class TrainerConfig:
     compile: bool = False              # torch.compile the model together with its loss
     compile_mode: str | None = None    # torch.compile(mode=...): default | reduce-overhead | max-autotune | ...
     loss_chunk: int | None = None      # rows of logits at a time (chunked linear + cross-entropy); None: full logits
-    fused_loss: bool = False           # head GEMM + cross-entropy fused (logits turned into their gradient in the forward)
+    fused_loss: Any = "auto"           # head GEMM + cross-entropy fused (logits turned into their gradient in the
+                                       # forward); auto: on GPUs (unless loss_chunk is set), off on CPU
     resume: str | None = None          # a .ckpt path, or "auto": <out_dir>/checkpoints/last.ckpt
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
@@ -59,6 +60,16 @@ class TrainerConfig:
     wandb_project: str = "flyweight"
     wandb_name: str | None = None      # run name; None: W&B's own
     wandb_offline: bool = False        # write the W&B run locally (wandb sync later)
+
+
+def resolve_fused_loss(value, accelerator: str, loss_chunk) -> bool:
+    """trainer.fused_loss: true/false, or "auto" = on for GPU training without loss_chunk (on the H200 it
+    took GPT-2 small from 44.9% to 46.3% MFU; on CPU the plain loss is kept, so CPU results stay put)."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return accelerator == "gpu" and not loss_chunk
+    raise ValueError(f"trainer.fused_loss must be true, false or auto, got {value!r}")
 
 
 def _plain(cfg) -> dict:
@@ -215,8 +226,9 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     model = build_model(cfg["model"], dm.tokenizer.vocab_size, seed=seed)
     flops = model_flops_per_token(model, dcfg.max_length)
     peak = float(tcfg.peak_tflops) * 1e12 if tcfg.peak_tflops else (peak_flops() if accelerator == "gpu" else None)
+    fused_loss = resolve_fused_loss(tcfg.fused_loss, accelerator, tcfg.loss_chunk)
     module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=tcfg.compile,
-                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=tcfg.fused_loss, steps_csv=out / "steps.csv",
+                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=fused_loss, steps_csv=out / "steps.csv",
                       record_indices=tcfg.record_indices)
 
     ckpt_dir = out / "checkpoints"
