@@ -20,20 +20,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from attention_gpu import cuda_time  # the same CUDA-event median as the attention benchmark (same folder)
 
 
 def median_ms(fn, reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return cuda_time(fn, warmup=1, iters=reps)
 
 
 def main() -> None:

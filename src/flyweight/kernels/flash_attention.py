@@ -78,25 +78,46 @@ INTERPRET_BLOCKS = {"fwd": (32, 16), "dkdv": (16, 32), "dq": (32, 16)}
 # Forward
 # ==========================================================================================
 @triton.jit
+def _load_rows(base, offs_t, stride_t, T, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """Rows ``offs_t`` of one head's (T, HEAD_DIM) tensor; MASKED: rows past T read as zeros."""
+    ptrs = base + offs_t[:, None] * stride_t + tl.arange(0, HEAD_DIM)[None, :]
+    if MASKED:
+        x = tl.load(ptrs, mask=(offs_t < T)[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _load_vec(base, offs_t, T, MASKED: tl.constexpr):
+    """Per-row values (log-sum-exp, delta) at ``offs_t``; MASKED: rows past T read as zeros."""
+    if MASKED:
+        x = tl.load(base + offs_t, mask=offs_t < T, other=0.0)
+    else:
+        x = tl.load(base + offs_t)
+    return x
+
+
+@triton.jit
+def _visible(offs_m, offs_n, T, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) mask of the keys a query may see: keys < T and, causal, keys <= the query."""
+    keep = (offs_n < T)[None, :]
+    if CAUSAL:
+        keep = keep & (offs_m[:, None] >= offs_n[None, :])
+    return keep
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, lo, hi, T, qk_scale,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
     """Online softmax over the key blocks in [lo, hi). MASKED: bounds-checked loads and a score mask
     (keys >= T; with CAUSAL also keys after the query), for the diagonal / last partial block only."""
-    offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < T)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
+        k = _load_rows(k_base, offs_n, stride_kt, T, HEAD_DIM, MASKED)
         qk = tl.dot(q, tl.trans(k))
         if MASKED:
-            keep = (offs_n < T)[None, :]
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] >= offs_n[None, :])
-            qk = tl.where(keep, qk * qk_scale, float("-inf"))
+            qk = tl.where(_visible(offs_m, offs_n, T, CAUSAL), qk * qk_scale, float("-inf"))
         else:
             qk = qk * qk_scale
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -106,13 +127,27 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, l
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=(offs_n < T)[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs)
+        v = _load_rows(v_base, offs_n, stride_vt, T, HEAD_DIM, MASKED)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _query_block_index(CAUSAL: tl.constexpr):
+    """This program's query block. Causal: the last blocks have the most keys, so they run first
+    (it shortens the tail of the launch)."""
+    pid = tl.program_id(0)
+    if CAUSAL:
+        pid = tl.num_programs(0) - 1 - pid
+    return pid
+
+
+@triton.jit
+def _batch_head(H):
+    """(batch * head index, batch, head) of this program: axis 1 of the launch grid."""
+    bh = tl.program_id(1)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64)
 
 
 @triton.jit
@@ -126,14 +161,8 @@ def _attn_fwd_kernel(
 ):
     """O = softmax(scale Q K^T [+ causal mask]) V for one block of BLOCK_M query rows of one head;
     LSE = per-row log2-sum-exp2 of the log2(e)-scaled scores. Causal needs BLOCK_M % BLOCK_N == 0."""
-    # Causal: the last query blocks have the most keys; launching them first shortens the tail.
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
+    pid_m = _query_block_index(CAUSAL)
+    bh, off_b, off_h = _batch_head(H)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
@@ -183,9 +212,7 @@ def _bwd_preprocess_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """DELTA[bh, t] = sum_d dO * O in fp32 (the row term of dS = P * (dP - delta))."""
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
+    bh, off_b, off_h = _batch_head(H)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < T
@@ -205,28 +232,16 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, 
     MASKED: bounds-checked loads (rows past T read as zeros: q = dO = 0 and lse = delta = 0 make their
     contribution exactly zero) and, with CAUSAL, the mask query >= key.
     """
-    offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_ptrs = q_base + offs_m[:, None] * stride_qt + offs_d[None, :]
-        do_ptrs = do_base + offs_m[:, None] * stride_dot + offs_d[None, :]
-        if MASKED:
-            row_ok = offs_m < T
-            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-            lse = tl.load(lse_base + offs_m, mask=row_ok, other=0.0)
-        else:
-            q = tl.load(q_ptrs)
-            lse = tl.load(lse_base + offs_m)
+        q = _load_rows(q_base, offs_m, stride_qt, T, HEAD_DIM, MASKED)
+        lse = _load_vec(lse_base, offs_m, T, MASKED)
         s_t = tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :]  # (BLOCK_N, BLOCK_M), log2 units
         if MASKED and CAUSAL:
             s_t = tl.where(offs_m[None, :] >= offs_n[:, None], s_t, float("-inf"))
         p_t = tl.math.exp2(s_t)
-        if MASKED:
-            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
-            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-        else:
-            do = tl.load(do_ptrs)
-            delta = tl.load(delta_base + offs_m)
+        do = _load_rows(do_base, offs_m, stride_dot, T, HEAD_DIM, MASKED)
+        delta = _load_vec(delta_base, offs_m, T, MASKED)
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
@@ -246,9 +261,7 @@ def _attn_bwd_dkdv_kernel(
 ):
     """dK, dV for one block of BLOCK_N keys of one head. Causal needs BLOCK_N % BLOCK_M == 0."""
     start_n = tl.program_id(0) * BLOCK_N  # causal: low key blocks are the heavy ones, and run first
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
+    bh, off_b, off_h = _batch_head(H)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     do_base = DO + off_b * stride_dob + off_h * stride_doh
     lse_base = LSE + bh.to(tl.int64) * T
@@ -294,23 +307,13 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, offs_
               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
     """Accumulate dQ (unscaled) of one query block over the key blocks in [lo, hi). MASKED: keys past
     T read as zeros and get P = 0; with CAUSAL also keys after the query."""
-    offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_ptrs, mask=(offs_n < T)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(offs_n < T)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
+        k = _load_rows(k_base, offs_n, stride_kt, T, HEAD_DIM, MASKED)
+        v = _load_rows(v_base, offs_n, stride_vt, T, HEAD_DIM, MASKED)
         s = tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]
         if MASKED:
-            keep = (offs_n < T)[None, :]
-            if CAUSAL:
-                keep = keep & (offs_m[:, None] >= offs_n[None, :])
-            s = tl.where(keep, s, float("-inf"))
+            s = tl.where(_visible(offs_m, offs_n, T, CAUSAL), s, float("-inf"))
         p = tl.math.exp2(s)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
@@ -329,13 +332,8 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ for one block of BLOCK_M query rows of one head. Causal needs BLOCK_M % BLOCK_N == 0."""
-    if CAUSAL:
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late) query blocks first
-    else:
-        pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
+    pid_m = _query_block_index(CAUSAL)
+    bh, off_b, off_h = _batch_head(H)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
 
