@@ -6,10 +6,9 @@
 #   phase=rerun: comparison report and model table again, then ddp (the second call of the session)
 #   phase=kernels: SS1 kernel numerics and timings (KERNELS_MORE=seconds adds the R=2/8 grid)
 #   phase=final: GPU0 SS1 numerics + the whole kernel table + block_n sweep; GPU1 GPT-2 MFU search
-#   phase=mfu-next: dense micro-batch 256, then loss chunking x attention backend (not run yet)
 #   phase=refresh: GPU0: every kind at dense's best training setting, then the model table; GPU1: comparison report
-#   phase=fused: GPU0: fused LM loss kernel, attention kernels, then dense MFU with both; GPU1: the
-#                dense MFU grid loss {plain, fused} x attention {cuDNN, flash, Triton}, micro-batch 256
+#   phase=fused: GPU0: fused LM loss kernel alone, then dense MFU with loss {plain, fused} x attention
+#                {SDPA, Triton} at micro-batch 64 and 128; GPU1: the rest of that grid and a profile
 # Results go to $OUT/results.tgz. Carried: .whl (hydra/omegaconf/antlr wheels), .gpu/cache (the
 # default corpus, tokenizer and token cache, which the machine cannot download).
 set -u
@@ -72,14 +71,6 @@ run_mfu() {  # dense GPT-2 small: micro-batch search, vocabulary padding, dropou
     --pad-vocab 64,0 --dropout 0.0,0.1 --batch-start 32 --batch-max 128 --steps 15 --warmup-steps 3 > "$R/mfu.log" 2>&1
 }
 
-run_mfu_next() {  # session 3's plan: the chunked loss and the attention backends on the best dense setting
-  local B="python3 benchmarks/gpt2_train_gpu.py --part throughput --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3"
-  timeout 150 $B --out "$R/mfu_next" --batch-sizes 256 > "$R/mfu_b256.log" 2>&1
-  for chunk in 0 8192; do for be in auto flash; do
-    timeout 100 $B --out "$R/mfu_next" --batch-sizes 64 --loss-chunk $chunk --sdpa-backend $be > "$R/mfu_c${chunk}_$be.log" 2>&1
-  done; done
-}
-
 run_fused() {  # session 3: the fused LM loss and the Triton attention, alone and in the dense training step
   local B="python3 benchmarks/gpt2_train_gpu.py --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3"
   local T="$B --part throughput --out $R/mfu_gpu$1"
@@ -107,8 +98,6 @@ elif [ "$phase" = fused ]; then
   (export CUDA_VISIBLE_DEVICES=0; run_fused 0) &
   (export CUDA_VISIBLE_DEVICES=1; run_fused 1) &
   wait
-elif [ "$phase" = mfu-next ]; then
-  run_mfu_next
 elif [ "$phase" = final ]; then
   (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json; run_final_grid 540) &
   (export CUDA_VISIBLE_DEVICES=1 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu1.json; run_mfu 540) &
