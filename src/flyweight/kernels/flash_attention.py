@@ -60,7 +60,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from flyweight.kernels._triton_env import INTERPRET
+
 AUTOTUNE = os.environ.get("FLYWEIGHT_FLASH_AUTOTUNE", "1") != "0"
 OP_KINDS = ("triton_op", "custom_op")
 HEAD_DIMS = (16, 32, 64, 128)

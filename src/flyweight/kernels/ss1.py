@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
+from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.ss1_layout import SS1Layout
 from flyweight.kernels.ss1_torch import SS1Tables, ss1_linear_torch
 
@@ -41,7 +40,7 @@ def use_triton(x2d: torch.Tensor, backend: str = "auto") -> bool:
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("SS1 backend='triton' needs the triton package (pip install triton)")
-        if x2d.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        if x2d.device.type != "cuda" and not INTERPRET:
             raise RuntimeError(
                 f"SS1 backend='triton' needs a CUDA tensor (got device {x2d.device}); on CPU set "
                 "TRITON_INTERPRET=1 before importing flyweight, or use backend='auto' or 'torch'"

@@ -52,11 +52,11 @@ import torch
 import triton
 import triton.language as tl
 
+from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.ss1_layout import SS1Layout
 
 log = logging.getLogger(__name__)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ==========================================================================================
