@@ -18,7 +18,9 @@ probability and zero gradient, exactly as -inf logits would. The softmax runs in
 the logits' dtype (bf16 under autocast).
 
 Paths: the Triton kernel on CUDA (and under ``TRITON_INTERPRET=1`` on CPU tensors, which is how the
-tests check it); elsewhere a plain PyTorch computation of the same quantities, chunked over rows.
+tests check it); elsewhere, and for float64 logits, a plain PyTorch computation of the same
+quantities, chunked over rows. ``flyweight.train.metrics.chunked_lm_nll_sum`` uses the same per-row
+function on its chunks of logits.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import os
 
 import torch
 
+from flyweight.kernels._triton_env import INTERPRET
+
 __all__ = ["fused_linear_nll", "nll_and_grad_"]
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 try:  # Triton is optional: CPU-only installs use the PyTorch path
     import triton
@@ -85,7 +88,8 @@ def _launch_config(n_cols: int) -> tuple[int, int]:
 
 
 def _use_triton(t: torch.Tensor) -> bool:
-    return triton is not None and (t.device.type == "cuda" or INTERPRET)
+    # float64 logits take the PyTorch path: the kernel's softmax is float32
+    return triton is not None and (t.device.type == "cuda" or INTERPRET) and t.dtype != torch.float64
 
 
 def nll_and_grad_(logits: torch.Tensor, target: torch.Tensor, vocab: int, *, write_grad: bool = True) -> torch.Tensor:

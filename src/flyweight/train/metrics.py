@@ -14,11 +14,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from flyweight.attention.hf_triton import CAUSAL_BATCH, IMPLEMENTATIONS
-from flyweight.kernels.lm_loss import fused_linear_nll
+from flyweight.kernels.lm_loss import fused_linear_nll, nll_and_grad_
 
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                    "L4": 121e12, "4090": 165e12}
+
+
+IGNORE_TARGET = -100  # F.cross_entropy's default ignore_index; the fused loss ignores any negative target
+
+
+def next_token_targets(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) targets of (B, T) windows: position t predicts token t+1, the last position is ignored.
+
+    The losses shift the targets, not the logits: slicing logits[:, :-1] would copy the (B, T, vocab)
+    tensor (and its gradient), the largest buffers of a small model's step."""
+    target = torch.full_like(input_ids, IGNORE_TARGET)
+    target[:, :-1] = input_ids[:, 1:]
+    return target
 
 
 def lm_nll_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -27,17 +40,15 @@ def lm_nll_sum(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Ten
     Position t predicts token t+1, so a window of L tokens contributes L-1 predictions (as the
     model's own ``labels=`` loss does).
     """
-    # Shift the targets, not the logits: slicing logits[:, :-1] would copy the (B, T, vocab) tensor
-    # (and its gradient), the largest buffers of a small model's step. The last position is ignored.
     b, t, v = logits.shape
-    target = torch.full_like(input_ids, -100)
-    target[:, :-1] = input_ids[:, 1:]
-    nll = F.cross_entropy(logits.reshape(b * t, v).float(), target.reshape(-1), reduction="sum", ignore_index=-100)
+    target = next_token_targets(input_ids)
+    nll = F.cross_entropy(logits.reshape(b * t, v).float(), target.reshape(-1), reduction="sum",
+                          ignore_index=IGNORE_TARGET)
     return nll, b * (t - 1)
 
 
 class _ChunkedLinearNLL(torch.autograd.Function):
-    """Summed NLL of ``hidden @ weight^T`` against ``target`` (-100: ignored), never holding more than
+    """Summed NLL of ``hidden @ weight^T`` against ``target`` (negative: ignored), never holding more than
     ``chunk`` rows of logits: each chunk's softmax gradient is turned into its share of d(hidden) and
     d(weight) right away, in the forward, and the backward only scales them by the incoming gradient.
     (The loss must be a scalar that is differentiated once, as a training loss is.)"""
@@ -54,15 +65,11 @@ class _ChunkedLinearNLL(torch.autograd.Function):
             h = hidden[start:start + chunk]
             t = target[start:start + chunk]
             logits = (h @ weight.t()).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            valid = t >= 0
-            safe = t.clamp_min(0)
-            total = total + ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+            # per-row NLL; with_grad: the chunk's logits become softmax - onehot in place
+            total = total + nll_and_grad_(logits, t, weight.shape[0], write_grad=with_grad).sum()
             if not with_grad:  # evaluation: the gradient GEMMs would be wasted
                 continue
-            grad = torch.exp(logits - lse[:, None])  # softmax
-            grad[torch.arange(len(t), device=t.device), safe] -= 1.0
-            grad = (grad * valid[:, None]).to(hidden.dtype)
+            grad = logits.to(hidden.dtype)
             d_hidden[start:start + chunk] = grad @ w_grad_dtype
             d_weight += (grad.t() @ h).to(acc)
         ctx.save_for_backward(d_hidden, d_weight.to(weight.dtype))
@@ -82,8 +89,7 @@ def chunked_lm_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, input_ids: to
     if chunk < 1:
         raise ValueError(f"loss chunk must be a positive number of rows, got {chunk}")
     b, t, d = hidden.shape
-    target = torch.full_like(input_ids, -100)
-    target[:, :-1] = input_ids[:, 1:]
+    target = next_token_targets(input_ids)
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     nll = _ChunkedLinearNLL.apply(hidden.reshape(b * t, d), weight, target.reshape(-1), int(chunk), with_grad)
     return nll, b * (t - 1)
@@ -136,8 +142,7 @@ class NextTokenNLL(nn.Module):
         hidden = base(input_ids=input_ids, use_cache=False, **self._causal).last_hidden_state
         weight = self.model.get_output_embeddings().weight
         if self.fused_loss:
-            target = torch.full_like(input_ids, -1)
-            target[:, :-1] = input_ids[:, 1:]
+            target = next_token_targets(input_ids)
             # the whole (padded) weight: the GEMM keeps its aligned width, the kernel ignores the padding
             return fused_linear_nll(hidden.reshape(-1, hidden.shape[-1]), weight, target.reshape(-1), self.vocab)
         return chunked_lm_nll_sum(hidden, weight[: self.vocab], input_ids, self.loss_chunk)[0]
