@@ -32,6 +32,14 @@ CAUSAL_BATCH = "flyweight_causal_batch"  # forward keyword: every row is an unpa
 IMPLEMENTATIONS = {"sdpa": "flyweight_sdpa", "triton": "flyweight_triton"}
 
 
+def _mask_unless_promised(query, key, attention_mask, kwargs: dict):
+    """None when the caller promised unpadded causal windows (``CAUSAL_BATCH``, popped from kwargs)
+    and the queries are the keys; else the mask transformers built."""
+    if kwargs.pop(CAUSAL_BATCH, False) and query.shape[2] == key.shape[2]:
+        return None
+    return attention_mask
+
+
 def _triton_attention_forward(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0,
                               scaling: float | None = None, is_causal: bool | None = None, **kwargs):
     """HF attention-interface signature: q/k/v (B, H, T, D) -> ((B, T, H, D) output, None)."""
@@ -39,8 +47,7 @@ def _triton_attention_forward(module: nn.Module, query, key, value, attention_ma
 
     from flyweight.kernels.flash_attention import flash_attention
 
-    if kwargs.pop(CAUSAL_BATCH, False) and query.shape[2] == key.shape[2]:
-        attention_mask = None  # the caller's promise: unpadded causal windows (module docstring)
+    attention_mask = _mask_unless_promised(query, key, attention_mask, kwargs)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     plain = (attention_mask is None and dropout == 0.0 and query.shape[2] == key.shape[2]
              and not kwargs.get("output_attentions", False))
@@ -55,8 +62,7 @@ def _sdpa_attention_forward(module: nn.Module, query, key, value, attention_mask
     """Hugging Face's SDPA function, without the mask when the caller promises causal windows."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if kwargs.pop(CAUSAL_BATCH, False) and query.shape[2] == key.shape[2]:
-        attention_mask = None
+    attention_mask = _mask_unless_promised(query, key, attention_mask, kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 

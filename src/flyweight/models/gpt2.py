@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyweight.attention.hf_triton import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from flyweight.attention.hf_triton import use_attention
 from flyweight.convert.checkpoint import load_structured as _load_structured
 from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
@@ -63,7 +65,6 @@ DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
     "lowrank": {"compression": 8},
 }
 INIT_STD = 0.02
-ATTENTIONS = ("sdpa", "triton")
 
 
 def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
@@ -141,8 +142,8 @@ def build_gpt2(
     for k in {kind, *kinds.values()}:
         if k not in LINEAR_KINDS:
             raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTIONS)}")
+    if attention not in ATTENTION_IMPLEMENTATIONS:  # checked before building, not after
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
                                      or pad_vocab_to < 1):
         raise ValueError(f"pad_vocab_to must be a positive integer (e.g. 64) or None, got {pad_vocab_to!r}")
@@ -186,8 +187,6 @@ def build_gpt2(
         if pad_vocab_to and pad_vocab_to > 1:
             # after the init, so the real rows hold exactly the values of an unpadded build
             _pad_vocabulary_(model, pad_vocab_to)
-
-    from flyweight.attention.hf_triton import use_attention
 
     use_attention(model, attention)
     spec = get_structure(model)
