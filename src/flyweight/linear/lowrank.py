@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flyweight.linear.base import StructuredLinear, check_positive_int, register_linear, uniform_
+from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 
 
 def rank_for_compression(in_features: int, out_features: int, compression: float) -> int:

@@ -73,7 +73,7 @@ class MonarchLinear(StructuredLinear):
 
     # ---- dense form: P_out . blockdiag(W2) . P_mid . blockdiag(W1) --------------------------
     def to_dense(self) -> torch.Tensor:
-        b, r, p_in, p_out = self.nblocks, self.mid, self.p_in, self.p_out
+        b, r, p_out = self.nblocks, self.mid, self.p_out
         w1 = torch.block_diag(*self.w1.detach())  # (b*r, b*p_in)
         w2 = torch.block_diag(*self.w2.detach())  # (b*p_out, b*r)
         # z[l*r + j] = h[j*b + l]

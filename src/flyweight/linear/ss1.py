@@ -18,7 +18,7 @@ from flyweight.kernels import ss1_linear
 from flyweight.kernels.ss1 import use_triton
 from flyweight.kernels.ss1_layout import SS1Layout, draw_hash_coeffs, valid_widths_near
 from flyweight.kernels.ss1_torch import SS1Tables
-from flyweight.linear.base import StructuredLinear, check_positive_int, register_linear, uniform_
+from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 
 
 def _is_power_of_two(v: int) -> bool:
