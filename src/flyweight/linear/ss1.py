@@ -132,6 +132,9 @@ class SS1Linear(StructuredLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             self._check_input(x)
+        if x.dim() == 2:
+            return ss1_linear(x, self.weight, self.bias, self.sketch_index, self.unsketch_index, self.meta,
+                              self.backend)
         y = ss1_linear(x.reshape(-1, self.in_features), self.weight, self.bias, self.sketch_index,
                        self.unsketch_index, self.meta, self.backend)
         return y.view(*x.shape[:-1], self.out_features)
