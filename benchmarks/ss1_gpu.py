@@ -41,7 +41,6 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 if not torch.cuda.is_available():
@@ -178,9 +177,13 @@ def poison() -> None:
 
 # ---- layers ---------------------------------------------------------------------------------
 def make(kind: str, k: int, n: int, r: int = 4, dtype=torch.bfloat16):
+    """"dense" (nn.Linear), "ss1" (default backend) or "ss1-torch" (the sketch as PyTorch ops in eager too)."""
     if kind == "dense":
         return torch.nn.Linear(k, n, device=DEV, dtype=dtype)
-    return SS1Linear(k, n, compression=r, pad=k % (r * 32) != 0, device=DEV, dtype=dtype)
+    layer = SS1Linear(k, n, compression=r, pad=k % (r * 32) != 0, device=DEV, dtype=dtype)
+    if kind == "ss1-torch":
+        layer.backend = "torch"
+    return layer
 
 
 def copies_for(layer, m: int, k: int) -> int:
@@ -279,10 +282,10 @@ def layers(run: Run, shapes: dict) -> None:
             res = {kind: graph_us(fwd_fns(kind, k, n, m)) for kind in ("dense", "ss1")}
             run.row("layers", {"shape": name, "K": k, "N": n, "M": m, "R": 4, "what": "graph fwd",
                                "dense_us": round(res["dense"], 2), "ss1_us": round(res["ss1"], 2),
-                               "speedup": round(res["dense"] / res["ss1"], 3)})
+                               "speedup": round(res["dense"] / res["ss1"], 3), "ss1_torch_sketch_us": ""})
             for pass_ in ("fwd", "fwd+bwd"):
                 us = {}
-                for kind in ("dense", "ss1"):
+                for kind in ("dense", "ss1", "ss1-torch"):
                     fns = fwd_fns(kind, k, n, m, grad=pass_ == "fwd+bwd")
                     with torch.set_grad_enabled(pass_ == "fwd+bwd"):
                         us[kind] = time_us(lambda: [f() for f in fns]) / len(fns)
@@ -290,7 +293,8 @@ def layers(run: Run, shapes: dict) -> None:
                 run.row("speed_table", table_row("ss1", k, n, m, pass_, False, us["ss1"], us["dense"], lay))
                 run.row("layers", {"shape": name, "K": k, "N": n, "M": m, "R": 4, "what": f"eager {pass_}",
                                    "dense_us": round(us["dense"], 2), "ss1_us": round(us["ss1"], 2),
-                                   "speedup": round(us["dense"] / us["ss1"], 3)})
+                                   "speedup": round(us["dense"] / us["ss1"], 3),
+                                   "ss1_torch_sketch_us": round(us["ss1-torch"], 2)})
             run.log(f"{name} M={m}: graph fwd {res['dense'] / res['ss1']:.2f}x, eager fwd+bwd "
                     f"{us['dense'] / us['ss1']:.2f}x")
 
@@ -417,57 +421,66 @@ def llama(kind: str, toy: bool):
 
 def train(run: Run) -> None:
     toy = run.smoke or not CUDA
-    seq, batches, steps = (128, (2, 4), 2) if toy else (1024, (16, 32), 8)
     for kind in ("dense", "ss1"):
-        model = gpt2(kind, toy).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
-        step_fn = torch.compile(model, backend=COMPILE_BACKEND)
-        for bs in batches:
-            ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
-            torch._dynamo.mark_dynamic(ids, 0)  # one compile for both micro-batches
-
-            def step():
-                with torch.autocast(DEV.type, dtype=torch.bfloat16):
-                    loss = step_fn(input_ids=ids, labels=ids).loss
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
-            t = time.time()
-            step()
-            sync()
-            compile_s = time.time() - t
-            step()
-            sync()
-            t = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync()
-            tok_s = bs * seq * steps / (time.perf_counter() - t)
-            run.row("models", {"part": "train", "model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind,
-                               "batch": bs, "seq": seq, "tokens_per_s": round(tok_s), "first_calls_s": round(compile_s, 1)})
-            run.log(f"train {kind} {bs}x{seq}: {tok_s:,.0f} tok/s (first step {compile_s:.0f} s)")
-        del model, opt, step_fn
+        train_one(run, kind, toy)
         torch._dynamo.reset()
+
+
+def train_one(run: Run, kind: str, toy: bool) -> None:
+    seq, batches, steps = (128, (2, 4), 2) if toy else (1024, (16, 32), 8)
+    model = gpt2(kind, toy).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
+    compiled = torch.compile(model, backend=COMPILE_BACKEND)
+    for bs in batches:
+        ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
+        torch._dynamo.mark_dynamic(ids, 0)  # one compile for both micro-batches
+
+        def step():
+            with torch.autocast(DEV.type, dtype=torch.bfloat16):
+                loss = compiled(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t = time.time()
+        step()
+        sync()
+        first_s = time.time() - t
+        step()
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        tok_s = bs * seq * steps / (time.perf_counter() - t)
+        run.row("models", {"part": "train", "model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind,
+                           "batch": bs, "seq": seq, "tokens_per_s": round(tok_s), "first_calls_s": round(first_s, 1)})
+        run.log(f"train {kind} {bs}x{seq}: {tok_s:,.0f} tok/s (first step {first_s:.0f} s)")
 
 
 def prefill(run: Run) -> None:
     toy = run.smoke or not CUDA
-    bs, seq = (2, 128) if toy else (16, 1024)
     for kind in ("dense", "ss1"):
-        model = gpt2(kind, toy).eval().to(torch.bfloat16)
-        fn = torch.compile(model, backend=COMPILE_BACKEND)
-        ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
-        with torch.no_grad():
-            call = lambda: fn(input_ids=ids, use_cache=False).logits  # noqa: E731
-            call()
-            us = time_us(call)
-            h = host_us(call, n=20)
-        run.row("models", {"part": "prefill", "model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind,
-                           "batch": bs, "seq": seq, "tokens_per_s": round(bs * seq / us * 1e6), "host_us": round(h)})
-        run.log(f"prefill {kind} {bs}x{seq}: {bs * seq / us * 1e6:,.0f} tok/s, host {h:.0f} us per forward")
-        del model, fn
+        prefill_one(run, kind, toy)
         torch._dynamo.reset()
+
+
+def prefill_one(run: Run, kind: str, toy: bool) -> None:
+    bs, seq = (2, 128) if toy else (16, 1024)
+    model = gpt2(kind, toy).eval().to(torch.bfloat16)
+    compiled = torch.compile(model, backend=COMPILE_BACKEND)
+    ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
+
+    def call():
+        return compiled(input_ids=ids, use_cache=False).logits
+
+    with torch.no_grad():
+        call()
+        us = time_us(call)
+        h = host_us(call, n=20)
+    run.row("models", {"part": "prefill", "model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind,
+                       "batch": bs, "seq": seq, "tokens_per_s": round(bs * seq / us * 1e6), "host_us": round(h)})
+    run.log(f"prefill {kind} {bs}x{seq}: {bs * seq / us * 1e6:,.0f} tok/s, host {h:.0f} us per forward")
 
 
 def decode(run: Run) -> None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flyweight.kernels.ss1 import SS1Layout, check_backend, draw_hash_coeffs, ss1_linear, valid_widths_near
+from flyweight.kernels.ss1 import SS1Layout, draw_hash_coeffs, ss1_linear, valid_widths_near
 from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 
 
