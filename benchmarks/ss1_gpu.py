@@ -278,7 +278,7 @@ def table_row(kind, k, n, m, pass_, compiled, us, dense_us, layer) -> dict:
 def layers(run: Run, shapes: dict) -> None:
     ms = (16, 2048) if run.smoke else (16, 2048, 16384)
     for name, (k, n) in shapes.items():
-        for m in sorted(set(ms + ((2048,) if name.startswith("gpt2") else ()))):
+        for m in sorted(set(ms + ((8192,) if name.startswith("gpt2") else ()))):  # 8192: the eager target
             res = {kind: graph_us(fwd_fns(kind, k, n, m)) for kind in ("dense", "ss1")}
             run.row("layers", {"shape": name, "K": k, "N": n, "M": m, "R": 4, "what": "graph fwd",
                                "dense_us": round(res["dense"], 2), "ss1_us": round(res["ss1"], 2),
@@ -363,7 +363,8 @@ def routes(run: Run) -> None:
     if not CUDA:
         run.log("routes: the triton_op route compiles only with CUDA (the interpreter's kernel takes real "
                 "tensors); dry run of the inductor route only")
-    shapes = TOY_SHAPES if run.smoke or not CUDA else GPT2_SHAPES
+    shapes = {"toy-pad": TOY_SHAPES["toy-pad"]} if run.smoke or not CUDA else {
+        k: GPT2_SHAPES[k] for k in ("gpt2-fc", "gpt2-attn-out")}  # the largest and the smallest K/R GEMM
     m = 2048 if run.smoke or not CUDA else 8192
     for name, (k, n) in shapes.items():
         dense = compiled_layer_us("dense", k, n, (m,), "fwd+bwd")[0][m]
@@ -377,6 +378,8 @@ def routes(run: Run) -> None:
 
 def table(run: Run, shapes: dict) -> None:
     ms = (16, 2048) if run.smoke else (16, 2048, 16384)
+    if run.smoke:
+        shapes = {"toy-pad": TOY_SHAPES["toy-pad"]}
     for name, (k, n) in shapes.items():
         for pass_ in ("fwd", "fwd+bwd"):
             if run.left() < 10:
@@ -513,15 +516,28 @@ def decode(run: Run) -> None:
             torch._dynamo.reset()
 
 
-def ratios(run: Run) -> None:
-    """The model-level targets as dense/SS1 ratios, from models.csv."""
-    path = os.path.join(run.out, "models.csv")
+def read_rows(run: Run, name: str) -> list[dict]:
+    path = os.path.join(run.out, f"{name}.csv")
     if not os.path.exists(path):
-        return
+        return []
     with open(path) as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def ratios(run: Run) -> None:
+    """Each target of the summary as SS1 / dense, from the CSVs written so far."""
+    layer_rows = read_rows(run, "layers")
+    for what, m, label in (("graph fwd", "2048", "CUDA-graph fwd M=2048"), ("eager fwd+bwd", "8192", "eager fwd+bwd M=8192")):
+        picked = [r for r in layer_rows if r["what"] == what and r["M"] == m and r["shape"].startswith("gpt2")]
+        if picked:
+            run.summary.append(f"{label}, GPT-2 small widths: " + ", ".join(f"{r['shape']} {float(r['speedup']):.2f}x"
+                                                                          for r in picked))
+    for r in read_rows(run, "host"):
+        if r["layer"] != "nn.Linear":
+            run.summary.append(f"host time {r['layer']} {r['mode']}: fwd {r['fwd_vs_linear']}x, "
+                               f"fwd+bwd {r['fwd_bwd_vs_linear']}x nn.Linear")
     keyed = {}
-    for r in rows:
+    for r in read_rows(run, "models"):
         keyed.setdefault((r["part"], r["model"], r["batch"]), {})[r["kind"]] = float(r["tokens_per_s"])
     for (part, model, bs), v in keyed.items():
         if "dense" in v and "ss1" in v:
@@ -563,11 +579,10 @@ def main() -> None:
                 if go:
                     fn()
     ratios(run)
-    table_csv = os.path.join(args.out, "speed_table.csv")
-    if os.path.exists(table_csv):
+    rows = read_rows(run, "speed_table")
+    if rows:
         named = os.path.join(args.out, user_table_path().name)
-        with open(table_csv) as f_in, open(named, "w", newline="") as f_out:
-            rows = list(csv.DictReader(f_in))
+        with open(named, "w", newline="") as f_out:
             w = csv.DictWriter(f_out, fieldnames=LAYER_COLUMNS)
             w.writeheader()
             w.writerows({c: r.get(c) for c in LAYER_COLUMNS} for r in rows)
