@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flyweight.kernels.ss1 import SS1Layout, draw_hash_coeffs, ss1_linear, valid_widths_near
+from flyweight.kernels.ss1.op import sketch_torch
 from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 
 
@@ -150,15 +150,12 @@ class SS1Linear(StructuredLinear):
         In the stored layout that is the sketch of W's rows divided by the count of real entries.
         """
         layer = cls._empty_like_dense(weight, bias, kwargs)
-        lay = layer.layout
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        dev = weight.device
-        gather = lay.sketch_index().to(dev)
-        shape = (lay.num_supergroups, lay.compression, lay.block_k)
-        w = F.pad(weight.detach().to(work), (0, lay.padded_in - layer.in_features))
-        sums = w.index_select(1, gather).view(layer.out_features, *shape).sum(2).view(layer.out_features, -1)
-        real = (torch.arange(lay.padded_in, device=dev) < layer.in_features).to(work)
-        counts = real[gather].view(*shape).sum(1).view(-1)
+        gather = layer.layout.sketch_index().to(weight.device)
+        sums = sketch_torch(weight.detach().to(work), gather, layer.meta, work)
+        # the same sketch of a row of ones counts the real (unpadded) entries each slot serves
+        counts = sketch_torch(torch.ones(1, layer.in_features, dtype=work, device=weight.device), gather,
+                              layer.meta, work)
         with torch.no_grad():
             layer.weight.copy_(sums / counts.clamp(min=1))
         layer._copy_bias(bias)
