@@ -1,8 +1,9 @@
 """Test-session setup shared by every test module.
 
 Without CUDA, the Triton kernels run in Triton's interpreter on CPU tensors. The interpreter is
-chosen when ``triton.jit`` decorates a kernel, i.e. when ``flyweight.kernels.ss1_triton`` is first
-imported, so the variable must be set here, before any test module imports it.
+chosen when ``triton.jit`` decorates a kernel, i.e. when a kernel module (e.g.
+``flyweight.kernels.ss1.kernels``) is first imported, so the variable must be set here, before any
+test module imports it.
 """
 
 import os

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flyweight.kernels.ss1_layout import HASH_PRIME, draw_hash_coeffs
+from flyweight.kernels.ss1 import HASH_PRIME, draw_hash_coeffs
 from flyweight.linear import SS1Linear, make_linear
 
 F64 = torch.float64
@@ -14,16 +14,20 @@ def spec_hash(coeffs, vec, bk, pn, k, c):
     return ((r3 + r2 * pn + r1 * (k + 1) + r0 * (c + 1)) * vec) % bk
 
 
-def spec_dense(wc, in_features, coeffs, R, bk, bn, vec):
-    """W[n, r] = Wc[n, k*BK + (s - h(n // BN, k, c)) mod BK], written as the spec's loops."""
-    n_out = wc.shape[0]
-    w = torch.zeros(n_out, in_features, dtype=wc.dtype)
+def spec_index(n_out, in_features, coeffs, R, bk, bn, vec):
+    """(N, K) column of Wc that W[n, r] reads: k*BK + (s - h(n // BN, k, c)) mod BK, the spec's loops."""
+    idx = torch.zeros(n_out, in_features, dtype=torch.int64)
     for n in range(n_out):
         for r in range(in_features):
             blk, s = divmod(r, bk)
             k, c = divmod(blk, R)
-            w[n, r] = wc[n, k * bk + (s - spec_hash(coeffs, vec, bk, n // bn, k, c)) % bk]
-    return w
+            idx[n, r] = k * bk + (s - spec_hash(coeffs, vec, bk, n // bn, k, c)) % bk
+    return idx
+
+
+def spec_dense(wc, in_features, coeffs, R, bk, bn, vec):
+    """W[n, r] = Wc[n, k*BK + (s - h(n // BN, k, c)) mod BK]."""
+    return wc.gather(1, spec_index(wc.shape[0], in_features, coeffs, R, bk, bn, vec))
 
 
 def spec_sketch_forward(x, wc, coeffs, R, bk, bn, vec):
@@ -55,23 +59,29 @@ def test_dense_equivalent_matches_spec_loops(cfg):
     torch.manual_seed(0)
     layer = SS1Linear(cfg["i"], cfg["o"], compression=cfg["R"], block_k=cfg["bk"], block_n=cfg["bn"],
                       vec=cfg["vec"], seed=7, dtype=F64)
-    ref = spec_dense(layer.weight.detach(), cfg["i"], layer.hash_coeffs, cfg["R"], cfg["bk"], cfg["bn"], cfg["vec"])
+    wc = layer.spec_weight
+    assert torch.equal(wc, layer.state_dict()["weight"])  # the state dict holds the spec's weight
+    ref = spec_dense(wc, cfg["i"], layer.hash_coeffs, cfg["R"], cfg["bk"], cfg["bn"], cfg["vec"])
     torch.testing.assert_close(layer.to_dense(), ref, rtol=0, atol=0)
     x = torch.randn(3, cfg["i"], dtype=F64)
-    y_spec = spec_sketch_forward(x, layer.weight.detach(), layer.hash_coeffs, cfg["R"], cfg["bk"], cfg["bn"], cfg["vec"])
+    y_spec = spec_sketch_forward(x, wc, layer.hash_coeffs, cfg["R"], cfg["bk"], cfg["bn"], cfg["vec"])
     torch.testing.assert_close(layer(x), y_spec + layer.bias, rtol=1e-12, atol=1e-12)
 
 
 def test_layout_phase_identity_equals_spec_hash():
+    """h(pn, k, c) = (h0(k, c) + shift(pn)) mod BK: the identity the stored layout rests on."""
     layer = SS1Linear(256, 640, compression=4, seed=3)
     lay = layer.layout
+    h0 = lay.phase0_rotations()
+    shifts = lay.row_shifts()
     for pn in range(lay.num_out_blocks):
+        assert int(shifts[pn * 64]) == 8 * lay.phase(pn)
         for k in range(lay.num_supergroups):
             for c in range(lay.compression):
                 h = spec_hash(layer.hash_coeffs, 8, 32, pn, k, c)
                 assert lay.hash(pn, k, c) == h
                 assert lay.rotation(lay.phase(pn), k, c) == h
-                assert int(lay.rotations[lay.phase(pn), k, c]) == h
+                assert (int(h0[k, c]) + int(shifts[pn * 64])) % 32 == h
 
 
 def test_hash_coeffs_odd_deterministic_and_device_independent():
@@ -98,9 +108,8 @@ def test_hash_coeffs_given_explicitly_are_used_not_redrawn():
     ref = SS1Linear(128, 64, seed=5, dtype=F64)
     again = SS1Linear(128, 64, seed=999, hash_coeffs=ref.hash_coeffs, dtype=F64)
     assert again.hash_coeffs == ref.hash_coeffs
-    with torch.no_grad():
-        again.weight.copy_(ref.weight)
-    torch.testing.assert_close(again.to_dense(), ref.to_dense())
+    again.load_state_dict(ref.state_dict())
+    torch.testing.assert_close(again.to_dense(), ref.to_dense(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="odd"):
         SS1Linear(128, 64, hash_coeffs=(2, 3, 5, 7))
 
@@ -108,10 +117,12 @@ def test_hash_coeffs_given_explicitly_are_used_not_redrawn():
 @pytest.mark.parametrize("R", [1, 2, 4, 8])
 def test_each_weight_slot_serves_exactly_R_dense_entries(R):
     layer = SS1Linear(256, 96, compression=R, seed=1)
-    idx = layer.layout.dense_column_index()  # (N, K) -> weight column
+    idx = spec_index(96, 256, layer.hash_coeffs, R, 32, 64, 8)  # (N, K) -> Wc column
     counts = torch.zeros(96, 256 // R, dtype=torch.int64)
     counts.scatter_add_(1, idx, torch.ones_like(idx))
     assert (counts == R).all()
+    # in the stored layout every input column reads one column, the same for every row
+    assert (torch.bincount(layer.unsketch_index, minlength=256 // R) == R).all()
 
 
 def test_projection_is_the_mean_rule():
@@ -124,7 +135,7 @@ def test_projection_is_the_mean_rule():
         for k in range(64 // (R * bk)):
             for t in range(bk):
                 vals = [w[n, (k * R + c) * bk + (t + spec_hash(coeffs, vec, bk, n // bn, k, c)) % bk] for c in range(R)]
-                assert torch.isclose(layer.weight[n, k * bk + t], torch.stack(vals).mean(), atol=1e-14)
+                assert torch.isclose(layer.spec_weight[n, k * bk + t], torch.stack(vals).mean(), atol=1e-14)
     # the mean is the least-squares optimum: the residual is orthogonal to the structure
     resid = w - layer.to_dense()
     probe = SS1Linear(64, 32, compression=R, block_k=bk, block_n=bn, vec=vec, seed=3, bias=False, dtype=F64)
@@ -146,17 +157,17 @@ def test_padding_not_a_multiple():
     assert layer.to_dense().shape == (24, 100)
     x = torch.randn(5, 100, dtype=F64)
     torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias, rtol=1e-12, atol=1e-12)
-    full = spec_dense(layer.weight.detach(), 128, layer.hash_coeffs, 4, 8, 8, 2)
+    full = spec_dense(layer.spec_weight, 128, layer.hash_coeffs, 4, 8, 8, 2)
     torch.testing.assert_close(layer.to_dense(), full[:, :100], rtol=0, atol=0)
     # from_dense averages only the real entries: a slot fed by 1 real + 3 padded gets that entry
     w = torch.randn(24, 100, dtype=F64)
     proj = SS1Linear.from_dense(w, compression=4, block_k=8, block_n=8, vec=2, pad=True)
-    idx = proj.layout.dense_column_index()[:, :100]
+    idx = spec_index(24, 100, proj.hash_coeffs, 4, 8, 8, 2)
     for n in range(24):
         for col in range(32):
             served = (idx[n] == col).nonzero().flatten()
             expected = w[n, served].mean() if served.numel() else torch.tensor(0.0, dtype=F64)
-            assert torch.isclose(proj.weight[n, col], expected, atol=1e-14)
+            assert torch.isclose(proj.spec_weight[n, col], expected, atol=1e-14)
 
 
 def test_gpt2_xl_width_needs_pad():

@@ -207,6 +207,7 @@ def convert(
     init: str = "random",
     seed_offset: int = 0,
     filter_fn: Callable[[str, int, int], str | None] | None = None,
+    auto: Any = False,
     **layer_kwargs: Any,
 ) -> ConversionReport:
     """Replace the linear layers selected by ``targets`` (minus ``skip``) with ``kind`` layers, in place.
@@ -223,8 +224,16 @@ def convert(
     filter_fn(name, in_features, out_features) -> reason or None: a layer it gives a reason for
     stays as it is (reported as skipped with that reason), e.g. the measured auto-selection of
     ``flyweight.bench.autoselect.SpeedTable.keep_dense``.
+    auto: True (or a ``flyweight.bench.autoselect.AutoSelect`` workload) keeps dense every layer that
+    the measured speed table does not show faster than dense (on top of ``filter_fn``).
     """
     cls = linear_class(kind)
+    if auto:
+        from flyweight.bench.autoselect import AutoSelect, auto_filter
+
+        measured = auto_filter(kind, layer_kwargs, auto if isinstance(auto, AutoSelect) else AutoSelect(), cls)
+        given = filter_fn
+        filter_fn = measured if given is None else (lambda n, i, o: given(n, i, o) or measured(n, i, o))
     if init not in ("random", "project"):
         raise ValueError(f"init must be 'random' or 'project', got {init!r}")
     named = linear_modules(model)

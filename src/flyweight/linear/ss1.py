@@ -1,9 +1,14 @@
 """SS1 (Sketch Structured Transform, NeurIPS 2024) as a drop-in nn.Linear; see SPEC-SS1.md.
 
-The stored weight has in_features / R columns. Output block pn reads input r through weight
-column k*BK + (s - h(pn, k, c)) mod BK, where r = (k*R + c)*BK + s: the R chunks of a supergroup
-share one rotated BK-wide slice of the weight. Computing it means sketching the input (rotate the R
-chunks, sum them) and one matmul of depth K/R; ``flyweight.kernels.ss1_linear`` does that.
+The spec's weight Wc has in_features / R columns: output block pn reads input r = (k*R + c)*BK + s
+through column k*BK + (s - h(pn, k, c)) mod BK, so the R chunks of a supergroup share one rotated
+BK-wide slice. The layer stores the same numbers in the layout its fast path reads, Wr (each row's
+slices rotated by its block's phase shift, ``flyweight.kernels.ss1.layout``): then the whole layer is
+one sketch of the input and one dense GEMM of depth K/R, y = sketch0(x) @ Wr^T + b.
+
+``layer.weight`` is Wr, the tensor the optimizer updates (Adam and weight decay are elementwise, so
+training is the same as with Wc). The state dict holds Wc under ``weight``, exactly as a layer that
+stored Wc would: checkpoints written by either load into the other bit for bit.
 """
 
 from __future__ import annotations
@@ -11,13 +16,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flyweight.kernels import ss1_linear
-from flyweight.kernels.ss1 import use_triton
-from flyweight.kernels.ss1_layout import SS1Layout, draw_hash_coeffs, valid_widths_near
-from flyweight.kernels.ss1_torch import SS1Tables
+from flyweight.kernels.ss1 import SS1Layout, draw_hash_coeffs, ss1_linear, valid_widths_near
+from flyweight.kernels.ss1.op import sketch_torch
 from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 
 
@@ -31,8 +33,9 @@ class SS1Linear(StructuredLinear):
 
     ``pad=True`` accepts widths that are not a multiple of R * block_k by zero-padding the input.
     ``hash_coeffs`` (R0..R3) restores a saved layer exactly; otherwise they are drawn from ``seed``.
-    ``backend`` (attribute, not part of the structure): "auto" (Triton kernels on CUDA, PyTorch
-    elsewhere), "torch" or "triton"; see ``flyweight.kernels.ss1``.
+    ``backend`` (attribute, not part of the structure): "auto" (Triton sketch kernel on CUDA,
+    PyTorch ops elsewhere and under torch.compile), "torch" or "triton"; see
+    ``flyweight.kernels.ss1.backend``.
     """
 
     backend: str = "auto"
@@ -89,73 +92,79 @@ class SS1Linear(StructuredLinear):
         self.layout = SS1Layout(
             in_features, out_features, compression, block_k, block_n, vec, coeffs, padded_in
         )
+        self.meta = self.layout.sketch_meta()  # the integers every call passes to the op
         self.weight = nn.Parameter(
             torch.empty(out_features, self.layout.compressed_in, device=device, dtype=dtype)
         )
-        self._tables: dict[torch.device, SS1Tables] = {}
+        # index tables on the weight's device; not in the state dict (the structure config rebuilds them)
+        self.register_buffer("sketch_index", torch.empty(0, dtype=torch.int64), persistent=False)
+        self.register_buffer("unsketch_index", torch.empty(0, dtype=torch.int64), persistent=False)
+        self.register_state_dict_post_hook(_weight_to_spec_layout)
+        self.register_load_state_dict_pre_hook(_weight_from_spec_layout)
         self.reset_parameters()
 
+    def build_index_tables(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the index buffers, e.g. after ``to_empty()`` left them uninitialised."""
+        device = torch.device(self.weight.device if device is None else device)
+        tables = {"sketch_index": self.layout.sketch_index(),
+                  "unsketch_index": self.layout.unsketch_index()[: self.in_features].contiguous()}
+        for name, table in tables.items():
+            current = getattr(self, name)
+            if current.shape == table.shape and current.device == device and device.type != "meta":
+                current.copy_(table)  # in place: the tensor a compiled graph holds stays valid
+            else:
+                setattr(self, name, table.to(device))
+
     def reset_parameters(self) -> None:
-        uniform_(self.weight, self.in_features)
+        """U(-1/sqrt(K), 1/sqrt(K)) drawn in the spec's order, so a seed gives the same Wc as ever."""
+        self.build_index_tables()
+        with torch.no_grad():
+            wc = uniform_(torch.empty_like(self.weight), self.in_features)
+            self.weight.copy_(self.layout.stored_from_spec(wc) if wc.device.type != "meta" else wc)
         if self.bias is not None:
             uniform_(self.bias, self.in_features)
 
-    def tables(self, device: torch.device) -> SS1Tables:
-        if device not in self._tables:
-            self._tables[device] = SS1Tables(self.layout, device)
-        return self._tables[device]
+    @property
+    def spec_weight(self) -> torch.Tensor:
+        """The spec's Wc (out_features, padded_in / R), detached: what the state dict stores."""
+        return self.layout.spec_from_stored(self.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        if torch.is_autocast_enabled(x.device.type):
-            # a custom op gets no autocast treatment: cast like F.linear would, so mixed precision
-            # runs the bf16/fp16 kernels instead of fp32 ones
-            x = x.to(torch.get_autocast_dtype(x.device.type))
-        lead = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)
-        extra = self.layout.padded_in - self.in_features
-        if extra:
-            x2d = F.pad(x2d, (0, extra))
-        bias = None if self.bias is None else self._weight_like(self.bias, x)
-        weight = self._weight_like(self.weight, x)
-        if use_triton(x2d, self.backend):  # the kernels need no index tables of the PyTorch path
-            y = ss1_linear(x2d, weight, bias, self.layout, backend=self.backend)
-        else:
-            y = ss1_linear(x2d, weight, bias, self.layout, self.tables(x.device), backend="torch")
-        return y.view(*lead, self.out_features)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            self._check_input(x)
+        if x.dim() == 2:
+            return ss1_linear(x, self.weight, self.bias, self.sketch_index, self.unsketch_index, self.meta,
+                              self.backend)
+        y = ss1_linear(x.reshape(-1, self.in_features), self.weight, self.bias, self.sketch_index,
+                       self.unsketch_index, self.meta, self.backend)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> torch.Tensor:
-        idx = self.layout.dense_column_index().to(self.weight.device)
-        return self.weight.detach().gather(1, idx)[:, : self.in_features]
+        """W = Wr[:, unsketch]: every input column reads one column of the stored weight."""
+        return self.weight.detach().index_select(1, self.unsketch_index.to(self.weight.device))
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs):
-        """Least-squares projection: each weight slot is the mean of the real dense entries it serves."""
+        """Least-squares projection: each weight slot is the mean of the real dense entries it serves.
+
+        In the stored layout that is the sketch of W's rows divided by the count of real entries.
+        """
         layer = cls._empty_like_dense(weight, bias, kwargs)
-        in_features, out_features = layer.in_features, layer.out_features
-        lay = layer.layout
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        dev = weight.device
-        w = F.pad(weight.detach().to(work), (0, lay.padded_in - in_features))
-        real = (torch.arange(lay.padded_in, device=dev) < in_features).to(work)
-        wc = torch.zeros(out_features, lay.compressed_in, dtype=work, device=dev)
-        shape = (lay.num_supergroups, lay.compression, lay.block_k)
-        for phase in lay.used_phases:
-            rows = lay.output_columns(phase).to(dev)
-            gather = lay.sketch_gather_index(phase).to(dev)
-            sums = w[rows][:, gather].view(rows.numel(), *shape).sum(2).view(rows.numel(), -1)
-            counts = real[gather].view(*shape).sum(1).view(-1)
-            wc[rows] = sums / counts.clamp(min=1)
+        gather = layer.layout.sketch_index().to(weight.device)
+        sums = sketch_torch(weight.detach().to(work), gather, layer.meta, work)
+        # the same sketch of a row of ones counts the real (unpadded) entries each slot serves
+        counts = sketch_torch(torch.ones(1, layer.in_features, dtype=work, device=weight.device), gather,
+                              layer.meta, work)
         with torch.no_grad():
-            layer.weight.copy_(wc)
+            layer.weight.copy_(sums / counts.clamp(min=1))
         layer._copy_bias(bias)
         return layer
 
     def flops_per_token(self) -> int:
-        """The matmul of depth K/R plus the sketch's additions (one sketch per phase)."""
+        """The matmul of depth K/R plus the sketch's additions (one sketch)."""
         lay = self.layout
-        sketch_adds = len(lay.used_phases) * (lay.padded_in - lay.compressed_in)
-        return 2 * self.out_features * lay.compressed_in + sketch_adds
+        return 2 * self.out_features * lay.compressed_in + (lay.padded_in - lay.compressed_in)
 
     def structure_config(self) -> dict:
         return {
@@ -168,6 +177,22 @@ class SS1Linear(StructuredLinear):
             "hash_coeffs": list(self.hash_coeffs),
         }
 
-    def _apply(self, fn, recurse=True):
-        self._tables = {}  # index tables follow the module to its new device
-        return super()._apply(fn, recurse)
+
+def _weight_to_spec_layout(module: SS1Linear, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: the stored Wr leaves as the spec's Wc, under the same key."""
+    key = prefix + "weight"
+    if key in state_dict:
+        state_dict[key] = module.layout.spec_from_stored(state_dict[key].detach())
+
+
+def _weight_from_spec_layout(module: SS1Linear, state_dict: dict, prefix: str, local_metadata, strict,
+                             missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict hook: a Wc from any checkpoint becomes the stored Wr before it is copied."""
+    key = prefix + "weight"
+    wc = state_dict.get(key)
+    if isinstance(wc, torch.Tensor) and tuple(wc.shape) == tuple(module.weight.shape):
+        state_dict[key] = module.layout.stored_from_spec(wc)
+    if module.sketch_index.is_meta and isinstance(wc, torch.Tensor) and not wc.is_meta:
+        module.build_index_tables(wc.device)  # a layer built on "meta" gets real tables with real weights
+    elif not module.sketch_index.is_meta:
+        module.build_index_tables(module.sketch_index.device)  # after to_empty() they may be garbage

@@ -1,0 +1,270 @@
+"""The SS1 operator (sketch + F.linear, one autograd rule) on every route, against float64.
+
+References are independent of the code under test: the dense weight comes from the spec's formula
+(``test_ss1.spec_index``) applied to the spec's Wc, and gradients from float64 autograd through it.
+Without CUDA the Triton kernel runs under TRITON_INTERPRET=1 (conftest.py) on CPU tensors.
+"""
+
+import functools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flyweight.kernels.ss1 import check_backend, set_compiled_route, sketch_route
+from flyweight.kernels.ss1 import kernels as K
+from flyweight.kernels.ss1.op import sketch_torch, sketch_triton, ss1_sketch_op
+from flyweight.kernels.ss1.tuning import CANDIDATES, SketchConfig
+from flyweight.linear import SS1Linear
+from test_ss1 import spec_index
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+HAS_KERNELS = ON_GPU or os.environ.get("TRITON_INTERPRET") == "1"
+needs_kernels = pytest.mark.skipif(not HAS_KERNELS, reason="needs CUDA or TRITON_INTERPRET=1")
+F64 = torch.float64
+
+
+@functools.lru_cache(maxsize=None)
+def _spec_index_cached(n, k, coeffs, R, bk, bn, vec):
+    return spec_index(n, k, coeffs, R, bk, bn, vec)
+
+
+def reference(layer: SS1Linear, x: torch.Tensor, g: torch.Tensor) -> dict:
+    """y, dX, d(stored weight), db in float64 through the spec's dense weight."""
+    lay = layer.layout
+    wr = layer.weight.detach().cpu().double().requires_grad_()
+    idx = _spec_index_cached(lay.out_features, lay.padded_in, lay.hash_coeffs, lay.compression, lay.block_k,
+                             lay.block_n, lay.vec)
+    w = lay.spec_from_stored(wr).gather(1, idx)[:, : lay.in_features]
+    x64 = x.detach().cpu().double().requires_grad_()
+    b = None if layer.bias is None else layer.bias.detach().cpu().double().requires_grad_()
+    y = F.linear(x64, w, b)
+    y.backward(g.detach().cpu().double())
+    out = {"y": y.detach(), "dx": x64.grad, "dw": wr.grad}
+    if b is not None:
+        out["db"] = b.grad
+    return out
+
+
+def run(layer: SS1Linear, x: torch.Tensor, g: torch.Tensor) -> dict:
+    layer.zero_grad(set_to_none=True)
+    xa = x.detach().clone().requires_grad_()
+    y = layer(xa)
+    y.backward(g)
+    out = {"y": y.detach(), "dx": xa.grad, "dw": layer.weight.grad}
+    if layer.bias is not None:
+        out["db"] = layer.bias.grad
+    return out
+
+
+def assert_matches(got: dict, want: dict, tol: float) -> None:
+    assert set(got) == set(want)
+    for name, ref in want.items():
+        a = got[name]
+        assert a is not None and a.shape == ref.shape, name
+        err = (a.cpu().double() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
+        assert err <= tol, f"{name}: relative max error {err:.2e} > {tol:.0e}"
+
+
+CASES = [  # (R, M, bias, in_features): every R, odd M, bias on/off, padded widths (100, 200)
+    (1, 17, True, 128),
+    (1, 1, False, 100),
+    (2, 97, True, 128),
+    (2, 17, False, 200),
+    (4, 1, True, 128),
+    (4, 33, True, 100),
+    (4, 97, False, 128),
+    (8, 17, True, 256),
+    (8, 5, False, 200),
+]
+
+
+@pytest.mark.parametrize("route", ["torch", pytest.param("triton", marks=needs_kernels)])
+@pytest.mark.parametrize("R,M,bias,in_f", CASES)
+def test_op_matches_float64_spec(route, R, M, bias, in_f):
+    torch.manual_seed(R * 100 + M)
+    # 40 outputs: the last hash block is partial; 5 blocks over D = 4 phases
+    layer = SS1Linear(in_f, 40, compression=R, block_k=16, block_n=8, vec=4, bias=bias, seed=R + 1,
+                      pad=in_f % (R * 16) != 0, device=DEVICE)
+    layer.backend = route
+    x = torch.randn(M, in_f, device=DEVICE)
+    g = torch.randn(M, 40, device=DEVICE)
+    assert_matches(run(layer, x, g), reference(layer, x, g), tol=1e-5)
+    if route == "torch":  # float64: exact to rounding
+        layer64 = layer.double()
+        assert_matches(run(layer64, x.double(), g.double()), reference(layer64, x, g), tol=1e-13)
+
+
+@needs_kernels
+def test_interpreter_runs_the_kernel_without_cuda():
+    if ON_GPU:
+        pytest.skip("compiled kernels on GPU")
+    assert type(K.ss1_sketch_kernel).__name__ == "InterpretedFunction"
+
+
+@needs_kernels
+@pytest.mark.parametrize("cfg", [CANDIDATES[0], CANDIDATES[1], SketchConfig(16, 16, 4)], ids=str)
+def test_sketch_kernel_tiles_match_float64(cfg, monkeypatch):
+    """Every tile shape computes the same sketch: fp32 kernel against the float64 gather-and-sum."""
+    import flyweight.kernels.ss1.op as op
+
+    monkeypatch.setattr(op, "config_for", lambda m: cfg)
+    torch.manual_seed(3)
+    layer = SS1Linear(200, 24, compression=4, block_k=16, block_n=8, vec=4, pad=True, device=DEVICE)
+    x = torch.randn(37, 200, device=DEVICE)
+    s = sketch_triton(x, layer.meta, torch.float32)
+    ref = sketch_torch(x.double().cpu(), layer.sketch_index.cpu(), layer.meta, F64)
+    torch.testing.assert_close(s.double().cpu(), ref, rtol=1e-6, atol=1e-5)
+    strided = torch.randn(37, 300, device=DEVICE)[:, 50:250]  # a column slice: read in place
+    torch.testing.assert_close(sketch_triton(strided, layer.meta, torch.float32).cpu(),
+                               sketch_torch(strided.cpu(), layer.sketch_index.cpu(), layer.meta, torch.float32))
+
+
+@needs_kernels
+def test_triton_op_route_matches_torch_sketch():
+    torch.manual_seed(4)
+    layer = SS1Linear(128, 40, compression=4, block_k=16, block_n=8, vec=4, device=DEVICE)
+    x = torch.randn(9, 128, device=DEVICE)
+    got = ss1_sketch_op(x, list(layer.meta), torch.float32)
+    torch.testing.assert_close(got, sketch_torch(x, layer.sketch_index, layer.meta, torch.float32))
+    if ON_GPU:  # the fake implementation traces the body: only with compiled kernels
+        torch.library.opcheck(ss1_sketch_op, (x, list(layer.meta), torch.float32))
+
+
+def test_compile_fullgraph_on_a_fresh_layer():
+    """No graph break (an RLock, a lazy table, a data-dependent branch would raise); grads match eager."""
+    torch.manual_seed(5)
+    layer = SS1Linear(100, 40, compression=4, block_k=16, block_n=8, vec=4, pad=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(6, 100, requires_grad=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    got = (y.detach(), x.grad, layer.weight.grad, layer.bias.grad)
+    layer.zero_grad(set_to_none=True)
+    xe = x.detach().clone().requires_grad_()
+    ye = layer(xe)
+    ye.square().sum().backward()
+    for a, b in zip(got, (ye.detach(), xe.grad, layer.weight.grad, layer.bias.grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_export_a_fresh_layer():
+    torch.manual_seed(6)
+    layer = SS1Linear(100, 24, compression=4, block_k=8, block_n=8, vec=2, pad=True)
+    program = torch.export.export(layer, (torch.randn(3, 100),))
+    x = torch.randn(3, 100)
+    torch.testing.assert_close(program.module()(x), layer(x), rtol=0, atol=0)
+    assert "index_select" in str(program.graph_module.code)  # traced PyTorch ops, no opaque call
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_gradcheck(pad):
+    torch.manual_seed(7)
+    in_f = 36 if pad else 32
+    layer = SS1Linear(in_f, 12, compression=2, block_k=8, block_n=4, vec=2, pad=pad, dtype=F64)
+    x = torch.randn(3, in_f, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: torch.func.functional_call(layer, {"weight": w, "bias": b}, (x,)),
+                                    (x, layer.weight.detach().requires_grad_(), layer.bias.detach().requires_grad_()))
+
+
+def test_adam_steps_equal_training_the_spec_weight():
+    """Adam and weight decay are elementwise: training Wr is training Wc, permuted."""
+    torch.manual_seed(8)
+    layer = SS1Linear(64, 40, compression=4, block_k=8, block_n=16, vec=2, dtype=F64)
+    lay = layer.layout
+    idx = spec_index(40, 64, lay.hash_coeffs, 4, 8, 16, 2)
+    wc = torch.nn.Parameter(layer.spec_weight.clone())
+    bias = torch.nn.Parameter(layer.bias.detach().clone())
+    opt = torch.optim.AdamW(layer.parameters(), lr=1e-2, weight_decay=0.1)
+    opt_ref = torch.optim.AdamW([bias, wc], lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        x = torch.randn(5, 64, dtype=F64)
+        for o in (opt, opt_ref):
+            o.zero_grad()
+        layer(x).square().sum().backward()
+        F.linear(x, wc.gather(1, idx), bias).square().sum().backward()
+        opt.step()  # in place: the next call must see the updated weight
+        opt_ref.step()
+        torch.testing.assert_close(layer.spec_weight, wc.detach(), rtol=1e-12, atol=1e-12)
+    x = torch.randn(4, 64, dtype=F64)
+    torch.testing.assert_close(layer(x), F.linear(x, wc.gather(1, idx), bias), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("route", ["torch", pytest.param("triton", marks=needs_kernels)])
+def test_inference_mode_no_grad_and_in_place_updates(route):
+    torch.manual_seed(9)
+    layer = SS1Linear(128, 64, compression=4, block_k=16, block_n=8, vec=4, device=DEVICE)
+    layer.backend = route
+    x = torch.randn(5, 128, device=DEVICE)
+    want = F.linear(x, layer.to_dense(), layer.bias)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        y = layer(x)
+        assert y.grad_fn is None
+        layer.weight.mul_(-2.0)  # an in-place update between calls
+        torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense(), layer.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_saves_the_sketch_not_the_input():
+    """Autograd keeps S0 (M x K/R) for the weight gradient; X itself is not saved."""
+    torch.manual_seed(10)
+    layer = SS1Linear(128, 32, compression=4, block_k=16, block_n=8, vec=4)
+    x = torch.randn(9, 128, requires_grad=True)
+    shapes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+        y = layer(x)
+    assert (9, 32) in shapes and (9, 128) not in shapes
+    frozen = SS1Linear(128, 32, compression=4, block_k=16, block_n=8, vec=4)
+    frozen.weight.requires_grad_(False)
+    frozen(x).sum().backward()
+    assert frozen.weight.grad is None and frozen.bias.grad is not None and x.grad is not None
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("route", ["torch", pytest.param("triton", marks=needs_kernels)])
+def test_autocast_writes_the_sketch_in_the_autocast_dtype(route):
+    torch.manual_seed(11)
+    layer = SS1Linear(128, 64, compression=2, block_k=16, block_n=8, vec=4, device=DEVICE)
+    layer.backend = route
+    x = torch.randn(7, 128, device=DEVICE, requires_grad=True)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = layer(x)
+        ref = F.linear(x, layer.to_dense(), layer.bias)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+
+
+def test_float16_on_cpu_does_not_overflow_where_dense_does_not():
+    torch.manual_seed(12)
+    layer = SS1Linear(256, 64, compression=8, block_k=8, block_n=8, vec=2, bias=False)
+    x = (3e4 * torch.ones(4, 256)).half()  # each sketch entry sums 8 inputs: 2.4e5 > fp16's 65504
+    with torch.no_grad():
+        layer.weight.fill_(1e-3)
+    layer.half()
+    y = layer(x)
+    dense = F.linear(x, layer.to_dense())
+    assert torch.isfinite(dense).all() and torch.isfinite(y).all()
+    assert not torch.isfinite(x[:, layer.sketch_index].view(4, -1, 8, 8).sum(2)).all()  # the naive sum would
+    torch.testing.assert_close(y.float(), dense.float(), rtol=2e-3, atol=1e-1)
+
+
+def test_backend_choice_and_errors():
+    x = torch.randn(2, 64)
+    assert sketch_route(x, "auto") == "torch"  # CPU tensors: PyTorch ops
+    assert sketch_route(x, "torch") == "torch"
+    with pytest.raises(ValueError, match="auto, torch, triton"):
+        check_backend("cuda")
+    layer = SS1Linear(64, 16, compression=2, block_k=8, block_n=8, vec=2)
+    layer.backend = "cuda"
+    with pytest.raises(ValueError, match="auto, torch, triton"):
+        layer(x)
+    if HAS_KERNELS:
+        with pytest.raises(ValueError, match="float16, bfloat16, float32"):
+            sketch_route(x.double(), "triton")
+    with pytest.raises(ValueError, match="inductor, triton_op"):
+        set_compiled_route("cudagraphs")
