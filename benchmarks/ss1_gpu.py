@@ -16,8 +16,9 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
   train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(ss1, R = 4), torch.compile,
             fused AdamW, bf16 autocast, HF loss: tokens/s at micro-batch 16 and 32 x 1024.
   prefill   the same model in bf16, compiled, no_grad, 16 x 1024: tokens/s and host time per forward.
-  decode    greedy_generate (HF generate, static KV cache, compiled with CUDA graphs), batch 1 and 8,
-            128-token prompt + 128 new tokens: GPT-2 small and a Llama-3-8B-width model.
+  decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model, two
+            loops: greedy_generate (HF generate, static KV cache, compiled with CUDA graphs) and
+            flyweight's StaticDecoder (the same cache, one compiled step replayed with no per-token sync).
   table     compiled layer fwd / fwd+bwd per shape and M: with the eager rows of ``layers`` it forms
             OUT/speed_<gpu>.csv, the table ``convert(..., auto=True)`` reads (``--install-table``
             copies it to where flyweight looks for this GPU's table).
@@ -51,7 +52,7 @@ import triton  # noqa: E402
 import flyweight  # noqa: E402
 from flyweight.bench.autoselect import user_table_path  # noqa: E402
 from flyweight.bench.layers import LAYER_COLUMNS, settings_label  # noqa: E402
-from flyweight.decode import greedy_generate  # noqa: E402
+from flyweight.decode import StaticDecoder, greedy_generate  # noqa: E402
 from flyweight.kernels.ss1 import set_compiled_route  # noqa: E402
 from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
 from flyweight.kernels.ss1.tuning import CANDIDATES, config_for  # noqa: E402
@@ -65,7 +66,7 @@ PARTS = ("numerics", "layers", "host", "tuning", "routes", "train", "prefill", "
 GPT2_SHAPES = {"gpt2-qkv": (768, 2304), "gpt2-attn-out": (768, 768), "gpt2-fc": (768, 3072), "gpt2-proj": (3072, 768)}
 LLAMA_SHAPES = {"llama-qo": (4096, 4096), "llama-up": (4096, 14336), "llama-down": (14336, 4096)}
 TOY_SHAPES = {"toy-a": (128, 96), "toy-pad": (200, 64)}
-MODEL_COLUMNS = ["part", "model", "kind", "batch", "seq", "new_tokens", "tokens_per_s", "ms_per_step", "host_us",
+MODEL_COLUMNS = ["part", "model", "kind", "batch", "seq", "new_tokens", "loop", "tokens_per_s", "ms_per_step", "host_us",
                  "first_calls_s"]
 
 
@@ -487,6 +488,7 @@ def prefill_one(run: Run, kind: str, toy: bool) -> None:
 
 
 def decode(run: Run) -> None:
+    """Two loops per model: transformers' generate (the user's path) and flyweight's StaticDecoder."""
     toy = run.smoke or not CUDA
     prompt, new = (16, 16) if toy else (128, 128)
     for family, build in (("gpt2-small", gpt2), ("llama-8b-width-4l", llama)):
@@ -495,23 +497,29 @@ def decode(run: Run) -> None:
             model = build(kind, toy).eval().to(torch.bfloat16)
             for bs in (1, 8):
                 ids = torch.randint(0, model.config.vocab_size, (bs, prompt), device=DEV)
-                t = time.time()
-                for _ in range(2):  # the compile, then the CUDA-graph recording
-                    greedy_generate(model, ids, new)
-                sync()
-                warm_s = time.time() - t
-                times = []
-                for _ in range(3):
-                    t = time.perf_counter()
-                    out = greedy_generate(model, ids, new)
+                decoder = StaticDecoder(model, batch_size=bs, max_length=prompt + new)
+                loops = {"hf-generate": lambda: greedy_generate(model, ids, new),
+                         "flyweight-static": lambda: decoder.generate(ids, new)}
+                for loop, call in loops.items():
+                    t = time.time()
+                    for _ in range(2):  # the compile, then the CUDA-graph recording
+                        call()
                     sync()
-                    times.append(time.perf_counter() - t)
-                assert out.shape == (bs, prompt + new)
-                sec = sorted(times)[1]
-                run.row("models", {"part": "decode", "model": family, "kind": kind, "batch": bs, "seq": prompt,
-                                   "new_tokens": new, "tokens_per_s": round(bs * new / sec, 2),
-                                   "ms_per_step": round(sec / new * 1e3, 3), "first_calls_s": round(warm_s, 1)})
-                run.log(f"decode {family} {kind} batch {bs}: {sec / new * 1e3:.2f} ms/step (warm-up {warm_s:.0f} s)")
+                    warm_s = time.time() - t
+                    times = []
+                    for _ in range(3):
+                        t = time.perf_counter()
+                        out = call()
+                        sync()
+                        times.append(time.perf_counter() - t)
+                    assert out.shape == (bs, prompt + new)
+                    sec = sorted(times)[1]
+                    run.row("models", {"part": "decode", "model": family, "kind": kind, "batch": bs, "seq": prompt,
+                                       "new_tokens": new, "loop": loop, "tokens_per_s": round(bs * new / sec, 2),
+                                       "ms_per_step": round(sec / new * 1e3, 3), "first_calls_s": round(warm_s, 1)})
+                    run.log(f"decode {family} {kind} batch {bs} {loop}: {sec / new * 1e3:.3f} ms/step "
+                            f"(warm-up {warm_s:.0f} s)")
+                del decoder
             del model
             torch._dynamo.reset()
 
@@ -538,10 +546,10 @@ def ratios(run: Run) -> None:
                                f"fwd+bwd {r['fwd_bwd_vs_linear']}x nn.Linear")
     keyed = {}
     for r in read_rows(run, "models"):
-        keyed.setdefault((r["part"], r["model"], r["batch"]), {})[r["kind"]] = float(r["tokens_per_s"])
-    for (part, model, bs), v in keyed.items():
+        keyed.setdefault((r["part"], r["model"], r["batch"], r.get("loop") or ""), {})[r["kind"]] = float(r["tokens_per_s"])
+    for (part, model, bs, loop), v in keyed.items():
         if "dense" in v and "ss1" in v:
-            run.summary.append(f"{part} {model} batch {bs}: SS1 {v['ss1'] / v['dense']:.2f}x dense")
+            run.summary.append(f"{part} {model} batch {bs}{' ' + loop if loop else ''}: SS1 {v['ss1'] / v['dense']:.2f}x dense")
 
 
 def main() -> None:
@@ -571,7 +579,7 @@ def main() -> None:
     plan = {"numerics": (lambda: numerics(run), 20), "layers": (lambda: layers(run, shapes), 20),
             "host": (lambda: host(run), 15), "tuning": (lambda: tuning(run), 10), "routes": (lambda: routes(run), 30),
             "train": (lambda: train(run), 120 if not toy else 20), "prefill": (lambda: prefill(run), 50 if not toy else 10),
-            "decode": (lambda: decode(run), 120 if not toy else 15), "table": (lambda: table(run, shapes), 30)}
+            "decode": (lambda: decode(run), 200 if not toy else 25), "table": (lambda: table(run, shapes), 30)}
     for name in PARTS:
         if name in parts:
             fn, need = plan[name]

@@ -50,3 +50,46 @@ def test_static_cache_decoding_equals_plain_greedy(family, kind):
 def test_rejects_a_model_without_generate():
     with pytest.raises(TypeError, match="transformers generation model"):
         greedy_generate(torch.nn.Linear(2, 2), torch.zeros(1, 2, dtype=torch.long), 3)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["dense", "ss1"])
+def test_static_decoder_equals_plain_greedy_and_reuses_its_cache(family, kind):
+    from flyweight.decode import StaticDecoder
+
+    torch.manual_seed(0)
+    model = (tiny_gpt2 if family == "gpt2" else tiny_llama)().double().eval()
+    if kind == "ss1":
+        flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
+        model.double()
+    decoder = StaticDecoder(model, batch_size=3, max_length=32, compile=False)
+    for prompt in (9, 5):  # the second call resets the cache the first one filled
+        ids = torch.randint(2, 97, (3, prompt))
+        got = decoder.generate(ids, 12)
+        assert torch.equal(got, plain_greedy(model, ids, 12))
+        assert len(set(got[:, prompt:].flatten().tolist())) > 1
+
+
+def test_static_decoder_step_traces_as_one_graph():
+    """fullgraph=True: the decode step has no graph break, so reduce-overhead can record one CUDA graph."""
+    from flyweight.decode import StaticDecoder
+
+    torch.manual_seed(0)
+    model = tiny_gpt2().eval()
+    flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
+    torch._dynamo.reset()
+    decoder = StaticDecoder(model, batch_size=2, max_length=24, compile=True, backend="eager")
+    ids = torch.randint(2, 97, (2, 6))
+    got = decoder.generate(ids, 8)
+    eager = StaticDecoder(model, batch_size=2, max_length=24, compile=False).generate(ids, 8)
+    assert torch.equal(got, eager)
+
+
+def test_static_decoder_rejects_what_does_not_fit():
+    from flyweight.decode import StaticDecoder
+
+    decoder = StaticDecoder(tiny_gpt2().eval(), batch_size=2, max_length=16, compile=False)
+    with pytest.raises(ValueError, match="build a StaticDecoder per batch size"):
+        decoder.generate(torch.zeros(3, 4, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="must fit in max_length=16"):
+        decoder.generate(torch.zeros(2, 10, dtype=torch.long), 8)
