@@ -19,7 +19,8 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
   decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model, two
             loops: greedy_generate (HF generate, static KV cache, compiled with CUDA graphs) and
             flyweight's StaticDecoder (the same cache, one compiled step replayed with no per-token sync).
-  table     compiled layer fwd / fwd+bwd per shape and M: with the eager rows of ``layers`` it forms
+  table     compiled layer fwd / fwd+bwd per shape and M, GPU time under CUDA-graph replay (inside a
+            compiled model a layer's host cost is paid once per graph): with the eager rows of ``layers`` it forms
             OUT/speed_<gpu>.csv, the table ``convert(..., auto=True)`` reads (``--install-table``
             copies it to where flyweight looks for this GPU's table).
 Without CUDA everything runs at toy size on CPU (the Triton kernel in the interpreter, compile
@@ -342,20 +343,35 @@ def tuning(run: Run) -> None:
             run.log(f"sketch {name} M={m}: pick {us[pick]:.1f} us, best {us[best]:.1f} us ({best})")
 
 
-def compiled_layer_us(kind, k, n, ms, pass_, route="inductor") -> tuple[dict, object]:
-    """{M: median us} of one compiled layer (several M: marked dynamic, one compile serves them all)."""
+def compiled_layer_us(kind, k, n, ms, pass_, route="inductor", graph=False) -> tuple[dict, object]:
+    """{M: median us} of one compiled layer (several M: marked dynamic, one compile serves them all).
+
+    ``graph``: the compiled calls replayed as one CUDA graph (inputs rotated past L2), i.e. the GPU
+    time the layer adds inside a compiled model, where its host cost is paid once per graph, not
+    per layer; otherwise the wall time of a lone compiled call, host cost included.
+    """
     set_compiled_route(route)
     torch._dynamo.reset()
     layer = make(kind, k, n)
     fn = torch.compile(layer, backend=COMPILE_BACKEND)
     out = {}
-    with torch.set_grad_enabled(pass_ == "fwd+bwd"):
+    grad = pass_ == "fwd+bwd"
+    with torch.set_grad_enabled(grad):
         for m in ms:
-            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, requires_grad=pass_ == "fwd+bwd")
+            copies = copies_for(layer, m, k) if graph else 1
+            xs = [torch.randn(m, k, device=DEV, dtype=torch.bfloat16, requires_grad=grad) for _ in range(copies)]
             if len(ms) > 1:
-                torch._dynamo.mark_dynamic(x, 0)
+                for x in xs:
+                    torch._dynamo.mark_dynamic(x, 0)
             g = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
-            out[m] = time_us((lambda: fn(x).backward(g)) if pass_ == "fwd+bwd" else (lambda: fn(x)))
+            calls = [(lambda x=x: fn(x).backward(g)) if grad else (lambda x=x: fn(x)) for x in xs]
+            if graph:
+                for call in calls:  # compile (and autotune) outside the capture
+                    call()
+                sync()
+                out[m] = graph_us(calls)
+            else:
+                out[m] = time_us(calls[0])
     set_compiled_route("inductor")
     return out, layer
 
@@ -378,6 +394,7 @@ def routes(run: Run) -> None:
 
 
 def table(run: Run, shapes: dict) -> None:
+    """Compiled rows of the auto-selection table: GPU time under CUDA-graph replay (see compiled_layer_us)."""
     ms = (16, 2048) if run.smoke else (16, 2048, 16384)
     if run.smoke:
         shapes = {"toy-pad": TOY_SHAPES["toy-pad"]}
@@ -386,11 +403,12 @@ def table(run: Run, shapes: dict) -> None:
             if run.left() < 10:
                 run.log("table: budget spent; the rows so far are kept")
                 return
-            dense, _ = compiled_layer_us("dense", k, n, ms, pass_)
-            ss1, layer = compiled_layer_us("ss1", k, n, ms, pass_)
+            dense, _ = compiled_layer_us("dense", k, n, ms, pass_, graph=True)
+            ss1, layer = compiled_layer_us("ss1", k, n, ms, pass_, graph=True)
             for m in ms:
                 run.row("speed_table", table_row("ss1", k, n, m, pass_, True, ss1[m], dense[m], layer))
-            run.log(f"table {name} {pass_} compiled: " + ", ".join(f"M={m} {dense[m] / ss1[m]:.2f}x" for m in ms))
+            run.log(f"table {name} {pass_} compiled (graph replay): "
+                    + ", ".join(f"M={m} {dense[m] / ss1[m]:.2f}x" for m in ms))
 
 
 # ---- whole models -----------------------------------------------------------------------------
