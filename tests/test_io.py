@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import flyweight.utils.io as io_mod
+
 from flyweight.utils.io import (
     atomic_replace_dir,
     atomic_write,
@@ -101,3 +103,14 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
     path = tmp_path / "d"
     path.write_bytes(data)
     assert sha256_file(path, chunk=999) == hashlib.sha256(data).hexdigest()
+
+
+def test_temp_of_another_machine_is_judged_by_age_only(tmp_path):
+    other_host = "000000" if io_mod._host_tag() != "000000" else "111111"
+    dead_pid = 999_999_999  # above any pid_max: not running here, but maybe there
+    foreign = tmp_path / f"a.bin.{other_host}-{dead_pid}.0123abcd.tmp"
+    foreign.write_bytes(b"x")
+    local = tmp_path / f"a.bin.{io_mod._host_tag()}-{dead_pid}.0123abcd.tmp"
+    local.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == [local]
+    assert foreign.exists()

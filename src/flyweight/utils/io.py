@@ -6,8 +6,9 @@ the target with ``os.replace`` (atomic on POSIX and Windows). A kill at any poin
 old target or the new one, never a truncated file with the target's name. Writing to ``$TMPDIR`` and
 moving is not atomic when ``$TMPDIR`` is another filesystem: the move becomes a copy.
 
-Temporary names are ``<target name>.<pid>.<random>.tmp``; :func:`remove_stale_temps` deletes those
-left by processes that no longer run (a killed writer), so they do not pile up across restarts.
+Temporary names are ``<target name>.<host>-<pid>.<random>.tmp``; :func:`remove_stale_temps` deletes
+those left by processes of this machine that no longer run (a killed writer), so they do not pile up
+across restarts; a name from another machine (a shared filesystem) is only judged by its age.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,13 +27,17 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+_TEMP_NAME = re.compile(r"^(?P<target>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 def temp_path_for(target: str | Path) -> Path:
-    """A fresh temporary name beside ``target`` that no other process or thread will pick."""
+    """A fresh temporary name beside ``target`` that no other process, thread or machine will pick."""
     target = Path(target)
-    return target.with_name(f"{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+    return target.with_name(f"{target.name}.{_host_tag()}-{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def fsync_dir(folder: str | Path) -> None:
@@ -126,15 +132,15 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(folder: str | Path, recursive: bool = False, max_age_s: float = 24 * 3600) -> list[Path]:
     """Delete temporary files/directories in ``folder`` left by writers that are gone; return them.
 
-    A name from :func:`temp_path_for` is stale when its process no longer runs, or (another machine
-    on a shared filesystem may own it) when it has not been touched for ``max_age_s``. Other
-    ``*.tmp`` names (older flyweight versions) are stale after ``max_age_s`` only.
+    A name from :func:`temp_path_for` is stale when it was made on this machine by a process that no
+    longer runs, or when it has not been touched for ``max_age_s``. Other names (another machine on
+    a shared filesystem, older flyweight versions' fixed ``*.tmp`` names) are stale by age only.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    now = time.time()
+    now, host = time.time(), _host_tag()
     candidates = folder.rglob(f"*{TEMP_SUFFIX}") if recursive else folder.glob(f"*{TEMP_SUFFIX}")
     for path in list(candidates):
         try:
@@ -142,7 +148,8 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False, max_age_s: f
         except FileNotFoundError:
             continue
         m = _TEMP_NAME.match(path.name)
-        stale = age > max_age_s or (m is not None and not _pid_alive(int(m["pid"])))
+        dead_writer = m is not None and m["host"] == host and not _pid_alive(int(m["pid"]))
+        stale = age > max_age_s or dead_writer
         if not stale:
             continue
         if path.is_dir():
