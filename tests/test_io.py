@@ -13,6 +13,7 @@ import pytest
 import flyweight.utils.io as io_mod
 
 from flyweight.utils.io import (
+    atomic_path,
     atomic_replace_dir,
     atomic_write,
     atomic_write_json,
@@ -114,3 +115,19 @@ def test_temp_of_another_machine_is_judged_by_age_only(tmp_path):
     local.write_bytes(b"x")
     assert remove_stale_temps(tmp_path) == [local]
     assert foreign.exists()
+
+
+def test_atomic_path_for_writers_that_take_a_file_name(tmp_path):
+    import torch
+
+    target = tmp_path / "w.pt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp != target
+        torch.save({"x": torch.arange(3)}, tmp)
+    assert torch.equal(torch.load(target)["x"], torch.arange(3))
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"trunc")
+            raise KeyboardInterrupt
+    assert torch.equal(torch.load(target)["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]

@@ -81,6 +81,29 @@ def atomic_write(target: str | Path, mode: str = "wb", encoding: str | None = No
     fsync_dir(target.parent)
 
 
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` for writers that take a file name (``safetensors.save_file``,
+    ``torch.save``); on a clean exit the file is fsynced and replaces ``target`` atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(target)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"atomic_path: the writer did not create {tmp}")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
     with atomic_write(target, "wb") as f:
         f.write(data)
