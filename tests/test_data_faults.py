@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from _lm_helpers import make_tokenizer, write_wikitext
 
@@ -94,3 +95,24 @@ def test_killed_download_leaves_no_partial_archive(tmp_path, monkeypatch):
         fetch_mod.fetch(item)
     folder = tmp_path / "registry" / f"{item.package}-{item.version}"
     assert list(folder.iterdir()) == []
+
+
+def test_interrupted_checkpoint_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from torch import nn
+
+    from flyweight.convert import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    first, second = nn.Sequential(nn.Linear(8, 8)), nn.Sequential(nn.Linear(8, 8))
+    ckpt.save_structured(first, tmp_path)
+
+    def killed_midway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 40)  # a partial header, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_file", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_structured(second, tmp_path)
+    loaded = ckpt.load_structured(tmp_path, model=nn.Sequential(nn.Linear(8, 8)))
+    assert torch.equal(loaded[0].weight, first[0].weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
