@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from flyweight.utils.io import atomic_write_text
+
 # task name -> "module:function"
 TASKS: dict[str, str] = {
     "layers": "flyweight.bench.layers:run",
@@ -46,9 +48,9 @@ def run_task(cfg: DictConfig, out_dir: str | Path) -> Any:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fn = resolve_task(cfg.task)
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(int(cfg.seed))
     result = fn(cfg, out)
     if result is not None:
-        (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+        atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))
     return result

@@ -14,6 +14,7 @@ memory" budgets) and FLOPs (multiply-add = 2) per batch element and head.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,6 +76,10 @@ class Attention(nn.Module):
                 f"attention expects q, k, v of shape (B, H, T, E); got {tuple(q.shape)}, "
                 f"{tuple(k.shape)}, {tuple(v.shape)}"
             )
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not t.is_floating_point():  # integer scores would be truncated silently
+                raise TypeError(f"attention: {name} must be a floating-point tensor (as for SDPA), got dtype "
+                                f"{t.dtype}; convert it first, e.g. {name}.float()")
         if key_padding_mask is not None:
             B, _, T, _ = q.shape
             if key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
@@ -95,9 +100,14 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def check_window_size(window_size) -> int:
-    if int(window_size) < 1:
-        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral) or window_size < 1:
+        raise ValueError(f"window_size must be an integer >= 1 (keys per query), got {window_size!r}; e.g. 256")
     return int(window_size)
+
+
+def no_queries(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+    """The (empty) output for a sequence of length 0, as full attention gives it; None otherwise."""
+    return v.new_empty(v.shape) if q.shape[2] == 0 else None
 
 
 def window_bounds(window_size: int) -> tuple[int, int]:

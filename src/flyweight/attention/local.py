@@ -11,6 +11,7 @@ from flyweight.attention.base import (
     check_window_size,
     blocked_queries,
     compute_dtype,
+    no_queries,
     register_attention,
     unblock,
     window_mask,
@@ -30,6 +31,8 @@ class LocalAttention(Attention):
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
         self._check(q, k, v, key_padding_mask)
+        if (empty := no_queries(q, v)) is not None:  # T = 0: no window to build
+            return empty
         B, H, T, E = q.shape
         w = min(self.window_size, 2 * T)  # a window wider than the sequence sees everything anyway
         block = block_size_for(w, T)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
-from flyweight.attention.base import Attention, AttentionCost, register_attention
+from flyweight.attention.base import Attention, AttentionCost, no_queries, register_attention
 from flyweight.attention.features import gaussian_orthogonal_matrix, log_features
 
 
@@ -17,9 +18,10 @@ class RandomFeatureAttention(Attention):
 
     def __init__(self, nb_features: int = 256, seed: int = 0):
         super().__init__()
-        if int(nb_features) < 1 or (self.cosh and int(nb_features) % 2):
+        if (isinstance(nb_features, bool) or not isinstance(nb_features, numbers.Integral) or nb_features < 1
+                or (self.cosh and nb_features % 2)):
             raise ValueError(
-                f"nb_features must be a positive{' even' if self.cosh else ''} int, got {nb_features}"
+                f"nb_features must be a positive{' even' if self.cosh else ''} integer, got {nb_features!r}"
             )
         self.nb_features = int(nb_features)
         self.seed = int(seed)
@@ -77,6 +79,8 @@ class PerformerAttention(RandomFeatureAttention):
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
         self._check(q, k, v, key_padding_mask)
+        if (empty := no_queries(q, v)) is not None:
+            return empty
         E = q.shape[-1]
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)

@@ -19,6 +19,7 @@ from flyweight.attention.base import (
     block_size_for,
     check_window_size,
     blocked_queries,
+    no_queries,
     register_attention,
     unblock,
     window_mask,
@@ -41,6 +42,8 @@ class SBLocalAttention(RandomFeatureAttention):
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
         self._check(q, k, v, key_padding_mask)
+        if (empty := no_queries(q, v)) is not None:  # T = 0: no window to build
+            return empty
         B, H, T, E = q.shape
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)

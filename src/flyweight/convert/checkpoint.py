@@ -20,6 +20,7 @@ from torch import nn
 
 from flyweight.convert.surgery import STRUCTURE_KEY, get_structure, is_linear_like, record_structure
 from flyweight.linear import make_linear
+from flyweight.utils.io import atomic_path, atomic_write_text
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -54,8 +55,10 @@ def save_structured(model: nn.Module, path: str | Path) -> None:
         if name not in tied  # a tied weight (lm_head = wte) is stored once
     }
     metadata = {"format": "pt", STRUCTURE_KEY: json.dumps(spec, sort_keys=True), "flyweight_tied": json.dumps(tied)}
-    save_file(tensors, str(path / WEIGHTS_NAME), metadata=metadata)
-    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+    # each file complete or absent: a kill mid-save never leaves a truncated checkpoint under its name
+    with atomic_path(path / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def tied_names(model: nn.Module) -> dict[str, str]:
@@ -135,10 +138,20 @@ def load_structured(
     for f in (config_file, weights_file):
         if not f.is_file():
             raise FileNotFoundError(f"load_structured: {f} not found (expected a folder written by save_structured)")
-    cfg = json.loads(config_file.read_text())
+    try:
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"load_structured: {config_file} is not valid JSON ({err}); the file is damaged or "
+                         "not a flyweight/transformers config.json. Fix: save the model again") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"load_structured: {config_file} holds a JSON {type(cfg).__name__}, not an object")
     spec = _canonical(cfg.get(STRUCTURE_KEY) or {"version": 1, "layers": {}})
-    with safe_open(str(weights_file), framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(str(weights_file), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own SafetensorError naming no file
+        raise ValueError(f"load_structured: {weights_file} is not a readable safetensors file ({err}); it is "
+                         "truncated or damaged. Fix: save the model again") from None
     tied: dict[str, str] = json.loads(metadata.get("flyweight_tied", "{}"))
     if STRUCTURE_KEY in metadata:
         saved = _canonical(json.loads(metadata[STRUCTURE_KEY]))
@@ -152,7 +165,11 @@ def load_structured(
     if model is None:
         model = _build_skeleton(cfg)
     apply_structure(model, spec)
-    state = load_file(str(weights_file))
+    try:
+        state = load_file(str(weights_file))
+    except Exception as err:  # header fine, data cut short
+        raise ValueError(f"load_structured: {weights_file} could not be read ({err}); it is truncated or "
+                         "damaged. Fix: save the model again") from None
     expected = model.state_dict()
     model_tied = tied_names(model)
     missing = sorted(set(expected) - set(state) - set(model_tied))

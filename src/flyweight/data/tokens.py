@@ -3,23 +3,24 @@
 Files: ``<cache>/tokens/<corpus>/<split>.<tokenizer>.<key>.bin`` (the token ids, native-endian
 uint16, or uint32 when the vocabulary does not fit) and a ``.json`` beside it with the token count,
 dtype and the sha256 of the ``.bin``. A cache whose metadata, size or hash does not match is
-reported and rebuilt; files are written to a temporary name and renamed, so a killed run never
-leaves a half-written cache that looks valid.
+reported and rebuilt; files are written to a temporary name beside the target and renamed
+(``flyweight.utils.io``), so a killed run never leaves a half-written cache that looks valid, and the
+temporary files a killed run left are deleted on the next start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from flyweight.data.corpora import Corpus
-from flyweight.data.fetch import cache_root, sha256_file
+from flyweight.data.fetch import cache_root
 from flyweight.data.tokenizer import Tokenizer
+from flyweight.utils.io import atomic_write, atomic_write_json, remove_stale_temps, sha256_file
 
 # Bump when the tokenize-and-concatenate recipe changes: old caches then stop matching.
 CACHE_VERSION = 1
@@ -46,8 +47,10 @@ def _valid(bin_path: Path, meta_path: Path, dtype: np.dtype) -> tuple[bool, str]
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return False, "unreadable metadata"
-    if meta.get("version") != CACHE_VERSION or meta.get("dtype") != dtype.name:
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION or meta.get("dtype") != dtype.name:
         return False, "metadata of another version"
+    if not isinstance(meta.get("n_tokens"), int) or not isinstance(meta.get("sha256"), str):
+        return False, "metadata lacks n_tokens or sha256"
     if bin_path.stat().st_size != meta["n_tokens"] * dtype.itemsize:
         return False, f"size {bin_path.stat().st_size} B, expected {meta['n_tokens'] * dtype.itemsize} B"
     if sha256_file(bin_path) != meta["sha256"]:
@@ -60,11 +63,18 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir: 
     """The split's token stream as a read-only memmap, tokenizing (with a progress bar) only once."""
     dtype = token_dtype(tokenizer.vocab_size)
     bin_path, meta_path = cache_paths(corpus, split, tokenizer, cache_dir)
+    remove_stale_temps(bin_path.parent)  # partial caches of killed runs
     ok, why = _valid(bin_path, meta_path, dtype)
     if not ok:
         if why != "missing":
             print(f"[flyweight] token cache {bin_path} is invalid ({why}); rebuilding", file=sys.stderr)
         _build(corpus, split, tokenizer, bin_path, meta_path, dtype, progress)
+    if bin_path.stat().st_size == 0:  # np.memmap refuses an empty file with a message naming nothing
+        raise ValueError(
+            f"split {split!r} of corpus {corpus.name!r} has no tokens: nothing to train on or evaluate. "
+            "Fix: check that data.path holds non-blank text; for corpora without splits (wiki_offline, text) "
+            "data.val_fraction and data.test_fraction must be > 0, e.g. data.val_fraction=0.05"
+        )
     return np.memmap(bin_path, dtype=dtype, mode="r")
 
 
@@ -72,13 +82,12 @@ def _build(corpus, split, tokenizer, bin_path: Path, meta_path: Path, dtype: np.
     from tqdm.auto import tqdm
 
     docs = corpus.documents(split)
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
-    # per-process temporary names: DDP ranks may build the same cache at once (same content)
-    tmp = bin_path.with_name(f"{bin_path.name}.{os.getpid()}.tmp")
     h = hashlib.sha256()
     n_tokens = 0
     limit = np.iinfo(dtype).max
-    with open(tmp, "wb") as f, tqdm(total=len(docs), desc=f"tokenizing {corpus.name}/{split}", unit="doc",
+    # per-process temporary names: DDP ranks may build the same cache at once (same content);
+    # the .bin is renamed into place before the .json, so a valid .json always has its .bin
+    with atomic_write(bin_path) as f, tqdm(total=len(docs), desc=f"tokenizing {corpus.name}/{split}", unit="doc",
                                     disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(docs), BATCH_DOCS):
             batch = docs[start:start + BATCH_DOCS]
@@ -95,7 +104,4 @@ def _build(corpus, split, tokenizer, bin_path: Path, meta_path: Path, dtype: np.
             "corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint, "split": split,
             "tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint,
             "documents": len(docs)}
-    tmp.replace(bin_path)
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=1))
-    meta_tmp.replace(meta_path)
+    atomic_write_json(meta_path, meta)

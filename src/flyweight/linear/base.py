@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from typing import Any, Callable, ClassVar
 
@@ -35,7 +37,39 @@ def linear_class(kind: str) -> type["StructuredLinear"]:
 
 def make_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any):
     """Build a linear layer by registry name ("dense", "lowrank", "monarch", "ss1")."""
-    return linear_class(kind)(in_features, out_features, bias=bias, **kwargs)
+    cls = linear_class(kind)
+    check_kwargs(cls, kwargs)
+    return cls(in_features, out_features, bias=bias, **kwargs)
+
+
+def linear_kwargs(cls: type["StructuredLinear"]) -> tuple[str, ...]:
+    """The keyword arguments a kind's constructor accepts besides in/out features and bias."""
+    params = inspect.signature(cls.__init__).parameters
+    return tuple(n for n in params if n not in ("self", "in_features", "out_features", "bias")
+                 and params[n].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD))
+
+
+def check_kwargs(cls: type["StructuredLinear"], kwargs: dict[str, Any]) -> None:
+    """A misspelt argument names itself, its likely meaning and the valid ones (not a bare TypeError)."""
+    valid = linear_kwargs(cls)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"linear kind {cls.kind!r} has no argument {key!r}{hint}; valid arguments: "
+                        f"{', '.join(valid) or 'none'}")
+
+
+def validate_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any) -> dict:
+    """Check that ``make_linear(kind, in_features, out_features, bias, **kwargs)`` would succeed,
+    without allocating (the layer is built on the meta device); return its ``structure_config()``.
+
+    Meant for configs: call it for every layer shape before any data is loaded or tokenized, so a bad
+    ``compression`` or a misspelt argument fails in a second, with the layer's own message.
+    """
+    layer = make_linear(kind, in_features, out_features, bias=bias, device="meta", **kwargs)
+    return layer.structure_config()
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -76,6 +110,19 @@ class StructuredLinear(nn.Module):
                 f"{type(self).__name__}: input's last dimension must equal "
                 f"in_features={self.in_features}, got input shape {tuple(x.shape)}"
             )
+        if not x.is_floating_point():  # weights cast to an integer dtype would compute garbage silently
+            raise TypeError(
+                f"{type(self).__name__}: input must be a floating-point tensor (as for nn.Linear), got dtype "
+                f"{x.dtype}; convert it first, e.g. x.float()"
+            )
+        if x.is_meta:
+            devices = {p.device for p in self._parameters.values() if p is not None and not p.is_meta}
+            if devices:  # some ops accept a meta input with real weights and return uninitialised memory
+                raise RuntimeError(
+                    f"{type(self).__name__}: input is on the meta device (no values) but the layer's weights "
+                    f"are on {devices.pop()}; move the input to that device, or the layer to 'meta' for "
+                    "shape inference"
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

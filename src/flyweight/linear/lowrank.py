@@ -31,6 +31,11 @@ class LowRankLinear(StructuredLinear):
     ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         full = min(in_features, out_features)
+        if rank is not None and compression is not None:
+            raise ValueError(
+                f"LowRankLinear: pass rank or compression, not both (got rank={rank!r}, "
+                f"compression={compression!r}); e.g. rank={rank!r} alone"
+            )
         if rank is None:
             compression = 8 if compression is None else compression
             rank = rank_for_compression(in_features, out_features, compression)

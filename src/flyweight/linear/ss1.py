@@ -130,8 +130,8 @@ class SS1Linear(StructuredLinear):
         return self.layout.spec_from_stored(self.weight.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            self._check_input(x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features or not x.is_floating_point() or x.is_meta:
+            self._check_input(x)  # the common case pays only these attribute reads
         if x.dim() == 2:
             return ss1_linear(x, self.weight, self.bias, self.sketch_index, self.unsketch_index, self.meta,
                               self.backend)

@@ -36,6 +36,7 @@ from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
 from flyweight.convert.surgery import convert, get_structure, is_linear_like
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
+from flyweight.linear.base import check_positive_int
 
 __all__ = [
     "DEFAULT_LINEAR",
@@ -134,6 +135,14 @@ def build_gpt2(
     for key, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
         if value is not None:
             dims[key] = value
+    # transformers accepts zeros here and fails later (ZeroDivisionError, empty embeddings)
+    for key, value in (("n_positions", n_positions), ("vocab_size", vocab_size), *dims.items()):
+        check_positive_int(key, value)
+    if dims["n_embd"] % dims["n_head"]:
+        raise ValueError(f"n_embd={dims['n_embd']} must be a multiple of n_head={dims['n_head']} "
+                         f"(e.g. n_head={math.gcd(dims['n_embd'], dims['n_head'])})")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     role_list = _expand_roles(roles, lm_head)
     kinds = dict(kinds or {})
     for role in kinds:

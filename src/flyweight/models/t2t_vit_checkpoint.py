@@ -28,6 +28,7 @@ from flyweight.models.t2t_vit import (
     T2TViTConfig,
     load_state_dict_strict,
 )
+from flyweight.utils.io import atomic_path, atomic_write_text
 
 FORMAT = "flyweight-t2t-vit"
 
@@ -178,12 +179,13 @@ def save_t2t_vit(path: str | Path, state: dict[str, torch.Tensor], cfg: T2TViTCo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg_json = json.dumps(cfg.to_dict())
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in state.items()},
-        str(path),
-        metadata={"format": FORMAT, "config": cfg_json},
-    )
-    path.with_suffix(".json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    with atomic_path(path) as tmp:  # never a truncated file under the real name
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.items()},
+            str(tmp),
+            metadata={"format": FORMAT, "config": cfg_json},
+        )
+    atomic_write_text(path.with_suffix(".json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], T2TViTConfig]:

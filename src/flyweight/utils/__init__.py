@@ -1,0 +1,1 @@
+"""Small helpers shared by data, conversion, training and benchmarking (no model code)."""

@@ -1,0 +1,200 @@
+"""Bad input at the door: every case raises at once with a message that names the problem (issue 15).
+
+Each row is (id, how to provoke it given a scratch folder, the exception type, a regex the message
+must match). The regexes name the offending key/value/file, not just "error".
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _lm_helpers import make_tokenizer, synthetic_articles
+from torch import nn
+
+from flyweight.attention import make_attention
+from flyweight.convert import convert
+from flyweight.convert.checkpoint import load_structured, save_structured
+from flyweight.data import load_tokenizer, make_corpus, tokenize_split
+from flyweight.data import tokenizer as tokenizer_mod
+from flyweight.linear import LowRankLinear, make_linear, validate_linear
+from flyweight.models.gpt2 import build_gpt2
+
+KINDS = {"dense": {}, "lowrank": {"rank": 4}, "monarch": {"nblocks": 4}, "ss1": {"compression": 4}}
+
+
+def _layer(kind: str) -> nn.Module:
+    return make_linear(kind, 128, 64, **KINDS[kind])
+
+
+def _call_layer_int(kind):
+    return lambda tmp: _layer(kind)(torch.ones(2, 128, dtype=torch.int64))
+
+
+def _call_attention_int(name):
+    def go(tmp):
+        q = torch.ones(1, 2, 8, 16, dtype=torch.int32)
+        return make_attention(name)(q, q, q)
+    return go
+
+
+def _meta_input(kind):
+    return lambda tmp: _layer(kind)(torch.empty(2, 128, device="meta"))
+
+
+def _saved_model(tmp):
+    folder = tmp / "ckpt"
+    save_structured(nn.Sequential(nn.Linear(4, 4)), folder)
+    return folder
+
+
+def _truncated_safetensors(tmp):
+    folder = _saved_model(tmp)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    load_structured(folder, model=nn.Sequential(nn.Linear(4, 4)))
+
+
+def _zero_byte_safetensors(tmp):
+    folder = _saved_model(tmp)
+    (folder / "model.safetensors").write_bytes(b"")
+    load_structured(folder, model=nn.Sequential(nn.Linear(4, 4)))
+
+
+def _non_json_config(tmp):
+    folder = _saved_model(tmp)
+    (folder / "config.json").write_text('{"architectures": [')
+    load_structured(folder, model=nn.Sequential(nn.Linear(4, 4)))
+
+
+def _tokenize_text_corpus(tmp, files: dict[str, bytes], **corpus_kwargs):
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+    tok = load_tokenizer(str(make_tokenizer(tmp / "tok")))
+    corpus = make_corpus("text", str(tmp / "corpus.txt"), **corpus_kwargs)
+    for split in ("train", "val", "test"):
+        tokenize_split(corpus, split, tok, tmp / "cache", progress=False)
+
+
+TEXT = "\n\n".join(" ".join(p) for _, p in synthetic_articles(30)).encode()
+
+CASES = [
+    # silent wrong results: integer input was computed with the weights cast to int64
+    *[(f"int-input-{k}", _call_layer_int(k), TypeError, r"floating-point.*torch\.int64") for k in KINDS],
+    *[(f"int-input-attention-{n}", _call_attention_int(n), TypeError, r"q must be a floating-point.*torch\.int32")
+      for n in ("local", "performer", "sblocal")],
+    # Monarch's bmm returned uninitialised memory for a meta input on a CPU layer
+    *[(f"meta-input-{k}", _meta_input(k), RuntimeError, r"meta device.*weights are on cpu") for k in KINDS],
+    ("lowrank-rank-and-compression", lambda tmp: LowRankLinear(64, 64, rank=4, compression=2), ValueError,
+     r"rank or compression, not both.*rank=4.*compression=2"),
+    ("window-size-float-local", lambda tmp: make_attention("local", window_size=2.7), ValueError,
+     r"window_size must be an integer.*2\.7"),
+    ("window-size-float-sblocal", lambda tmp: make_attention("sblocal", window_size=2.7), ValueError,
+     r"window_size must be an integer.*2\.7"),
+    ("nb-features-float", lambda tmp: make_attention("performer", nb_features=12.5), ValueError,
+     r"nb_features must be a positive integer.*12\.5"),
+    # unclear errors
+    ("misspelt-layer-kwarg", lambda tmp: make_linear("ss1", 128, 64, compresion=4), TypeError,
+     r"'ss1' has no argument 'compresion' \(did you mean 'compression'\?\); valid arguments: compression, seed"),
+    ("misspelt-convert-kwarg", lambda tmp: convert(nn.Sequential(nn.Linear(8, 8)), "monarch", targets="0",
+                                                   nblock=2),
+     TypeError, r"'monarch' has no argument 'nblock' \(did you mean 'nblocks'\?\)"),
+    ("ss1-compression-3-validated-up-front", lambda tmp: validate_linear("ss1", 768, 768, compression=3),
+     ValueError, r"compression must be a power of two.*got 3"),
+    ("validate-unknown-kind", lambda tmp: validate_linear("ss2", 768, 768), ValueError, r"unknown linear kind 'ss2'"),
+    ("gpt2-n-positions-0", lambda tmp: build_gpt2("tiny", n_positions=0, device="meta"), ValueError,
+     r"n_positions must be a positive integer, got 0"),
+    ("gpt2-vocab-size-0", lambda tmp: build_gpt2("tiny", vocab_size=0, device="meta"), ValueError,
+     r"vocab_size must be a positive integer, got 0"),
+    ("gpt2-n-layer-0", lambda tmp: build_gpt2("tiny", n_layer=0, device="meta"), ValueError,
+     r"n_layer must be a positive integer, got 0"),
+    ("gpt2-heads-do-not-divide", lambda tmp: build_gpt2("tiny", n_head=3, device="meta"), ValueError,
+     r"n_embd=128 must be a multiple of n_head=3"),
+    ("truncated-safetensors", _truncated_safetensors, ValueError, r"ckpt/model\.safetensors.*truncated"),
+    ("zero-byte-safetensors", _zero_byte_safetensors, ValueError, r"ckpt/model\.safetensors.*truncated"),
+    ("non-json-config", _non_json_config, ValueError, r"ckpt/config\.json is not valid JSON"),
+    ("tokenizer-missing-dir", lambda tmp: load_tokenizer(str(tmp / "no" / "such" / "dir")), FileNotFoundError,
+     r"data\.tokenizer=.*no/such/dir.*does not exist"),
+    ("tokenizer-missing-relative-dir", lambda tmp: load_tokenizer("./no-such-tokenizer"), FileNotFoundError,
+     r"no-such-tokenizer does not exist"),
+    ("empty-corpus-file", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": b""}), ValueError,
+     r"corpus\.txt hold\(s\) no text"),
+    ("blank-corpus-file", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": b"\n \n\n\t\n"}), ValueError,
+     r"corpus\.txt hold\(s\) no text"),
+    ("val-fraction-0", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": TEXT}, val_fraction=0.0), ValueError,
+     r"split 'val' of corpus 'text' has no tokens.*data\.val_fraction"),
+    ("non-utf8-corpus", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": TEXT + "caf\u00e9".encode("latin-1")}),
+     ValueError, r"corpus\.txt is not UTF-8 text: byte 0xe9 at offset \d+"),
+]
+
+
+@pytest.mark.parametrize("make_error, error, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_names_the_problem(tmp_path, make_error, error, message):
+    with pytest.raises(error, match=message):
+        make_error(tmp_path)
+
+
+def test_local_attention_of_an_empty_sequence_is_empty_like_full_attention():
+    q = torch.randn(2, 3, 0, 8)
+    full = make_attention("full")(q, q, q)
+    for name in ("local", "performer", "sblocal"):
+        out = make_attention(name, **({"window_size": 200} if name != "performer" else {}))(q, q, q)
+        assert out.shape == full.shape == (2, 3, 0, 8) and out.dtype == full.dtype
+
+
+def test_float_inputs_still_work_after_the_dtype_check():
+    for kind in KINDS:
+        layer = _layer(kind).double()
+        x = torch.randn(3, 128, dtype=torch.float64)
+        assert torch.allclose(layer(x), x @ layer.to_dense().t() + layer.bias, atol=1e-10)
+
+
+def test_validate_linear_returns_the_structure_and_allocates_nothing():
+    config = validate_linear("ss1", 768, 3072, compression=8, seed=7)
+    assert config["compression"] == 8 and config["seed"] == 7
+    assert config == make_linear("ss1", 768, 3072, compression=8, seed=7).structure_config()
+
+
+def test_hub_tokenizer_without_network_fails_fast(monkeypatch):
+    """No HF_HUB_OFFLINE, no network: one failed probe answers, the hub's minute of retries never starts."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in tokenizer_mod._PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
+    import transformers
+
+    def must_not_download(*args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("the hub was contacted although the probe failed")
+        raise OSError("not in the local cache")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", must_not_download)
+    with pytest.raises(RuntimeError, match=r"(?s)127\.0\.0\.1:9 is not reachable.*data\.tokenizer=/path/to/folder"):
+        load_tokenizer("hub:gpt2")
+
+
+def test_hub_probe_reports_a_listening_endpoint(monkeypatch):
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        for var in tokenizer_mod._PROXY_VARS:
+            monkeypatch.delenv(var, raising=False)
+        assert tokenizer_mod.hub_reachable(timeout=2)
+    finally:
+        server.close()
+
+
+def test_non_utf8_wikitext_names_the_file(tmp_path):
+    from _lm_helpers import write_wikitext
+
+    folder = write_wikitext(tmp_path / "wt")
+    (folder / "wiki.valid.raw").write_bytes(b" = T = \n \xff\xfe bad \n")
+    corpus = make_corpus("wikitext2", folder)
+    with pytest.raises(ValueError, match=r"wiki\.valid\.raw is not UTF-8 text: byte 0xff at offset 9"):
+        corpus.documents("val")
+    assert json.dumps(corpus.documents("train"))  # the other splits still load
