@@ -21,7 +21,8 @@ class DataConfig:
     tokenizer: str = "gpt2"        # "gpt2" (registry copy), a local folder, or "hub:NAME"
     max_length: int = 1024
     global_batch_size: int = 512   # sequences per optimizer step, all ranks and accumulation together
-    micro_batch_size: int = 8      # sequences per forward/backward on one device
+    micro_batch_size: Any = "auto"  # sequences per forward/backward on one device; auto: the trainer picks
+                                   # (a memory probe on CUDA, see flyweight.train.fastpath)
     eval_batch_size: int | None = None
     val_fraction: float = 0.05     # for corpora without splits (by document, seeded)
     test_fraction: float = 0.05

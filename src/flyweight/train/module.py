@@ -30,10 +30,6 @@ def build_model(model_cfg: dict, vocab_size: int, seed: int | None = None):
     kwargs.setdefault("vocab_size", vocab_size)  # the real vocabulary; pad_vocab_to pads the rows beyond it
     if kwargs["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's {vocab_size}")
-    if kwargs.get("attention") == "auto":  # eval and direct callers; train_lm resolves it per accelerator
-        from flyweight.train.fastpath import resolve_attention
-
-        kwargs["attention"] = resolve_attention("auto", "gpu" if torch.cuda.is_available() else "cpu")
     if seed is not None:
         kwargs.setdefault("seed", seed)
     return build_gpt2(**kwargs)
