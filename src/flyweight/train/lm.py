@@ -294,6 +294,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
          f"{module.model.config._attn_implementation}, precision {_precision(tcfg, accelerator)}"
          + (f", stopping at step {stop}" if stop < total else "") + (f"; resuming from {resume}" if resume else ""))
 
+    if accelerator == "gpu":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     train_time = time.perf_counter() - t0
@@ -311,7 +313,9 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     if tcfg.record_indices:
         (out / f"seen_indices_rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "indices": module.seen_indices, "params_sha256": params_sha(module.model)}))
-    trainer.validate(module, datamodule=dm, verbose=False)
+    peak_memory = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
+    if module.eval_results.get("val", {}).get("step") != trainer.global_step:  # not evaluated at the last step yet
+        trainer.validate(module, datamodule=dm, verbose=False)
     if tcfg.eval_test:
         trainer.test(module, datamodule=dm, verbose=False)
     if tcfg.save_model and trainer.is_global_zero:
@@ -325,7 +329,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         "mode": "train", "complete": True, "steps": steps_done, "schedule_steps": total, "warmup_steps": warmup,
         "accumulation": accum, "micro_batch_size": dcfg.micro_batch_size, "world_size": world,
         "train_time_s": train_time, "train_seconds": module.train_seconds,
-        "compile_seconds": module.compile_seconds, "compile": compile_on, "fused_loss": fused_loss,
+        "compile_seconds": module.compile_seconds, "compile": compile_on, "peak_train_memory_bytes": peak_memory, "fused_loss": fused_loss,
         "attention": module.model.config._attn_implementation, "precision": _precision(tcfg, accelerator),
         "tokens_trained": steps_done * dcfg.global_batch_size * dcfg.max_length,
         **{split: module.eval_results[split] for split in ("val", "test") if split in module.eval_results},

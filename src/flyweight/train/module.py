@@ -163,6 +163,7 @@ class LMModule(L.LightningModule):
                 self._first_dt = start_dt  # counted once the next step's duration is known
             else:
                 self.train_seconds += start_dt  # the first step after an evaluation
+                tps = tokens / start_dt if start_dt > 0 else float("nan")
         self._last_step_time = now
         if math.isfinite(tps):
             self._tps_ema = tps if self._tps_ema is None else 0.9 * self._tps_ema + 0.1 * tps
