@@ -352,14 +352,16 @@ def run(cfg, out_dir) -> dict:
     reserve = float(c.get("reserve_s") or 0)
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     print(f"[compare] {len(variants)} variants -> {root} (re-run the same command to resume)")
-    rows, pending = [], []
+    rows, pending, trained = [], [], False
     for i, v in enumerate(variants, 1):
         max_time = None
-        if deadline is not None:
+        if deadline is not None and not (root / "variants" / v["name"] / "result.json").exists():
             max_time = deadline - time.monotonic() - reserve
-            if max_time <= 0:
+            if max_time <= 0 and trained:
                 pending.append(v["name"])
                 continue
+            max_time = max(max_time, 1e-9)  # every command trains at least one step, so re-runs always progress
+            trained = True
         print(f"[compare] variant {i}/{len(variants)}: {v['name']} ({v['kind']} {v.get('linear') or ''})", flush=True)
         row = run_variant(plain, v, root / "variants" / v["name"], steps, device, max_time)
         if row is None:
