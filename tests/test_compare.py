@@ -46,7 +46,7 @@ def test_compare_report_and_resume(tmp_path):
     result = run_task(cfg, tmp_path / "out")
     root = tmp_path / "cmp"
     plots = ("ppl_vs_time.png", "ppl_vs_tokens.png", "ppl_vs_throughput.png", "ppl_vs_params.png", "loss_curves.png")
-    for name in ("report.md", "results.csv", "resolved_config.yaml", *plots):
+    for name in ("report.md", "results.csv", "resolved_config.yaml", "speeds.json", *plots):
         assert (root / name).exists(), name
     assert all(is_png(root / p) for p in plots)
     assert result["plot_series"] == {"ppl_vs_time": 2, "ppl_vs_tokens": 2, "ppl_vs_throughput": 2,

@@ -43,6 +43,7 @@ COMPARE_KEYS = {
     "evals": "held-out evaluations along each variant's training (perplexity-vs-time curve points)",
     "inference": "{batch, seq_len, prompt_len, decode_tokens, dtype, budget_s, repeats}",
     "keep_checkpoints": "keep each variant's checkpoints, model and logs (default: only what the report needs)",
+    "timing": "training tokens/s from: interleaved (round-robin re-timing, default on CPU) | log (default on GPU)",
     "progress_bar": "per-variant training progress bars",
     "extra_eval": "optional {corpus, path}: a second held-out corpus's test split (e.g. WikiText-103)",
 }
@@ -51,7 +52,7 @@ INFERENCE_KEYS = ("batch", "seq_len", "prompt_len", "decode_tokens", "dtype", "b
 BUDGET_KEYS = ("steps", "tokens")
 # settings that change how the command runs but not any number in the report
 NOT_IN_HASH = ("dir", "only", "budget_s", "reserve_s", "keep_checkpoints", "progress_bar")
-KEEP = ("result.json", "steps.csv", "evals.csv")  # what the report reads from a finished variant
+KEEP = ("result.json", "steps.csv", "evals.csv", "speeds.json")  # what the report reads from a finished variant
 
 
 def _plain(cfg) -> dict:
@@ -216,19 +217,73 @@ def block_parameters(model) -> int:
     return sum(p.numel() for p in model.transformer.h.parameters())
 
 
-def measure_inference(model_dir: Path, cfg: dict, device: torch.device) -> dict:
+def _train_step_fn(model, cfg: dict, device: torch.device, micro: int):
+    """One AdamW training step of ``model`` on a fixed random batch (the trainer's loss and optimizer)."""
+    from flyweight.train.metrics import NextTokenNLL
+    from flyweight.train.optim import OptimConfig, make_optimizer
+
+    seq = int(cfg["data"]["max_length"])
+    ids = torch.randint(0, model.get_input_embeddings().num_embeddings, (micro, seq), device=device)
+    nll = NextTokenNLL(model)
+    opt = make_optimizer(model, OptimConfig(lr=1e-6, fused=device.type == "cuda"))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+
+    def step():
+        with autocast:
+            loss = nll(ids) / ids.numel()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, micro * seq
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def measure_speeds(model_dirs: dict[str, Path], micro: dict[str, int], cfg: dict, device: torch.device,
+                   train: bool) -> dict[str, dict]:
+    """Inference (and, with ``train``, training) speed of every final model, measured round-robin:
+    each repeat times every variant once, so a change of machine load hits all variants alike instead of
+    whichever happened to run then. Medians and quartiles over the repeats."""
+    from flyweight.bench.timing import synchronize
     from flyweight.models.gpt2 import load_structured
 
     inf = cfg["compare"]["inference"]
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[inf.get("dtype", "float32")]
-    model = load_structured(model_dir, device=device).eval()
     seq_len = int(inf.get("seq_len") or cfg["data"]["max_length"])
     budget = float(inf.get("budget_s", 0.3))
     repeats = max(1, int(inf.get("repeats") or 3))
-    prefill = [prefill_tokens_per_s(model, int(inf["batch"]), seq_len, device, dtype, budget) for _ in range(repeats)]
-    decode = [decode_ms_per_token(model, int(inf["prompt_len"]), int(inf["decode_tokens"]), device, dtype, budget)
-              for _ in range(repeats)]
-    return {"block_params": block_parameters(model), "infer": spread(prefill), "decode": spread(decode)}
+    samples = {n: {"infer": [], "decode": [], "train": []} for n in model_dirs}
+    models = {n: load_structured(d, device=device) for n, d in model_dirs.items()}
+    steps = {n: _train_step_fn(m.train(), cfg, device, micro[n]) for n, m in models.items()} if train else {}
+    for n, (fn, _) in steps.items():
+        fn()  # warm-up: first-call allocations, optimizer state
+    for _ in range(repeats):
+        for n, model in models.items():
+            if train:
+                fn, tokens = steps[n]
+                model.train()
+                synchronize(device)
+                t0 = time.perf_counter()
+                k = 0
+                while True:  # whole steps, at least two, for about the inference budget
+                    fn()
+                    k += 1
+                    synchronize(device)
+                    if k >= 2 and time.perf_counter() - t0 >= budget:
+                        break
+                samples[n]["train"].append(k * tokens / (time.perf_counter() - t0))
+            model.eval()
+            samples[n]["infer"].append(prefill_tokens_per_s(model, int(inf["batch"]), seq_len, device, dtype, budget))
+            samples[n]["decode"].append(decode_ms_per_token(model, int(inf["prompt_len"]), int(inf["decode_tokens"]),
+                                                            device, dtype, budget))
+    return {n: {k: spread(v) for k, v in s.items()} for n, s in samples.items()}
 
 
 def extra_eval(cfg: dict, vcfg: dict, vdir: Path) -> dict | None:
@@ -271,10 +326,10 @@ def _read_result(path: Path) -> dict | None:
         return None
 
 
-def prune(vdir: Path) -> None:
-    """Delete everything of a finished variant except what the report reads (``KEEP``)."""
+def prune(vdir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete everything of a finished variant except what the report reads (``KEEP``, and ``keep``)."""
     for p in vdir.iterdir():
-        if p.name in KEEP:
+        if p.name in KEEP or p.name in keep:
             continue
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
@@ -307,18 +362,19 @@ def run_variant(cfg: dict, variant: dict, vdir: Path, steps: int | None, device:
         evals.append(final)
     linear = variant.get("linear") or {}
     mfus = [float(r["mfu"]) for s, r in steps_log.items() if s > 2 and r.get("mfu")]
-    inference = measure_inference(vdir / "model", cfg, device)
+    from flyweight.models.gpt2 import load_structured
+
+    block_params = block_parameters(load_structured(vdir / "model"))
     extra = extra_eval(cfg, vcfg, vdir)
     row = {
         "variant": variant["name"], "kind": variant["kind"],
         "settings": ",".join(f"{k}={x}" for k, x in sorted(linear.items())) or "-",
-        "params": int(res["params"]), "block_params": inference["block_params"],
+        "params": int(res["params"]), "block_params": block_params,
         "flops_per_token": int(res["flops_per_token_fwd"]),
         "val_ppl": final["ppl"], "val_tokens": int(res["val"]["tokens"]),
         "test_ppl": float(res["test"]["ppl"]) if "test" in res else None,
-        "train_tokens_per_s": spread(train_rates(steps_log)),
+        "train_tokens_per_s_logged": spread(train_rates(steps_log)),
         "train_mfu": statistics.median(mfus) if mfus else None,
-        "infer_tokens_per_s": inference["infer"], "decode_ms_per_token": inference["decode"],
         "extra_eval": extra,
         "peak_train_memory_bytes": res.get("peak_train_memory_bytes"),
         "weight_bytes": int(res["params"]) * 4,
@@ -332,8 +388,39 @@ def run_variant(cfg: dict, variant: dict, vdir: Path, steps: int | None, device:
     }
     _atomic_json(done, row)
     if not cfg["compare"].get("keep_checkpoints"):
-        prune(vdir)
+        prune(vdir, keep=("model",))  # the model until the speeds are measured (see run)
     return row
+
+
+def attach_speeds(rows: list[dict], root: Path, cfg: dict, device: torch.device) -> list[dict]:
+    """Every row's speeds: measured round-robin on the final models once all variants are trained (saved
+    as ``speeds.json``, so a re-run reuses them), then the models are deleted unless keep_checkpoints.
+    Training tokens/s comes from that round-robin on a CPU (a shared machine's load drifts between
+    variants trained minutes apart) and from the training log on a GPU (the real fast path, compiled)."""
+    c = cfg["compare"]
+    timing = c.get("timing") or ("interleaved" if device.type == "cpu" else "log")
+    path = root / "speeds.json"
+    names = [r["variant"] for r in rows]
+    speeds = _read_result(path) if path.exists() else None
+    if not speeds or sorted(speeds) != sorted(names):
+        dirs = {n: root / "variants" / n / "model" for n in names}
+        missing = [n for n, d in dirs.items() if not d.exists()]
+        if missing:
+            raise FileNotFoundError(f"the final models of {missing} are gone but {path} is missing: delete "
+                                    f"their variants/<name>/result.json to train them again")
+        micro = {r["variant"]: int(r.get("micro_batch_size") or 1) for r in rows}
+        print(f"[compare] timing {', '.join(names)} round-robin ({c['inference'].get('repeats')} repeats)", flush=True)
+        speeds = measure_speeds(dirs, micro, cfg, device, train=timing == "interleaved")
+        _atomic_json(path, speeds)
+    if not c.get("keep_checkpoints"):
+        for n in names:
+            shutil.rmtree(root / "variants" / n / "model", ignore_errors=True)
+    for r in rows:
+        s = speeds[r["variant"]]
+        r["infer_tokens_per_s"], r["decode_ms_per_token"] = s["infer"], s["decode"]
+        r["train_tokens_per_s"] = s["train"] if s["train"].get("median") else r["train_tokens_per_s_logged"]
+        r["train_timing"] = "round-robin re-timing of the final models" if s["train"].get("median") else "training log"
+    return rows
 
 
 def run(cfg, out_dir) -> dict:
@@ -374,6 +461,7 @@ def run(cfg, out_dir) -> dict:
         return {"dir": str(root), "complete": False, "pending": pending, "done": [r["variant"] for r in rows]}
     if not rows:  # non-zero DDP rank
         return {"dir": str(root), "complete": True, "rows": []}
+    rows = attach_speeds(rows, root, plain, device)
     meta = {"command": command, "config": plain, "device": device}
     paths = write_report(rows, root, meta)
     print(paths["report"].read_text())

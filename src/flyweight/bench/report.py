@@ -38,8 +38,9 @@ COLUMN_DEFINITIONS = {
                         "variant's perplexity-vs-time curve (log-linear interpolation between evaluations)",
     "time to dense ppl": "training time to reach dense's final perplexity, relative to dense's time (< 1: sooner); "
                          "'not reached' when the variant's curve never gets there within its budget",
-    "train tok/s": "training tokens per second, median over the logged optimizer steps (first 2 skipped), with the "
-                   "25th-75th percentile range",
+    "train tok/s": "training tokens per second (forward, backward, AdamW step), median with the 25th-75th percentile "
+                   "range: on a CPU over round-robin repeats on the final models (so machine load hits every variant "
+                   "alike), on a GPU over the logged optimizer steps of the run (first 2 skipped)",
     "train vs dense": "training speed ratio to dense; 'same' when the difference is inside the combined spread",
     "infer tok/s": "prefill throughput of the final model (batch and dtype above), median of repeats",
     "decode ms/tok": "greedy decoding latency per new token with the KV cache, batch 1, median of repeats",
@@ -244,7 +245,8 @@ def provenance(device) -> dict:
 
 
 def corpus_description(corpus: str) -> str:
-    """The corpus manifest when the corpus module provides one, else its name."""
+    """The corpus manifest (sources, versions, licences, tokens per split) when the corpus module provides
+    one, else the corpus name."""
     try:
         from flyweight.data.manifest import corpus_manifest
     except ImportError:
@@ -252,10 +254,13 @@ def corpus_description(corpus: str) -> str:
     try:
         m = corpus_manifest(corpus)
     except Exception as err:  # noqa: BLE001 - the report must not fail on a manifest problem
-        return f"{corpus} (manifest unavailable: {type(err).__name__})"
-    if isinstance(m, dict):
-        return "; ".join(f"{k}: {v}" for k, v in m.items())
-    return str(m)
+        return f"{corpus} (no manifest: {type(err).__name__})"
+    try:
+        from flyweight.data.manifest import format_manifest
+
+        return "\n\n" + format_manifest(m) + "\n"
+    except Exception:  # noqa: BLE001 - an older manifest module: the plain fields
+        return "; ".join(f"{k}: {v}" for k, v in m.items() if not isinstance(v, (dict, list))) or corpus
 
 
 # ---- plots ----------------------------------------------------------------------------------------
@@ -384,6 +389,7 @@ def write_report(rows: list[dict], out_dir: str | Path, meta: dict) -> dict[str,
         f"{first.get('micro_batch_size')} x accumulation {first.get('accumulation')}), AdamW lr "
         f"{cfg.get('optim', {}).get('lr')}, {cfg.get('optim', {}).get('schedule')} schedule; fast path: "
         + ", ".join(f"{k} {v}" for k, v in fast.items()),
+        f"- Training speed from: {first.get('train_timing', 'training log')}",
         f"- Inference timing: prefill batch {inf.get('batch')} x {inf.get('seq_len') or cfg.get('data', {}).get('max_length')} "
         f"tokens, decode {inf.get('decode_tokens')} tokens after {inf.get('prompt_len')}, {inf.get('dtype')}, "
         f"{inf.get('repeats')} repeats",
