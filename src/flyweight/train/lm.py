@@ -398,6 +398,8 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
     if not cfg.get("ckpt"):
         raise ValueError("mode=eval needs ckpt=PATH (a run's checkpoints/*.ckpt or its model/ folder)")
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("val",))
+    if dcfg.micro_batch_size in ("auto", None) and not dcfg.eval_batch_size:
+        dcfg.eval_batch_size = 16  # evaluation holds no gradients: no probe needed for a safe batch
     model, ckpt_step = load_checkpoint_model(cfg["ckpt"], cfg["model"], dm.tokenizer.vocab_size, seed)
     flops = model_flops_per_token(model, dcfg.max_length)
     module = LMModule(model, OptimConfig(), 0, 1)
