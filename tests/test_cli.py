@@ -71,3 +71,11 @@ def test_group_defaults_have_one_source_the_dataclasses():
         assert set(cfg[group]) == {f.name for f in fields(cls)}, group
         stray = REPO / "src" / "flyweight" / "configs" / group / f"{_}.yaml"
         assert not stray.exists(), f"{stray} duplicates the dataclass {cls.__name__}"
+
+
+def test_flyweight_help_lists_the_subcommands(capsys):
+    from flyweight.cli import SUBCOMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in SUBCOMMANDS) and "compare-gpu" in out
