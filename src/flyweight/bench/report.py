@@ -355,7 +355,7 @@ def write_report(rows: list[dict], out_dir: str | Path, meta: dict) -> dict[str,
     if dense is not None and dense["val_ppl"] > BARELY_TRAINED_PPL:
         lines += ["", f"Caution: dense's perplexity of {dense['val_ppl']:,.0f} means a barely trained model. "
                       "At this budget the ranking shows early learning speed, not final quality; the GPU preset "
-                      "(`compare=gpu_gpt2_small`) trains each kind for 100M+ tokens."]
+                      "(`experiment=compare-gpu`) trains each kind for 100M+ tokens."]
     lines += [
         "",
         "## Results",
