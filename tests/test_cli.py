@@ -48,3 +48,34 @@ def test_cli_unknown_subcommand():
     from flyweight.cli import main
 
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("override,named", [
+    ("trainer.max_step=5", "max_step"),              # misspelt key of a typed group
+    ("trainer.max_steps=abc", "max_steps"),          # wrong type
+    ("data.global_batch_size=1.5", "global_batch_size"),
+    ("model.dropuot=0.2", "dropuot"),
+])
+def test_typed_groups_reject_bad_overrides_before_any_work(override, named):
+    with pytest.raises(Exception, match=named):
+        make_cfg("experiment=tiny-lm", override)
+
+
+def test_group_defaults_have_one_source_the_dataclasses():
+    from dataclasses import fields
+
+    from flyweight.configs.schema import GROUPS
+
+    cfg = make_cfg("experiment=wt103/gpt2")
+    for (group, _), cls in GROUPS.items():
+        assert set(cfg[group]) == {f.name for f in fields(cls)}, group
+        stray = REPO / "src" / "flyweight" / "configs" / group / f"{_}.yaml"
+        assert not stray.exists(), f"{stray} duplicates the dataclass {cls.__name__}"
+
+
+def test_flyweight_help_lists_the_subcommands(capsys):
+    from flyweight.cli import SUBCOMMANDS, main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in SUBCOMMANDS) and "compare-gpu" in out

@@ -199,3 +199,22 @@ def test_hub_tokenizer_offline_fails_fast_with_a_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="data.tokenizer=/path/to/folder"):
         load_tokenizer("hub:flyweight-test/no-such-tokenizer")
+
+
+def test_fitted_bpe_is_cached_learns_the_train_split_only_and_round_trips(tmp_path):
+    from _lm_helpers import write_wikitext
+
+    from flyweight.data.corpora import make_corpus
+    from flyweight.data.fitted_tokenizer import fitted_bpe
+
+    corpus = make_corpus("wikitext103", write_wikitext(tmp_path / "wt", sizes=(12, 3, 3)))
+    tok = fitted_bpe(corpus, "bpe:300", tmp_path / "cache")
+    assert tok.vocab_size == 300
+    files = list((tmp_path / "cache" / "tokenizers").glob("*.json"))
+    assert len(files) == 1
+    again = fitted_bpe(make_corpus("wikitext103", tmp_path / "wt"), "bpe:300", tmp_path / "cache")
+    assert again.fingerprint == tok.fingerprint  # loaded from the cache, the same tokenizer
+    text = corpus.documents("val")[0]
+    assert tok.decode(tok.encode(text)) == text  # byte-level: every held-out text round-trips
+    with pytest.raises(ValueError, match="e.g. data.tokenizer=bpe:4096"):
+        fitted_bpe(corpus, "bpe:12", tmp_path / "cache")

@@ -161,6 +161,31 @@ def test_resume_after_kill_continues_the_same_loss_curve(files, tmp_path):
     assert resumed["val"]["ppl"] == ref["val"]["ppl"]
 
 
+def test_time_budget_stops_at_a_step_and_the_rerun_continues_the_same_curve(files, tmp_path):
+    base = tiny_lm_cfg(files["wt"], files["tok"], tmp_path / "cache", model={"dropout": 0.1},
+                       trainer={"max_steps": 8, "val_every_n_steps": 3, "save_model": False})
+    ref = train_lm(base, tmp_path / "ref")
+    chunked = {**base["trainer"], "resume": "auto"}
+    first = train_lm({**base, "trainer": {**chunked, "max_time": 1e-9}}, tmp_path / "chunks")
+    assert first["complete"] is False and first["steps"] == 1  # the budget ends at the first step boundary
+    assert (tmp_path / "chunks" / "checkpoints" / "last.ckpt").exists()
+    done = train_lm({**base, "trainer": chunked}, tmp_path / "chunks")
+    assert done["complete"] is True and done["steps"] == 8
+    ref_rows, rows = steps_csv(tmp_path / "ref"), steps_csv(tmp_path / "chunks")
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    assert [float(r["loss"]) for r in rows] == [float(r["loss"]) for r in ref_rows]
+    assert done["val"]["ppl"] == ref["val"]["ppl"]
+    # training seconds only grow, across the restart too, and the evaluations carry them
+    seconds = [float(r["train_seconds"]) for r in rows]
+    assert all(b >= a for a, b in zip(seconds, seconds[1:])) and seconds[-1] > 0
+    with open(tmp_path / "chunks" / "evals.csv") as f:
+        evals = list(csv.DictReader(f))
+    # every 3 steps, and where the budget stopped the first command (Lightning validates when it stops)
+    assert [int(e["step"]) for e in evals] == [1, 3, 6]
+    assert [int(e["tokens"]) for e in evals] == [8 * 32, 3 * 8 * 32, 6 * 8 * 32]
+    assert 0 < float(evals[0]["train_seconds"]) <= float(evals[1]["train_seconds"]) <= float(evals[2]["train_seconds"])
+
+
 # ---- the seed's experiments ------------------------------------------------------------------------
 EXPERIMENTS = {
     f"wt103/{prefix}{suffix}": (size, kind)

@@ -19,8 +19,32 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
+DESCRIPTIONS: dict[str, str] = {
+    "compare": "the comparison report: dense / SS1 / Monarch / low-rank trained, evaluated and timed "
+               "(the default; experiment=compare-gpu for GPT-2 small at 100M tokens each)",
+    "layers": "speed of every linear kind at given shapes",
+    "models": "GPT-2 sizes with every kind: parameters, FLOPs, speed",
+    "bench": "layers + models in one run",
+    "fmnist-t2t": "the Fashion-MNIST stand-in: T2T-ViT with approximate attention",
+    "imagenet-eval": "ImageNet top-1/top-5 of a T2T-ViT checkpoint",
+}
+
+
+def usage() -> str:
+    lines = ["usage: flyweight [SUBCOMMAND] [key=value ...]   (the same Hydra overrides as python run.py)", "",
+             "subcommands:"]
+    lines += [f"  {name:<14} {DESCRIPTIONS.get(name, '')}" for name in SUBCOMMANDS]
+    lines += ["", "with no subcommand the default comparison runs; experiment=NAME selects any experiment",
+              "(tiny-lm, wt103/gpt2, wt103/gpt2-ss1, ...); --cfg job prints the resolved config;",
+              "--hydra-help shows Hydra's own options."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:
         name = argv.pop(0)
         if name not in SUBCOMMANDS:

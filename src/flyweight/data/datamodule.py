@@ -9,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from flyweight.data.corpora import make_corpus
+from flyweight.data.fitted_tokenizer import fitted_bpe, is_fitted_spec
 from flyweight.data.tokenizer import Tokenizer, load_tokenizer
 from flyweight.data.tokens import tokenize_split
 from flyweight.data.windows import ResumableLoader, TokenWindows, TrainBatchSampler, eval_batches
@@ -18,10 +19,12 @@ from flyweight.data.windows import ResumableLoader, TokenWindows, TrainBatchSamp
 class DataConfig:
     corpus: str = "wiki_offline"   # wikitext103 | wikitext2 | wiki_offline | text
     path: Any = None               # local folder/files of the corpus (see corpora.py)
-    tokenizer: str = "gpt2"        # "gpt2" (registry copy), a local folder, or "hub:NAME"
+    tokenizer: str = "gpt2"        # "gpt2" (registry copy), a local folder, "hub:NAME", or "bpe:N" (a byte-level
+                                   # BPE of N tokens fitted on this corpus's train split, cached)
     max_length: int = 1024
     global_batch_size: int = 512   # sequences per optimizer step, all ranks and accumulation together
-    micro_batch_size: int = 8      # sequences per forward/backward on one device
+    micro_batch_size: Any = "auto"  # sequences per forward/backward on one device; auto: the trainer picks
+                                   # (a memory probe on CUDA, see flyweight.train.fastpath)
     eval_batch_size: int | None = None
     val_fraction: float = 0.05     # for corpora without splits (by document, seeded)
     test_fraction: float = 0.05
@@ -57,8 +60,11 @@ class LMDataModule(L.LightningDataModule):
         """Tokenize (once, cached) and window the requested splits. Idempotent."""
         c = self.cfg
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(c.tokenizer)
             self._corpus = make_corpus(c.corpus, c.path, c.val_fraction, c.test_fraction, c.split_seed)
+            if is_fitted_spec(c.tokenizer):  # bpe:N, fitted on this corpus's train split
+                self.tokenizer = fitted_bpe(self._corpus, c.tokenizer, c.cache_dir)
+            else:
+                self.tokenizer = load_tokenizer(c.tokenizer)
         for split in splits:
             if split not in self.windows:
                 tokens = tokenize_split(self._corpus, split, self.tokenizer, c.cache_dir, c.progress)

@@ -123,8 +123,9 @@ def build_gpt2(
     pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
     50304); the padded logits are -inf (``PaddedVocabHead``). The real rows are initialised exactly
     as without padding (same seed, same values), the padded ones are zero. None/1: no padding.
-    attention: "sdpa" (PyTorch's fused kernels) or "triton" (flyweight's Triton flash attention; calls
-    with a padding mask or attention dropout still use SDPA). Either way a padding-free causal batch
+    attention: "sdpa" (PyTorch's fused kernels), "triton" (flyweight's Triton flash attention; calls
+    with a padding mask or attention dropout still use SDPA) or "auto" (triton where CUDA is, else
+    sdpa). Either way a padding-free causal batch
     gets no materialised mask, also under torch.compile (``flyweight.attention.hf_triton``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -151,6 +152,9 @@ def build_gpt2(
     for k in {kind, *kinds.values()}:
         if k not in LINEAR_KINDS:
             raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+    if attention == "auto":  # the fastest available (see flyweight.train.fastpath)
+        on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+        attention = "triton" if on_cuda else "sdpa"
     if attention not in ATTENTION_IMPLEMENTATIONS:  # checked before building, not after
         raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)

@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from flyweight.data.datamodule import DataConfig, LMDataModule, accumulation
+from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
+from flyweight.train.progress import StepProgressBar
 from flyweight.train.module import LMModule, build_model, seed_all
 from flyweight.train.optim import OptimConfig
 
@@ -44,11 +46,16 @@ class TrainerConfig:
     keep_checkpoints: int = 2          # newest step checkpoints kept (-1: all), plus last.ckpt
     log_every_n_steps: int = 10
     grad_clip: float | None = 1.0
-    compile: bool = False              # torch.compile the model together with its loss
+    compile: Any = "auto"              # torch.compile the model together with its loss; auto: on CUDA, not on CPU
     compile_mode: str | None = None    # torch.compile(mode=...): default | reduce-overhead | max-autotune | ...
     loss_chunk: int | None = None      # rows of logits at a time (chunked linear + cross-entropy); None: full logits
     fused_loss: Any = "auto"           # head GEMM + cross-entropy fused (logits turned into their gradient in the
                                        # forward); auto: on GPUs (unless loss_chunk is set), off on CPU
+    max_time: float | None = None      # seconds of this command's training: stop at the next step boundary,
+                                       # checkpoint, and report "incomplete" (re-run with resume=auto to go on)
+    max_micro_batch: int = 128         # largest micro-batch data.micro_batch_size=auto may pick
+    memory_fraction: float = 0.85      # micro_batch_size=auto on CUDA: the probe's share of GPU memory
+    label: str | None = None           # the progress bar's name for this run (compare: the variant)
     resume: str | None = None          # a .ckpt path, or "auto": <out_dir>/checkpoints/last.ckpt
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
@@ -130,6 +137,17 @@ def params_sha(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _model_cfg(model_cfg, accelerator: str) -> dict:
+    """The model config with its ``auto`` speed settings resolved for this accelerator (fastpath.py)."""
+    m = dict(model_cfg)
+    m["attention"] = resolve_attention(m.get("attention"), accelerator)
+    return m
+
+
+def _cuda_device() -> torch.device:
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def _rank_zero() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
 
@@ -206,6 +224,15 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         _require_wandb()  # before any training, not after it
     seed_all(seed)  # the same dropout stream whether called from the runner or directly
 
+    model = build_model(_model_cfg(cfg["model"], accelerator), dm.tokenizer.vocab_size, seed=seed)
+    fused_loss = resolve_fused_loss(tcfg.fused_loss, accelerator, tcfg.loss_chunk)
+    per_device = dcfg.global_batch_size // world if dcfg.global_batch_size % world == 0 else dcfg.global_batch_size
+    micro, micro_why = resolve_micro_batch(
+        dcfg.micro_batch_size, accelerator, per_device, int(tcfg.max_micro_batch),
+        lambda: probe_micro_batch(model, dcfg.max_length, per_device, int(tcfg.max_micro_batch),
+                                  float(tcfg.memory_fraction), _cuda_device(),
+                                  loss_kwargs={"loss_chunk": tcfg.loss_chunk, "fused_loss": fused_loss}))
+    dcfg.micro_batch_size = micro  # the loaders read it from here
     accum = accumulation(dcfg.global_batch_size, dcfg.micro_batch_size, world)
     steps_per_epoch = len(dm.windows["train"]) // dcfg.global_batch_size
     if steps_per_epoch < 1:
@@ -223,13 +250,16 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     dm.accumulate = accum
     dm.total_micro_batches = stop * accum
 
-    model = build_model(cfg["model"], dm.tokenizer.vocab_size, seed=seed)
     flops = model_flops_per_token(model, dcfg.max_length)
     peak = float(tcfg.peak_tflops) * 1e12 if tcfg.peak_tflops else (peak_flops() if accelerator == "gpu" else None)
-    fused_loss = resolve_fused_loss(tcfg.fused_loss, accelerator, tcfg.loss_chunk)
-    module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=tcfg.compile,
-                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=fused_loss, steps_csv=out / "steps.csv",
-                      record_indices=tcfg.record_indices)
+    compile_on = resolve_compile(tcfg.compile, accelerator)
+    deadline = time.monotonic() + float(tcfg.max_time) if tcfg.max_time else None
+    module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=compile_on,
+                      compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=fused_loss,
+                      steps_csv=out / "steps.csv", evals_csv=out / "evals.csv",
+                      tokens_per_step=dcfg.global_batch_size * dcfg.max_length, deadline=deadline,
+                      record_indices=tcfg.record_indices, label=tcfg.label,
+                      deadline_ckpt=out / "checkpoints" / "last.ckpt")
 
     ckpt_dir = out / "checkpoints"
     callbacks = []
@@ -247,7 +277,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         gradient_clip_val=tcfg.grad_clip or None, gradient_clip_algorithm="norm",
         # validation every val_every optimizer steps (counted in micro-batches); never when 0
         check_val_every_n_epoch=None, val_check_interval=(val_every * accum) if val_every else stop * accum + 1,
-        num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg), callbacks=callbacks,
+        num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg),
+        callbacks=callbacks + ([StepProgressBar(tcfg.label)] if tcfg.progress_bar else []),
         enable_checkpointing=bool(callbacks), log_every_n_steps=max(1, int(tcfg.log_every_n_steps)),
         use_distributed_sampler=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), deterministic=tcfg.deterministic,
@@ -258,12 +289,23 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         resume = str(last) if last.exists() else None
     _say(f"[flyweight] {dcfg.corpus}: {len(dm.windows['train'])} train windows of {dcfg.max_length} tokens; "
          f"{total} steps of {dcfg.global_batch_size} sequences ({devices}x{int(tcfg.num_nodes)} devices x micro "
-         f"{dcfg.micro_batch_size} x accumulation {accum}), warmup {warmup}"
+         f"{dcfg.micro_batch_size} x accumulation {accum}), warmup {warmup}; {micro_why}; "
+         f"compile {'on' if compile_on else 'off'}, fused loss {'on' if fused_loss else 'off'}, attention "
+         f"{module.model.config._attn_implementation}, precision {_precision(tcfg, accelerator)}"
          + (f", stopping at step {stop}" if stop < total else "") + (f"; resuming from {resume}" if resume else ""))
 
+    if accelerator == "gpu":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     train_time = time.perf_counter() - t0
+    if module.stopped_by_deadline:  # last.ckpt was written at the step boundary where the budget ended
+        _say(f"[flyweight] trainer.max_time={tcfg.max_time}s reached at step {trainer.global_step} of {stop}; "
+             f"saved {ckpt_dir / 'last.ckpt'}. Run the same command again (trainer.resume=auto) to continue.")
+        if not trainer.is_global_zero:
+            return None
+        return {"mode": "train", "complete": False, "steps": trainer.global_step, "schedule_steps": total,
+                "train_seconds": module.train_seconds}
     if tcfg.ckpt_every_n_steps:
         trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"), weights_only=False)
 
@@ -271,7 +313,9 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     if tcfg.record_indices:
         (out / f"seen_indices_rank{rank}.json").write_text(json.dumps(
             {"rank": rank, "indices": module.seen_indices, "params_sha256": params_sha(module.model)}))
-    trainer.validate(module, datamodule=dm, verbose=False)
+    peak_memory = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
+    if module.eval_results.get("val", {}).get("step") != trainer.global_step:  # not evaluated at the last step yet
+        trainer.validate(module, datamodule=dm, verbose=False)
     if tcfg.eval_test:
         trainer.test(module, datamodule=dm, verbose=False)
     if tcfg.save_model and trainer.is_global_zero:
@@ -282,8 +326,11 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     steps_done = trainer.global_step
     results = _results_common(cfg, module.model, dm, dcfg, flops)
     results.update({
-        "mode": "train", "steps": steps_done, "schedule_steps": total, "warmup_steps": warmup,
-        "accumulation": accum, "world_size": world, "train_time_s": train_time,
+        "mode": "train", "complete": True, "steps": steps_done, "schedule_steps": total, "warmup_steps": warmup,
+        "accumulation": accum, "micro_batch_size": dcfg.micro_batch_size, "world_size": world,
+        "train_time_s": train_time, "train_seconds": module.train_seconds,
+        "compile_seconds": module.compile_seconds, "compile": compile_on, "peak_train_memory_bytes": peak_memory, "fused_loss": fused_loss,
+        "attention": module.model.config._attn_implementation, "precision": _precision(tcfg, accelerator),
         "tokens_trained": steps_done * dcfg.global_batch_size * dcfg.max_length,
         **{split: module.eval_results[split] for split in ("val", "test") if split in module.eval_results},
     })
@@ -351,6 +398,8 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
     if not cfg.get("ckpt"):
         raise ValueError("mode=eval needs ckpt=PATH (a run's checkpoints/*.ckpt or its model/ folder)")
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("val",))
+    if dcfg.micro_batch_size in ("auto", None) and not dcfg.eval_batch_size:
+        dcfg.eval_batch_size = 16  # evaluation holds no gradients: no probe needed for a safe batch
     model, ckpt_step = load_checkpoint_model(cfg["ckpt"], cfg["model"], dm.tokenizer.vocab_size, seed)
     flops = model_flops_per_token(model, dcfg.max_length)
     module = LMModule(model, OptimConfig(), 0, 1)

@@ -69,7 +69,9 @@ class LMModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, warmup_steps: int, schedule_steps: int,
                  flops_per_token: int | None = None, peak_flops: float | None = None, compile: bool = False,
                  steps_csv: str | Path | None = None, record_indices: bool = False, compile_mode: str | None = None,
-                 loss_chunk: int | None = None, fused_loss: bool = False):
+                 loss_chunk: int | None = None, fused_loss: bool = False, tokens_per_step: int | None = None,
+                 evals_csv: str | Path | None = None, deadline: float | None = None, label: str | None = None,
+                 deadline_ckpt: str | Path | None = None):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
@@ -78,6 +80,20 @@ class LMModule(L.LightningModule):
         self.compile, self.compile_mode = compile, compile_mode
         self.steps_csv = Path(steps_csv) if steps_csv else None
         self.record_indices = record_indices
+        # held-out evaluations during training, with the training time spent so far (perplexity vs time)
+        self.evals_csv = Path(evals_csv) if evals_csv else None
+        self.tokens_per_step = tokens_per_step
+        # time.monotonic() after which training stops at the next step boundary (a command's time budget)
+        self.deadline = deadline
+        self.deadline_ckpt = Path(deadline_ckpt) if deadline_ckpt else None
+        self.label = label  # the progress bar's name for this run (e.g. the comparison variant)
+        self.stopped_by_deadline = False
+        # training seconds so far (steps only: no validation, no compilation), carried across resumes
+        self.train_seconds = 0.0
+        self._first_step_pending = True
+        self._first_dt: float | None = None
+        self._batch_start: float | None = None
+        self.compile_seconds = 0.0
         self.seen_indices: list[int] = []
         self.eval_results: dict[str, dict] = {}
         # model + loss as one module (compiled together; see NextTokenNLL), kept off the module tree so
@@ -107,7 +123,7 @@ class LMModule(L.LightningModule):
     def _reset_step_stats(self) -> None:
         self._loss_sum, self._loss_batches, self._step_tokens = None, 0, 0
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+    def _restore_pending_rng(self) -> None:
         if self._pending_rng is not None:  # first batch after a resume: continue the saved RNG stream
             restore_rng(self._pending_rng)
             self._pending_rng = None
@@ -130,7 +146,24 @@ class LMModule(L.LightningModule):
         loss = (self._loss_sum / max(1, self._loss_batches)).item()
         tokens = self._step_tokens * self.trainer.world_size
         now = time.perf_counter()
-        tps = tokens / (now - self._last_step_time) if self._last_step_time is not None else float("nan")
+        if self._last_step_time is not None:
+            dt = now - self._last_step_time
+            tps = tokens / dt
+            if self._first_step_pending:
+                # the first step of a (re)start includes compilation and warm-up: count it at the second
+                # step's duration, and report the difference as compile time
+                self.compile_seconds += max(0.0, self._first_dt - dt)
+                self.train_seconds += dt
+                self._first_step_pending = False
+            self.train_seconds += dt
+        else:
+            tps = float("nan")
+            start_dt = now - self._batch_start if self._batch_start is not None else 0.0
+            if self._first_step_pending:
+                self._first_dt = start_dt  # counted once the next step's duration is known
+            else:
+                self.train_seconds += start_dt  # the first step after an evaluation
+                tps = tokens / start_dt if start_dt > 0 else float("nan")
         self._last_step_time = now
         if math.isfinite(tps):
             self._tps_ema = tps if self._tps_ema is None else 0.9 * self._tps_ema + 0.1 * tps
@@ -149,12 +182,52 @@ class LMModule(L.LightningModule):
             with open(self.steps_csv, "a", newline="") as f:
                 w = csv.writer(f)
                 if new:
-                    w.writerow(["step", "loss", "lr", "tokens_per_s", "mfu"])
-                w.writerow([step, repr(loss), lr, tps, util if util is not None else ""])
+                    w.writerow(["step", "loss", "lr", "tokens_per_s", "mfu", "train_seconds"])
+                w.writerow([step, repr(loss), lr, tps, util if util is not None else "", self.train_seconds])
         self._reset_step_stats()
+
+    def on_train_batch_end(self, outputs, batch: Any, batch_idx: int) -> None:
+        # a time budget ends training only at an optimizer-step boundary (no half-accumulated step is lost
+        # mid-way: the resumed run starts at exactly the saved step)
+        if self.deadline is None or self._loss_batches != 0 or self.trainer.should_stop:
+            return
+        # every rank decides together (one rank's clock must not leave the others waiting in a collective)
+        late = self.trainer.strategy.reduce_boolean_decision(time.monotonic() >= self.deadline, all=False)
+        if late and self.global_step < self.trainer.max_steps:
+            # saved here, mid-epoch like ModelCheckpoint's step files, so that a resume continues the epoch
+            # (a checkpoint taken after fit() returns would mark the run's only epoch as finished)
+            self._flush_first_step()
+            if self.deadline_ckpt is not None:
+                self.trainer.save_checkpoint(str(self.deadline_ckpt), weights_only=False)
+            self.stopped_by_deadline = True
+            self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:
         self._last_step_time = None
+        self._batch_start = None
+        self._first_step_pending = True
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._restore_pending_rng()
+        if self._last_step_time is None and self._batch_start is None:
+            self._batch_start = time.perf_counter()
+
+    def _flush_first_step(self) -> None:
+        # the first step's time is held back until the second step's is known (see on_before_optimizer_step);
+        # when no second step comes before an evaluation, a checkpoint or the end, count it as it was
+        if self._first_step_pending and self._first_dt is not None:
+            self.train_seconds += self._first_dt
+            self._first_dt = None
+            self._first_step_pending = False
+
+    def on_train_end(self) -> None:
+        self._flush_first_step()
+
+    def on_validation_model_train(self) -> None:
+        # training resumes after an evaluation: the next step's interval would include the evaluation
+        super().on_validation_model_train()
+        self._last_step_time = None
+        self._batch_start = None
 
     # ---- evaluation: sums per rank, reduced across ranks, perplexity at the end ------------------
     def _eval_start(self) -> None:
@@ -174,10 +247,20 @@ class LMModule(L.LightningModule):
         ppl = perplexity(nll_f, count_i) if count_i else float("nan")
         self.eval_results[stage] = {"ppl": ppl, "loss": nll_f / max(count_i, 1), "tokens": count_i,
                                     "step": int(self.global_step)}
+        if (stage == "val" and self.evals_csv is not None and self.trainer.is_global_zero
+                and self.trainer.state.fn == "fit"):
+            new = not self.evals_csv.exists()
+            with open(self.evals_csv, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["step", "tokens", "train_seconds", "ppl", "loss"])
+                w.writerow([int(self.global_step), int(self.global_step) * int(self.tokens_per_step or 0),
+                            self.train_seconds, ppl, nll_f / max(count_i, 1)])
         self.log(f"{stage}/ppl", ppl, prog_bar=True, rank_zero_only=True)
         self.log(f"{stage}/loss", nll_f / max(count_i, 1), rank_zero_only=True)
 
     def on_validation_epoch_start(self) -> None:
+        self._flush_first_step()
         self._eval_start()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -228,6 +311,10 @@ class LMModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng"] = capture_rng()
+        checkpoint["flyweight_time"] = {"train_seconds": self.train_seconds, "compile_seconds": self.compile_seconds}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._pending_rng = checkpoint.get("rng")
+        t = checkpoint.get("flyweight_time") or {}
+        self.train_seconds = float(t.get("train_seconds", 0.0))
+        self.compile_seconds = float(t.get("compile_seconds", 0.0))
