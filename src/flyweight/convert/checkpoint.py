@@ -1,5 +1,13 @@
 """Save and load structured models: safetensors weights + config.json carrying the structure spec.
 
+``flyweight.from_pretrained(path)`` returns exactly the saved function: structured layers rebuilt
+from the spec, tied weights re-tied, a padded vocabulary's -inf logits restored. Checkpoints are
+also marked ``quantization_config = {"quant_method": "flyweight"}`` in config.json, so a plain
+``AutoModelForCausalLM.from_pretrained`` goes through flyweight's transformers quantizer hook
+(``flyweight.integrations.transformers``, registered by ``import flyweight``) and loads the same
+model. In a process that never imported flyweight, transformers only logs "Unknown quantization
+type, got flyweight" and builds the dense model: import flyweight first.
+
 The spec (``config.flyweight_structure``: for every replaced module its kind, sizes, bias and the
 exact ``structure_config()`` -- compression, nblocks, rank, SS1 seed, block sizes, hash
 coefficients) is written twice: in config.json, which rebuilds the model, and in the safetensors
@@ -18,7 +26,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flyweight.convert.surgery import STRUCTURE_KEY, get_structure, is_linear_like, record_structure
+from flyweight.convert.surgery import (
+    STRUCTURE_KEY,
+    get_structure,
+    is_linear_like,
+    mark_flyweight_checkpoint,
+    record_structure,
+)
 from flyweight.linear import make_linear
 
 WEIGHTS_NAME = "model.safetensors"
@@ -46,6 +60,7 @@ def save_structured(model: nn.Module, path: str | Path) -> None:
     else:
         cfg = {"architectures": [type(model).__name__]}
     cfg[STRUCTURE_KEY] = spec
+    cfg.update(mark_flyweight_checkpoint(None))
 
     tied = tied_names(model)
     tensors = {
@@ -152,6 +167,25 @@ def load_structured(
     if model is None:
         model = _build_skeleton(cfg)
     apply_structure(model, spec)
+    load_checked_state(model, weights_file, tied, path)
+    restore_padded_vocabulary(model)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def from_pretrained(
+    path: str | Path, *, device: str | torch.device | None = None, model: nn.Module | None = None
+) -> nn.Module:
+    """Any flyweight checkpoint (``save_structured`` or ``save_pretrained`` of a converted / built
+    model), rebuilt exactly as saved: structured layers, tied weights, padded vocabulary (-inf logits
+    on the padding rows), saved precision; in eval mode. ``model``: an unconverted instance to load
+    into, for models that are not transformers classes."""
+    return load_structured(path, device=device, model=model)
+
+
+def load_checked_state(model: nn.Module, weights_file: Path, tied: dict[str, str], path: Path) -> None:
+    """Load ``weights_file`` into the rebuilt ``model``, refusing tensors the structure does not produce."""
     state = load_file(str(weights_file))
     expected = model.state_dict()
     model_tied = tied_names(model)
@@ -179,6 +213,13 @@ def load_structured(
                 f"{path}: {name} was saved tied to {source}, but the rebuilt model does not tie them "
                 "(tie_word_embeddings in config.json changed?)"
             )
-    if device is not None:
-        model.to(device)
-    return model.eval()
+
+
+def restore_padded_vocabulary(model: nn.Module) -> None:
+    """A padded vocabulary (config.flyweight_real_vocab_size < vocab_size) gets its -inf head back."""
+    config = getattr(model, "config", None)
+    real = getattr(config, "flyweight_real_vocab_size", None) if config is not None else None
+    if real is not None and int(real) < int(config.vocab_size):
+        from flyweight.models.gpt2 import _install_padded_head
+
+        _install_padded_head(model, int(real))

@@ -41,3 +41,9 @@ class DenseLinear(StructuredLinear):
 
     def flops_per_token(self) -> int:
         return 2 * self.in_features * self.out_features
+
+    @torch.no_grad()
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "DenseLinear":
+        self.weight.normal_(0.0, std, generator=generator)
+        self._zero_bias()
+        return self
