@@ -1,6 +1,13 @@
 """Structured drop-in replacements for ``nn.Linear``, chosen by registry name."""
 
-from flyweight.linear.base import LINEAR_KINDS, StructuredLinear, linear_class, make_linear, register_linear
+from flyweight.linear.base import (
+    LINEAR_KINDS,
+    StructuredLinear,
+    linear_class,
+    make_linear,
+    register_linear,
+    unregister_linear,
+)
 from flyweight.linear.dense import DenseLinear
 from flyweight.linear.lowrank import LowRankLinear, rank_for_compression
 from flyweight.linear.monarch import MonarchLinear
@@ -17,4 +24,5 @@ __all__ = [
     "make_linear",
     "rank_for_compression",
     "register_linear",
+    "unregister_linear",
 ]
