@@ -326,3 +326,79 @@ def test_docs_quickstart_snippet_runs_verbatim(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(_docs_block("## Three lines"), "docs/surgery.md", "exec"), namespace)
     assert namespace["report"].converted and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+# ---- 3. PEFT and torchao -----------------------------------------------------------------------
+def test_lora_on_ss1_trains_saves_and_loads_through_peft(tmp_path):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    from flyweight.integrations.peft import StructuredLoraLinear, get_peft_model, load_lora
+
+    base = build_gpt2("tiny", kind="ss1", seed=0, vocab_size=1000, dropout=0.0)
+    base.save_pretrained(tmp_path / "base")
+    frozen = {k: v.clone() for k, v in base.state_dict().items()}
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], init_lora_weights=False))
+    wrapped = [n for n, m in lora.named_modules() if isinstance(m, StructuredLoraLinear)]
+    assert len(wrapped) == 4 and all(n.endswith(("attn.c_attn", "mlp.c_fc")) for n in wrapped)
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 1000, (4, 16))
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    lora.train()
+    losses = []
+    for _ in range(8):
+        loss = lora(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    base_now = lora.get_base_model().state_dict()
+    for k, v in frozen.items():  # the structured weights stayed frozen
+        key = next(n for n in base_now if n.replace(".base_layer", "") == k)
+        assert torch.equal(base_now[key], v), k
+
+    lora.eval()
+    with torch.no_grad():
+        ref = lora(input_ids=x).logits
+    lora.save_pretrained(tmp_path / "adapter")
+    again = load_lora(flyweight.from_pretrained(tmp_path / "base"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(again(input_ids=x).logits, ref)
+    with pytest.raises(NotImplementedError, match="cannot merge a LoRA adapter into a SS1Linear"):
+        again.merge_and_unload()
+
+
+def test_torchao_quantizes_dense_and_ss1_and_names_what_it_cannot():
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig
+    from torchao.quantization import quantize_ as bare_quantize_
+
+    from flyweight.integrations.torchao import quantize_
+
+    def model_of(kind, kw):
+        torch.manual_seed(0)
+        return nn.Sequential(flyweight.make_linear(kind, 128, 128, **kw), nn.ReLU(), nn.Linear(128, 64))
+
+    x = torch.randn(4, 128)
+    for kind, kw in (("dense", {}), ("ss1", {"compression": 2})):
+        model = model_of(kind, kw)
+        bare_quantize_(model, Int8WeightOnlyConfig())
+        assert type(model[0].weight) is nn.Parameter  # bare quantize_: the structured layer silently skipped
+        model = model_of(kind, kw)
+        assert quantize_(model, Int8WeightOnlyConfig()) == []
+        assert type(model[0].weight).__name__ == "Int8Tensor" and type(model[2].weight).__name__ == "Int8Tensor"
+        # the quantized layer computes with the dequantized weight: same layer with those values
+        ref = flyweight.make_linear(kind, 128, 128, **kw)
+        with torch.no_grad():
+            ref.weight.copy_(model[0].weight.dequantize())
+            ref.bias.copy_(model[0].bias)
+            assert torch.allclose(model[0](x), ref(x), atol=1e-5)
+    for kind, kw in (("lowrank", {"rank": 8}), ("monarch", {"nblocks": 4})):
+        model = model_of(kind, kw)
+        with pytest.warns(UserWarning, match=f"cannot quantize 1 structured layer.*{kind}"):
+            assert quantize_(model, Int8WeightOnlyConfig()) == ["0"]
+        assert type(model[2].weight).__name__ == "Int8Tensor"  # the nn.Linear still is

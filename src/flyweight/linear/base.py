@@ -74,6 +74,9 @@ class StructuredLinear(nn.Module):
     """
 
     kind: ClassVar[str] = "?"
+    # True when the layer's only weight is a 2-D ``weight`` consumed by a plain (out, in) matmul, so
+    # torchao's weight tensor subclasses can stand in for it (``flyweight.integrations.torchao``)
+    torchao_quantizable: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()

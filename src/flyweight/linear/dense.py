@@ -13,6 +13,8 @@ from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 class DenseLinear(StructuredLinear):
     """Plain y = x W^T + b, the reference every structured kind is compared with."""
 
+    torchao_quantizable = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))

@@ -39,6 +39,7 @@ class SS1Linear(StructuredLinear):
     """
 
     backend: str = "auto"
+    torchao_quantizable = True  # the GEMM after the sketch is F.linear-like on ``weight`` (tested)
 
     def __init__(
         self,
