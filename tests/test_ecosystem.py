@@ -402,3 +402,62 @@ def test_torchao_quantizes_dense_and_ss1_and_names_what_it_cannot():
         with pytest.warns(UserWarning, match=f"cannot quantize 1 structured layer.*{kind}"):
             assert quantize_(model, Int8WeightOnlyConfig()) == ["0"]
         assert type(model[2].weight).__name__ == "Int8Tensor"  # the nn.Linear still is
+
+
+# ---- 5. packaging -----------------------------------------------------------------------------
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _requirement(name):
+    from packaging.requirements import Requirement
+
+    reqs = [Requirement(r) for r in _pyproject()["project"]["dependencies"]]
+    return next(r for r in reqs if r.name == name)
+
+
+def test_triton_only_where_it_exists():
+    marker = _requirement("triton").marker
+    assert marker is not None
+    platforms = {
+        ("linux", "x86_64"): True, ("linux", "aarch64"): True,
+        ("darwin", "arm64"): False, ("darwin", "x86_64"): False, ("win32", "AMD64"): False,
+    }
+    for (system, machine), wanted in platforms.items():
+        assert marker.evaluate({"sys_platform": system, "platform_machine": machine}) is wanted, (system, machine)
+
+
+def test_declared_floors_cover_what_the_code_imports():
+    from packaging.version import Version
+
+    # transformers.masking_utils (flyweight.attention.hf_triton) exists from 4.53 on; dtype= from 4.56
+    floor = min(Version(s.version) for s in _requirement("transformers").specifier if s.operator == ">=")
+    assert floor >= Version("4.56")
+    torch_floor = min(Version(s.version) for s in _requirement("torch").specifier if s.operator == ">=")
+    assert torch_floor >= Version("2.11")  # the oldest torch anything was tested with (GPU machine)
+
+
+def test_license_and_extras():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0" in text
+    assert _pyproject()["project"]["license"] == "Apache-2.0"
+    extras = _pyproject()["project"]["optional-dependencies"]
+    for extra in ("dev", "hub", "pretrained", "peft", "torchao", "wandb"):
+        assert extras.get(extra), extra
+
+
+def test_lock_file_pins_exact_versions_and_setup_uses_it():
+    from packaging.requirements import Requirement
+
+    lines = [ln.strip() for ln in (ROOT / "requirements-lock.txt").read_text().splitlines()]
+    pins = [Requirement(ln) for ln in lines if ln and not ln.startswith("#")]
+    names = {p.name.lower() for p in pins}
+    assert {"transformers", "safetensors", "lightning", "pytest", "peft"} <= names
+    assert "flyweight" not in names
+    for pin in pins:
+        (spec,) = pin.specifier
+        assert spec.operator == "==", pin
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert '-c "$LOCK"' in setup and "FLYWEIGHT_NO_LOCK" in setup
