@@ -131,7 +131,9 @@ def _build_skeleton(cfg: dict[str, Any]) -> nn.Module:
             f"config.json names architecture {arch!r}, not a transformers model class; "
             "pass model=<an unconverted instance> to load_structured"
         )
-    fields = {k: v for k, v in cfg.items() if k not in (STRUCTURE_KEY, "flyweight_attn_implementation")}
+    # quantization_config only routes plain transformers loads through flyweight; apply_structure re-marks it
+    fields = {k: v for k, v in cfg.items()
+              if k not in (STRUCTURE_KEY, "flyweight_attn_implementation", "quantization_config")}
     config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
     attn = cfg.get("flyweight_attn_implementation") or "sdpa"
     return model_cls._from_config(config, attn_implementation=attn)
