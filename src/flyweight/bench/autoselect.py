@@ -5,7 +5,7 @@ layer of shape (in, out) at an expected token count, whether the candidate kind 
 nearest measured token count (in log space) stands in for the expected one; a shape that was never
 measured stays dense, with that reason given, because a guess is not a measurement.
 
-``flyweight.convert(model, "ss1", compression=4, auto=True)`` applies it with ``AutoSelect()``'s
+``flyweight.convert(model, SS1Config(compression=4), auto=True)`` applies it with ``AutoSelect()``'s
 defaults; ``auto=AutoSelect(tokens=8, pass_="fwd")`` describes a decode workload instead. The table
 is, in order: ``AutoSelect(table=...)``, the file named by ``FLYWEIGHT_SPEED_TABLE``, the one
 measured on this GPU (``benchmarks/ss1_gpu.py --install-table`` writes it to ``user_table_path()``),

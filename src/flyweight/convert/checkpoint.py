@@ -1,5 +1,13 @@
 """Save and load structured models: safetensors weights + config.json carrying the structure spec.
 
+``flyweight.from_pretrained(path)`` returns exactly the saved function: structured layers rebuilt
+from the spec, tied weights re-tied, a padded vocabulary's -inf logits restored. Checkpoints are
+also marked ``quantization_config = {"quant_method": "flyweight"}`` in config.json, so a plain
+``AutoModelForCausalLM.from_pretrained`` goes through flyweight's transformers quantizer hook
+(``flyweight.integrations.transformers``, registered by ``import flyweight``) and loads the same
+model. In a process that never imported flyweight, transformers only logs "Unknown quantization
+type, got flyweight" and builds the dense model: import flyweight first.
+
 The spec (``config.flyweight_structure``: for every replaced module its kind, sizes, bias and the
 exact ``structure_config()`` -- compression, nblocks, rank, SS1 seed, block sizes, hash
 coefficients) is written twice: in config.json, which rebuilds the model, and in the safetensors
@@ -18,7 +26,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flyweight.convert.surgery import STRUCTURE_KEY, get_structure, is_linear_like, record_structure
+from flyweight.convert.surgery import (
+    STRUCTURE_KEY,
+    get_structure,
+    is_linear_like,
+    mark_flyweight_checkpoint,
+    record_structure,
+)
 from flyweight.linear import make_linear
 from flyweight.utils.io import atomic_path, atomic_write_text
 
@@ -47,6 +61,7 @@ def save_structured(model: nn.Module, path: str | Path) -> None:
     else:
         cfg = {"architectures": [type(model).__name__]}
     cfg[STRUCTURE_KEY] = spec
+    cfg.update(mark_flyweight_checkpoint(None))
 
     tied = tied_names(model)
     tensors = {
@@ -119,7 +134,9 @@ def _build_skeleton(cfg: dict[str, Any]) -> nn.Module:
             f"config.json names architecture {arch!r}, not a transformers model class; "
             "pass model=<an unconverted instance> to load_structured"
         )
-    fields = {k: v for k, v in cfg.items() if k not in (STRUCTURE_KEY, "flyweight_attn_implementation")}
+    # quantization_config only routes plain transformers loads through flyweight; apply_structure re-marks it
+    fields = {k: v for k, v in cfg.items()
+              if k not in (STRUCTURE_KEY, "flyweight_attn_implementation", "quantization_config")}
     config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
     attn = cfg.get("flyweight_attn_implementation") or "sdpa"
     return model_cls._from_config(config, attn_implementation=attn)
@@ -165,6 +182,25 @@ def load_structured(
     if model is None:
         model = _build_skeleton(cfg)
     apply_structure(model, spec)
+    load_checked_state(model, weights_file, tied, path)
+    restore_padded_vocabulary(model)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def from_pretrained(
+    path: str | Path, *, device: str | torch.device | None = None, model: nn.Module | None = None
+) -> nn.Module:
+    """Any flyweight checkpoint (``save_structured`` or ``save_pretrained`` of a converted / built
+    model), rebuilt exactly as saved: structured layers, tied weights, padded vocabulary (-inf logits
+    on the padding rows), saved precision; in eval mode. ``model``: an unconverted instance to load
+    into, for models that are not transformers classes."""
+    return load_structured(path, device=device, model=model)
+
+
+def load_checked_state(model: nn.Module, weights_file: Path, tied: dict[str, str], path: Path) -> None:
+    """Load ``weights_file`` into the rebuilt ``model``, refusing tensors the structure does not produce."""
     try:
         state = load_file(str(weights_file))
     except Exception as err:  # header fine, data cut short
@@ -196,6 +232,13 @@ def load_structured(
                 f"{path}: {name} was saved tied to {source}, but the rebuilt model does not tie them "
                 "(tie_word_embeddings in config.json changed?)"
             )
-    if device is not None:
-        model.to(device)
-    return model.eval()
+
+
+def restore_padded_vocabulary(model: nn.Module) -> None:
+    """A padded vocabulary (config.flyweight_real_vocab_size < vocab_size) gets its -inf head back."""
+    config = getattr(model, "config", None)
+    real = getattr(config, "flyweight_real_vocab_size", None) if config is not None else None
+    if real is not None and int(real) < int(config.vocab_size):
+        from flyweight.models.gpt2 import _install_padded_head
+
+        _install_padded_head(model, int(real))

@@ -1,8 +1,11 @@
-"""Normal initialisation of structured layers with a given std, in the dense-equivalent sense.
+"""Normal initialisation of linear layers with a given std, in the dense-equivalent sense.
 
 GPT-2 draws every weight from N(0, std). For a structured layer we ask the same of its dense
 equivalent W = to_dense(): every entry of W has mean 0 and variance std**2, so for uncorrelated
 inputs the output variance equals that of a dense GPT-2 layer (K * std**2 * Var(x)).
+
+Each kind owns how it gets there (``StructuredLinear.normal_init_``), so a kind registered with
+``@register_linear`` is initialised without any change here:
 
 - dense / SS1: each entry of W is a copy of ONE stored weight, so the stored weight ~ N(0, std).
 - low-rank W = B A: an entry sums r products, Var = r * sA^2 * sB^2. The factors are balanced,
@@ -17,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flyweight.linear import LowRankLinear, MonarchLinear, SS1Linear, StructuredLinear
-from flyweight.linear.dense import DenseLinear
+from flyweight.linear import StructuredLinear
 
 
 def _conv1d_class():
@@ -30,23 +32,11 @@ def _conv1d_class():
 @torch.no_grad()
 def normal_init_(layer: nn.Module, std: float, generator: torch.Generator | None = None) -> nn.Module:
     """Initialise ``layer`` so its dense equivalent has i.i.d.-like N(0, std^2) entries; zero bias."""
-    if isinstance(layer, (nn.Linear, DenseLinear, SS1Linear, _conv1d_class())):
+    if isinstance(layer, StructuredLinear):
+        return layer.normal_init_(std, generator=generator)
+    if isinstance(layer, (nn.Linear, _conv1d_class())):
         layer.weight.normal_(0.0, std, generator=generator)
-    elif isinstance(layer, LowRankLinear):
-        factor_std = (std**2 / layer.rank) ** 0.25
-        layer.A.normal_(0.0, factor_std, generator=generator)
-        layer.B.normal_(0.0, factor_std, generator=generator)
-    elif isinstance(layer, MonarchLinear):
-        factor_std = (std**2 * layer.nblocks / layer.mid) ** 0.25
-        layer.w1.normal_(0.0, factor_std, generator=generator)
-        layer.w2.normal_(0.0, factor_std, generator=generator)
-    elif isinstance(layer, StructuredLinear):
-        raise NotImplementedError(
-            f"normal_init_ does not know how to initialise kind {layer.kind!r} "
-            f"({type(layer).__name__}); add a branch to flyweight/convert/init.py"
-        )
-    else:
-        raise TypeError(f"normal_init_ expects a linear layer, got {type(layer).__name__}")
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.zero_()
-    return layer
+        if layer.bias is not None:
+            layer.bias.zero_()
+        return layer
+    raise TypeError(f"normal_init_ expects a linear layer, got {type(layer).__name__}")

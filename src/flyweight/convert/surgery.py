@@ -1,6 +1,6 @@
 """Model surgery: replace a model's linear layers, in place, by a structured kind.
 
-    report = flyweight.convert(model, "ss1", targets=("mlp", "attn"), init="project", compression=4)
+    report = flyweight.convert(model, SS1Config(compression=4), target_modules=["mlp", "attn"], init="project")
     print(report)
 
 Linear layers are ``nn.Linear``, Hugging Face's ``Conv1D`` (GPT-2; weight stored transposed as
@@ -13,9 +13,11 @@ and ``load_structured`` rebuilds from.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,9 +25,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from flyweight.convert.roles import ROLE_PRESETS, detect_family, expand_role, is_pattern, matches, role_of
+from flyweight.convert.roles import (
+    OUTPUT_ROLES,
+    ROLE_PRESETS,
+    detect_family,
+    expand_role,
+    is_pattern,
+    matches,
+    role_of,
+    select_targets,
+)
 from flyweight.linear import StructuredLinear, linear_class
-from flyweight.linear.base import check_kwargs
+from flyweight.linear.config import LinearConfig, make_config
 
 log = logging.getLogger("flyweight.convert")
 
@@ -199,54 +210,95 @@ def _resolve(
 
 
 # ---- the surgery -----------------------------------------------------------------------------
+_LEGACY_CALL = (
+    "convert(model, {kind!r}, targets=..., skip=..., <settings>) is deprecated: pass a typed config and "
+    "peft-style targets, e.g. convert(model, {cfg}, target_modules=..., exclude_modules=...) "
+    "(flyweight.linear.config); filter_fn is then filter_fn(module, fqn) -> bool, True = convert"
+)
+
+
 def convert(
     model: nn.Module,
-    kind: str,
+    config: LinearConfig | dict | str,
     *,
-    targets: str | Iterable[str] = DEFAULT_TARGETS,
-    skip: str | Iterable[str] = (),
+    target_modules: str | Iterable[str] | None = None,
+    exclude_modules: str | Iterable[str] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
     init: str = "random",
     seed_offset: int = 0,
-    filter_fn: Callable[[str, int, int], str | None] | None = None,
     auto: Any = False,
+    targets: str | Iterable[str] | None = None,
+    skip: str | Iterable[str] | None = None,
     **layer_kwargs: Any,
 ) -> ConversionReport:
-    """Replace the linear layers selected by ``targets`` (minus ``skip``) with ``kind`` layers, in place.
+    """Replace the selected linear layers of ``model``, in place, by layers of ``config``'s kind.
 
-    targets / skip: role names ("mlp", "attn_qkv", "attn_out", "lm_head", aliases "attn" and
-    "blocks") looked up in the model family's preset (GPT-2, Llama-style, BERT-style), or
-    fully-qualified name patterns (glob, or "re:<regex>"), each matching the whole name.
-    init: "project" projects the existing weight with ``kind``'s ``from_dense`` (optimal in
+        flyweight.convert(model, SS1Config(compression=4), target_modules=["c_fc", "c_proj"])
+        flyweight.convert(model, MonarchConfig(nblocks=4), target_modules="all-linear",
+                          exclude_modules=["attn.c_proj"], init="project")
+
+    config: a typed config (``SS1Config``, ``MonarchConfig``, ``LowRankConfig``, ``DenseConfig``, or the
+    derived config of any registered kind), or its ``to_dict()``.
+    target_modules / exclude_modules: peft's syntax (``flyweight.convert.roles``): ``"all-linear"``
+    (every linear layer but the output head), a string = regex over the whole name, or a list of exact
+    names, dotted suffixes, globs, ``re:`` regexes and role presets ("mlp", "attn_qkv", "attn_out",
+    "attn", "blocks", "lm_head"; vision: "head", "t2t"). Default: the "blocks" roles.
+    filter_fn(module, fqn) -> bool (torchao's convention): False keeps that layer as it is (reported
+    as skipped).
+    init: "project" projects the existing weight with the kind's ``from_dense`` (optimal in
     Frobenius norm); "random" uses the new layer's own initialisation.
-    layer_kwargs go to the layer (compression=, nblocks=, rank=, block_k=, pad=, ...). For SS1
-    each layer gets its own hash seed, ``seed + seed_offset + index`` (``seed`` defaults to 1024),
-    recorded in the report and in the saved structure.
-    A layer whose sizes the kind cannot take is skipped with the reason logged and reported.
-    filter_fn(name, in_features, out_features) -> reason or None: a layer it gives a reason for
-    stays as it is (reported as skipped with that reason), e.g. the measured auto-selection of
-    ``flyweight.bench.autoselect.SpeedTable.keep_dense``.
+    SS1 layers get distinct hash seeds ``config.seed + seed_offset + index``, recorded in the report
+    and in the saved structure. A layer whose sizes the kind cannot take is skipped with the reason
+    logged and reported.
     auto: True (or a ``flyweight.bench.autoselect.AutoSelect`` workload) keeps dense every layer that
-    the measured speed table does not show faster than dense (on top of ``filter_fn``).
+    the measured speed table does not show faster than dense.
+
+    Deprecated form: ``convert(model, "ss1", targets=..., skip=..., filter_fn=(name, in, out) -> reason,
+    compression=4)``: still works (roles / globs / ``re:`` / exact top-level names), with a warning.
     """
+    legacy = isinstance(config, str)
+    if legacy:
+        cfg = make_config(config, **layer_kwargs)
+        warnings.warn(_LEGACY_CALL.format(kind=config, cfg=_config_repr(cfg)), DeprecationWarning, stacklevel=2)
+        if target_modules is not None or exclude_modules is not None:
+            raise TypeError("convert: with a kind name use targets=/skip= (deprecated), with a config "
+                            "target_modules=/exclude_modules=; not both")
+        reason_fn, convert_fn = filter_fn, None
+    else:
+        if layer_kwargs:
+            raise TypeError(
+                f"convert: settings {sorted(layer_kwargs)} go into the config, e.g. "
+                f"{type(config).__name__ if isinstance(config, LinearConfig) else 'SS1Config'}(...)"
+            )
+        if targets is not None or skip is not None:
+            raise TypeError("convert: targets=/skip= belong to the deprecated kind-name call; with a config "
+                            "use target_modules=/exclude_modules=")
+        cfg = make_config(config)
+        reason_fn, convert_fn = None, None if filter_fn is None else _checked_bool_filter(filter_fn)
+    kind = cfg.kind
     cls = linear_class(kind)
-    check_kwargs(cls, {k: v for k, v in layer_kwargs.items() if k != "seed"})  # a typo names itself
+    settings = cfg.layer_kwargs()
     if auto:
         from flyweight.bench.autoselect import AutoSelect, auto_filter
 
-        measured = auto_filter(kind, layer_kwargs, auto if isinstance(auto, AutoSelect) else AutoSelect(), cls)
-        given = filter_fn
-        filter_fn = measured if given is None else (lambda n, i, o: given(n, i, o) or measured(n, i, o))
+        measured = auto_filter(kind, settings, auto if isinstance(auto, AutoSelect) else AutoSelect(), cls)
+        given = reason_fn
+        reason_fn = measured if given is None else (lambda n, i, o: given(n, i, o) or measured(n, i, o))
     if init not in ("random", "project"):
         raise ValueError(f"init must be 'random' or 'project', got {init!r}")
     named = linear_modules(model)
     family = detect_family(model, [n for n, _ in named])
-    selected = _resolve("targets", targets, named, family, model)
-    if skip:
-        dropped = set(_resolve("skip", skip, named, family, model))
-        selected = [n for n in selected if n not in dropped]
+    if legacy:
+        selected = _resolve("targets", DEFAULT_TARGETS if targets is None else targets, named, family, model)
+        if skip:
+            dropped = set(_resolve("skip", skip, named, family, model))
+            selected = [n for n in selected if n not in dropped]
+    else:
+        selected = _select(model, named, family, target_modules, exclude_modules)
     by_name = dict(named)
     params_before = _num_params(model)
-    base_seed = int(layer_kwargs.pop("seed", DEFAULT_SS1_SEED))
+    # a kind with a hash seed (SS1) gives each layer its own: seed + seed_offset + index
+    base_seed = int(settings.pop("seed")) if "seed" in settings else None
     changes: list[LayerChange] = []
     new_layers: dict[str, dict[str, Any]] = {}
     untied_head = False
@@ -255,15 +307,19 @@ def convert(
     for index, name in enumerate(selected):
         old = by_name[name]
         in_f, out_f, weight, bias = dense_view(old)
-        kwargs = dict(layer_kwargs)
-        if kind == "ss1" and "hash_coeffs" not in kwargs:
+        kwargs = dict(settings)
+        if base_seed is not None and "hash_coeffs" not in kwargs:
             kwargs["seed"] = base_seed + seed_offset + index
         change = LayerChange(
             name=name, role=role_of(name, family), source=type(old).__name__, kind=kind,
             in_features=in_f, out_features=out_f,
             params_before=sum(p.numel() for p in old.parameters()), params_after=0,
         )
-        reason = filter_fn(name, in_f, out_f) if filter_fn is not None else None
+        reason = None
+        if convert_fn is not None and not convert_fn(old, name):
+            reason = "filter_fn(module, fqn) returned False"
+        elif reason_fn is not None:
+            reason = reason_fn(name, in_f, out_f)
         if reason:
             change.skipped = reason
             change.params_after = change.params_before
@@ -306,6 +362,59 @@ def convert(
         _untie(model)
     record_structure(model, new_layers)
     return ConversionReport(kind, init, changes, params_before, _num_params(model))
+
+
+def _config_repr(cfg: LinearConfig) -> str:
+    given = {k: v for k, v in cfg.layer_kwargs().items() if getattr(type(cfg), k, None) != v}
+    return f"{type(cfg).__name__}({', '.join(f'{k}={v!r}' for k, v in given.items())})"
+
+
+def _checked_bool_filter(filter_fn: Callable[[nn.Module, str], bool]) -> Callable[[nn.Module, str], bool]:
+    """torchao's filter_fn(module, fqn) -> bool; the old (name, in, out) -> reason form is refused."""
+    try:
+        params = [p for p in inspect.signature(filter_fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    except (TypeError, ValueError):
+        params = []
+    if len(params) == 3:
+        raise TypeError(
+            "convert: filter_fn takes (module, fqn) and returns True to convert the layer (torchao's "
+            "convention); a (name, in_features, out_features) -> reason function belongs to the deprecated "
+            "kind-name call, convert(model, 'ss1', filter_fn=...)"
+        )
+    return filter_fn
+
+
+def output_module_names(model: nn.Module, named: list[tuple[str, nn.Module]], family: str | None) -> set[str]:
+    """The output head's names: the model's output embeddings, and the family's head roles."""
+    out: set[str] = set()
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    for name, mod in named:
+        if head is not None and mod is head:
+            out.add(name)
+        elif role_of(name, family) in OUTPUT_ROLES:
+            out.add(name)
+    return out
+
+
+def _select(model, named, family, target_modules, exclude_modules) -> list[str]:
+    names = [n for n, _ in named]
+    describe = describe_modules(named)
+    outputs = output_module_names(model, named, family)
+    spec = DEFAULT_TARGETS if target_modules is None else target_modules
+    selected = select_targets(spec, names, outputs, family, model, describe)
+    if not selected:
+        raise ValueError(
+            f"convert: target_modules={spec!r} matches no linear module of this {type(model).__name__}. "
+            f"Linear modules:\n{describe}"
+        )
+    if exclude_modules:
+        dropped = set(select_targets(exclude_modules, names, outputs, family, model, describe))
+        selected = [n for n in selected if n not in dropped]
+        if not selected:
+            raise ValueError(f"convert: exclude_modules={exclude_modules!r} removes every selected layer")
+    return selected
 
 
 def _build(cls, kind, init, in_f, out_f, weight, bias, kwargs) -> StructuredLinear:
@@ -351,6 +460,22 @@ def _untie(model: nn.Module) -> None:
         config.tie_word_embeddings = False
 
 
+QUANT_METHOD = "flyweight"
+
+
+def mark_flyweight_checkpoint(config) -> dict[str, Any]:
+    """Route a plain transformers ``from_pretrained`` of this model's checkpoints through flyweight.
+
+    transformers calls the quantizer registered for ``config.quantization_config["quant_method"]``
+    (``flyweight.integrations.transformers``), which rebuilds the structured modules before the
+    weights load. Returns the fields (also set on ``config`` when given)."""
+    fields = {"quantization_config": {"quant_method": QUANT_METHOD, "loader": "flyweight.from_pretrained"}}
+    if config is not None:
+        for key, value in fields.items():
+            setattr(config, key, value)
+    return fields
+
+
 def record_structure(model: nn.Module, new_layers: dict[str, dict[str, Any]]) -> None:
     """Merge the replaced layers into the model's structure spec (config attribute when there is one)."""
     spec = get_structure(model) or {"version": STRUCTURE_VERSION, "layers": {}}
@@ -358,6 +483,8 @@ def record_structure(model: nn.Module, new_layers: dict[str, dict[str, Any]]) ->
     config = getattr(model, "config", None)
     if config is not None:
         setattr(config, STRUCTURE_KEY, spec)
+        if hasattr(config, "to_dict"):  # a transformers config: its save_pretrained must not load as dense
+            mark_flyweight_checkpoint(config)
     else:
         setattr(model, STRUCTURE_KEY, spec)
 

@@ -7,6 +7,7 @@ from flyweight.linear.base import (
     make_linear,
     register_linear,
     validate_linear,
+    unregister_linear,
 )
 from flyweight.linear.dense import DenseLinear
 from flyweight.linear.lowrank import LowRankLinear, rank_for_compression
@@ -25,4 +26,5 @@ __all__ = [
     "rank_for_compression",
     "register_linear",
     "validate_linear",
+    "unregister_linear",
 ]

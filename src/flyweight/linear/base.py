@@ -14,16 +14,30 @@ LINEAR_KINDS: dict[str, type["StructuredLinear"]] = {}
 
 
 def register_linear(kind: str) -> Callable[[type["StructuredLinear"]], type["StructuredLinear"]]:
-    """Class decorator: make a layer available to ``make_linear`` under ``kind``."""
+    """Class decorator: make a layer available under ``kind`` to ``make_linear``, ``convert``,
+    ``build_gpt2`` and checkpoint loading. A kind without a typed config of its own
+    (``flyweight.linear.config``) gets one derived from its constructor's keyword arguments."""
 
     def wrap(cls: type["StructuredLinear"]) -> type["StructuredLinear"]:
+        from flyweight.linear.config import CONFIG_CLASSES, derive_config_class
+
         if kind in LINEAR_KINDS:
             raise ValueError(f"linear kind {kind!r} is registered twice")
         cls.kind = kind
         LINEAR_KINDS[kind] = cls
+        if kind not in CONFIG_CLASSES:
+            derive_config_class(cls)
         return cls
 
     return wrap
+
+
+def unregister_linear(kind: str) -> None:
+    """Remove a kind (and its derived config) from the registry, e.g. a kind defined in a test."""
+    from flyweight.linear.config import CONFIG_CLASSES
+
+    LINEAR_KINDS.pop(kind, None)
+    CONFIG_CLASSES.pop(kind, None)
 
 
 def linear_class(kind: str) -> type["StructuredLinear"]:
@@ -89,10 +103,14 @@ class StructuredLinear(nn.Module):
     """A drop-in replacement for ``nn.Linear``: y = x W^T + b with a structured W.
 
     Subclasses implement ``_matmul`` (x of shape (M, in) -> (M, out), no bias), ``to_dense``,
-    ``from_dense``, ``flops_per_token`` and ``structure_config``.
+    ``from_dense``, ``flops_per_token``, ``structure_config`` and ``normal_init_`` (the kind owns
+    its initialisation: ``build_gpt2`` and ``flyweight.convert.normal_init_`` call it).
     """
 
     kind: ClassVar[str] = "?"
+    # True when the layer's only weight is a 2-D ``weight`` consumed by a plain (out, in) matmul, so
+    # torchao's weight tensor subclasses can stand in for it (``flyweight.integrations.torchao``)
+    torchao_quantizable: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -156,6 +174,26 @@ class StructuredLinear(nn.Module):
     def structure_config(self) -> dict[str, Any]:
         """Keyword arguments that rebuild this exact structure with ``make_linear``."""
         return {}
+
+    def linear_config(self):
+        """This layer's structure as its kind's typed config (``flyweight.linear.config``)."""
+        from flyweight.linear.config import config_class
+
+        return config_class(self.kind).from_dict(self.structure_config())
+
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "StructuredLinear":
+        """Draw the weights so the entries of ``to_dense()`` have mean 0 and std ``std``; zero the bias.
+
+        GPT-2's initialisation in the dense-equivalent sense (``flyweight.convert.init``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} (kind {self.kind!r}) does not define normal_init_(std, generator): "
+            "add it to the class, drawing the weights so that to_dense() has entries of std `std`"
+        )
+
+    def _zero_bias(self) -> None:
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
 
     def extra_repr(self) -> str:
         extra = ", ".join(f"{k}={v}" for k, v in self.structure_config().items())

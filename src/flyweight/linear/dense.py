@@ -13,6 +13,8 @@ from flyweight.linear.base import StructuredLinear, register_linear, uniform_
 class DenseLinear(StructuredLinear):
     """Plain y = x W^T + b, the reference every structured kind is compared with."""
 
+    torchao_quantizable = True
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
@@ -41,3 +43,9 @@ class DenseLinear(StructuredLinear):
 
     def flops_per_token(self) -> int:
         return 2 * self.in_features * self.out_features
+
+    @torch.no_grad()
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "DenseLinear":
+        self.weight.normal_(0.0, std, generator=generator)
+        self._zero_bias()
+        return self

@@ -84,5 +84,15 @@ class LowRankLinear(StructuredLinear):
     def flops_per_token(self) -> int:
         return 2 * self.rank * (self.in_features + self.out_features)
 
+    @torch.no_grad()
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "LowRankLinear":
+        """An entry of B A sums r products: balanced factors of std (std^2 / r)^(1/4) each, so Adam's
+        equal step sizes move both alike."""
+        factor_std = (std**2 / self.rank) ** 0.25
+        self.A.normal_(0.0, factor_std, generator=generator)
+        self.B.normal_(0.0, factor_std, generator=generator)
+        self._zero_bias()
+        return self
+
     def structure_config(self) -> dict:
         return {"rank": self.rank}

@@ -127,5 +127,14 @@ class MonarchLinear(StructuredLinear):
     def flops_per_token(self) -> int:
         return 2 * self.nblocks * self.mid * (self.p_in + self.p_out)
 
+    @torch.no_grad()
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "MonarchLinear":
+        """An entry of sub-block (l, k) sums ~mid/b products: both factors get std (std^2 b / mid)^(1/4)."""
+        factor_std = (std**2 * self.nblocks / self.mid) ** 0.25
+        self.w1.normal_(0.0, factor_std, generator=generator)
+        self.w2.normal_(0.0, factor_std, generator=generator)
+        self._zero_bias()
+        return self
+
     def structure_config(self) -> dict:
         return {"nblocks": self.nblocks}

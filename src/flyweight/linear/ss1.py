@@ -39,6 +39,7 @@ class SS1Linear(StructuredLinear):
     """
 
     backend: str = "auto"
+    torchao_quantizable = True  # the GEMM after the sketch is F.linear-like on ``weight`` (tested)
 
     def __init__(
         self,
@@ -166,6 +167,13 @@ class SS1Linear(StructuredLinear):
         lay = self.layout
         return 2 * self.out_features * lay.compressed_in + (lay.padded_in - lay.compressed_in)
 
+    @torch.no_grad()
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "SS1Linear":
+        """Each entry of to_dense() is a copy of one stored weight, so the stored weight ~ N(0, std)."""
+        self.weight.normal_(0.0, std, generator=generator)
+        self._zero_bias()
+        return self
+
     def structure_config(self) -> dict:
         return {
             "compression": self.compression,
@@ -181,7 +189,7 @@ class SS1Linear(StructuredLinear):
 def _weight_to_spec_layout(module: SS1Linear, state_dict: dict, prefix: str, local_metadata) -> None:
     """state_dict hook: the stored Wr leaves as the spec's Wc, under the same key."""
     key = prefix + "weight"
-    if key in state_dict:
+    if key in state_dict and not state_dict[key].is_meta:  # a meta weight has no values to reorder
         state_dict[key] = module.layout.spec_from_stored(state_dict[key].detach())
 
 

@@ -34,9 +34,10 @@ from flyweight.attention.hf_triton import use_attention
 from flyweight.convert.checkpoint import load_structured as _load_structured
 from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
-from flyweight.convert.surgery import convert, get_structure, is_linear_like
+from flyweight.convert.surgery import convert, get_structure, is_linear_like, mark_flyweight_checkpoint
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.linear.base import check_positive_int
+from flyweight.linear.config import make_config
 
 __all__ = [
     "DEFAULT_LINEAR",
@@ -187,8 +188,8 @@ def build_gpt2(
         for k, k_roles in by_kind.items():
             if k == "dense":
                 continue
-            settings = _settings_for(k, kind, linear)
-            report = convert(model, k, targets=k_roles, init="random", seed_offset=ss1_seen, **settings)
+            config = make_config(k, **_settings_for(k, kind, linear))
+            report = convert(model, config, target_modules=k_roles, init="random", seed_offset=ss1_seen)
             if report.skipped:
                 raise ValueError(
                     f"build_gpt2: kind {k!r} cannot take {len(report.skipped)} layer(s), e.g. "
@@ -296,18 +297,13 @@ def _pad_vocabulary_(model: nn.Module, multiple: int) -> None:
     model.lm_head.weight = emb.weight
     config.vocab_size = rows
     setattr(config, REAL_VOCAB_KEY, real)
+    mark_flyweight_checkpoint(config)  # a plain from_pretrained must restore the -inf head too
     _install_padded_head(model, real)
 
 
 def load_structured(path, *, device: str | torch.device | None = None, model: nn.Module | None = None) -> nn.Module:
-    """``flyweight.convert.load_structured``, then the -inf logits of a padded vocabulary restored
-    (config.json records the real vocabulary; Hugging Face rebuilds a plain lm_head)."""
-    model = _load_structured(path, device=device, model=model)
-    config = getattr(model, "config", None)
-    real = getattr(config, REAL_VOCAB_KEY, None) if config is not None else None
-    if real is not None and int(real) < int(config.vocab_size):
-        _install_padded_head(model, int(real))
-    return model
+    """``flyweight.from_pretrained``: the saved model exactly, a padded vocabulary's -inf logits included."""
+    return _load_structured(path, device=device, model=model)
 
 
 # ---- counting: the one place params and FLOPs come from -----------------------------------------

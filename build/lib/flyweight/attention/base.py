@@ -1,0 +1,156 @@
+"""The attention interface, its registry, and the block-windowed helpers the local variants share.
+
+Every variant is an ``nn.Module`` called as ``attn(q, k, v, softmax_temp=None, key_padding_mask=None)``
+with q, k, v of shape (B, H, T, E); it returns (B, H, T, E). ``softmax_temp`` defaults to E^-1/2.
+``key_padding_mask`` is a bool (B, T) tensor, True where a key is padding and must be ignored
+(the ``nn.MultiheadAttention`` convention).
+
+``cost(T, head_dim)`` reports the variant's attention memory (elements of the attention-specific
+intermediates per batch element and head: the score matrix for full, the window scores for local,
+the q/k features for the low-rank variants; the accounting behind the spec's "1/32 of full attention
+memory" budgets) and FLOPs (multiply-add = 2) per batch element and head.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+ATTENTION_KINDS: dict[str, type["Attention"]] = {}
+
+
+def register_attention(name: str) -> Callable[[type], type]:
+    def deco(cls):
+        cls.kind = name
+        ATTENTION_KINDS[name] = cls
+        return cls
+
+    return deco
+
+
+def make_attention(name: str, **kwargs) -> "Attention":
+    """Build an attention variant by registry name (``window_size``, ``nb_features``, ``seed`` where used)."""
+    if name not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention {name!r}; valid: {', '.join(sorted(ATTENTION_KINDS))}")
+    cls = ATTENTION_KINDS[name]
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise TypeError(f"attention {name!r}: {err} (accepted: {cls.ACCEPTS})") from None
+
+
+@dataclass(frozen=True)
+class AttentionCost:
+    memory: int  # elements of attention intermediates, per batch element and head
+    flops: int  # per batch element and head
+
+    def memory_bytes(self, batch: int = 1, heads: int = 1, bytes_per_element: int = 4) -> int:
+        return self.memory * batch * heads * bytes_per_element
+
+
+class Attention(nn.Module):
+    kind = "?"
+    ACCEPTS: tuple[str, ...] = ()
+
+    def forward(
+        self, q, k, v, softmax_temp: float | None = None, key_padding_mask: torch.Tensor | None = None
+    ):
+        raise NotImplementedError
+
+    def cost(self, T: int, head_dim: int) -> AttentionCost:
+        raise NotImplementedError
+
+    @staticmethod
+    def _temp(softmax_temp, head_dim: int) -> float:
+        return head_dim**-0.5 if softmax_temp is None else float(softmax_temp)
+
+    @staticmethod
+    def _check(q, k, v, key_padding_mask):
+        if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+            raise ValueError(
+                f"attention expects q, k, v of shape (B, H, T, E); got {tuple(q.shape)}, "
+                f"{tuple(k.shape)}, {tuple(v.shape)}"
+            )
+        if key_padding_mask is not None:
+            B, _, T, _ = q.shape
+            if key_padding_mask.shape != (B, T) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(
+                    f"key_padding_mask must be a bool (B, T) = ({B}, {T}) tensor, True at padding; "
+                    f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+                )
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp16/bf16 inputs are computed in fp32 (exp and q.k overflow there); fp32/fp64 stay as they are."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+# ---- block-windowed layout shared by local and sblocal --------------------------------------------------
+# Queries are cut into blocks of `block` rows; block n sees keys n*block - left .. (n+1)*block - 1 + right:
+# a span of block + w - 1 keys. Scores are (B, H, nblocks, block, span): O(T * (block + w)) memory.
+
+
+def check_window_size(window_size) -> int:
+    if int(window_size) < 1:
+        raise ValueError(f"window_size must be >= 1, got {window_size}")
+    return int(window_size)
+
+
+def window_bounds(window_size: int) -> tuple[int, int]:
+    """Query i sees keys j with -left <= j - i <= right; left + right + 1 == window_size."""
+    window_size = check_window_size(window_size)
+    left = window_size // 2
+    return left, window_size - left - 1
+
+
+def block_size_for(window_size: int, T: int) -> int:
+    # blocks about as long as the window keep the span <= 2w; never below 16 rows (tiny matmuls are slow)
+    return max(1, min(T, max(window_size, 16)))
+
+
+def blocked_queries(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, H, nb, block, D), zero-padded at the end."""
+    B, H, T, D = x.shape
+    nb = math.ceil(T / block)
+    x = nn.functional.pad(x, (0, 0, 0, nb * block - T))
+    return x.view(B, H, nb, block, D)
+
+
+def windowed_keys(x: torch.Tensor, window_size: int, block: int) -> torch.Tensor:
+    """(B, H, T, D) -> (B, H, nb, span, D): the keys each query block can see (a strided view)."""
+    left, right = window_bounds(window_size)
+    B, H, T, D = x.shape
+    nb = math.ceil(T / block)
+    x = nn.functional.pad(x, (0, 0, left, nb * block - T + right))
+    return x.unfold(2, block + left + right, block).transpose(-1, -2)
+
+
+def window_mask(T: int, window_size: int, block: int, device, key_padding_mask=None) -> torch.Tensor:
+    """Bool (B or 1, 1, nb, block, span): True where query row r of block n may attend key c of its span."""
+    left, right = window_bounds(window_size)
+    nb = math.ceil(T / block)
+    span = block + left + right
+    r = torch.arange(block, device=device)[:, None]
+    c = torch.arange(span, device=device)[None, :]
+    band = (c - r >= 0) & (c - r <= left + right)  # -left <= j - i <= right
+    key_pos = torch.arange(nb, device=device)[:, None] * block - left + c[None, 0]  # (nb, span)
+    inside = (key_pos >= 0) & (key_pos < T)
+    mask = band[None] & inside[:, None, :]  # (nb, block, span)
+    mask = mask[None, None]
+    if key_padding_mask is not None:
+        keep = ~key_padding_mask  # (B, T)
+        keep = windowed_keys(keep[:, None, :, None].to(torch.uint8), window_size, block)[
+            ..., 0
+        ].bool()  # (B,1,nb,span)
+        mask = mask & keep[:, :, :, None, :]
+    return mask
+
+
+def unblock(x: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, H, nb, block, D) -> (B, H, T, D)."""
+    B, H, nb, block, D = x.shape
+    return x.reshape(B, H, nb * block, D)[:, :, :T]

@@ -1,0 +1,54 @@
+"""Exact softmax inside a 1-D window over the token order, computed block by block (no T x T matrix)."""
+
+from __future__ import annotations
+
+import torch
+
+from flyweight.attention.base import (
+    Attention,
+    AttentionCost,
+    block_size_for,
+    check_window_size,
+    blocked_queries,
+    compute_dtype,
+    register_attention,
+    unblock,
+    window_mask,
+    windowed_keys,
+)
+
+
+@register_attention("local")
+class LocalAttention(Attention):
+    """Query i attends keys j with -floor(w/2) <= j - i <= ceil(w/2) - 1 (clipped at the ends)."""
+
+    ACCEPTS = ("window_size",)
+
+    def __init__(self, window_size: int = 256):
+        super().__init__()
+        self.window_size = check_window_size(window_size)
+
+    def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
+        self._check(q, k, v, key_padding_mask)
+        B, H, T, E = q.shape
+        w = min(self.window_size, 2 * T)  # a window wider than the sequence sees everything anyway
+        block = block_size_for(w, T)
+        scale = self._temp(softmax_temp, E)
+        dt = compute_dtype(q)  # scores in >= fp32: q.k of large fp16 activations can exceed the fp16 range
+        qb = blocked_queries(q.to(dt), block)
+        scores = torch.einsum("bhnre,bhnce->bhnrc", qb, windowed_keys(k.to(dt), w, block)) * scale
+        mask = window_mask(T, w, block, q.device, key_padding_mask)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        # rows with no visible key (all keys padding) give 0, not NaN
+        row_max = scores.amax(-1, keepdim=True).clamp_min(torch.finfo(dt).min)
+        probs = torch.exp(scores - row_max)
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
+        out = torch.einsum("bhnrc,bhnce->bhnre", probs.to(v.dtype), windowed_keys(v, w, block))
+        return unblock(out, T)
+
+    def cost(self, T, head_dim):
+        w = min(self.window_size, T)
+        return AttentionCost(memory=T * w, flops=4 * T * w * head_dim)
+
+    def extra_repr(self):
+        return f"window_size={self.window_size}"

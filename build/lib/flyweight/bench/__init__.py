@@ -1,0 +1,1 @@
+"""Benchmarks: layer and model speed, and the comparison report."""

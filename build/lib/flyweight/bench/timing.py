@@ -1,0 +1,111 @@
+"""Timing and memory measurement: the one place benchmark numbers come from.
+
+GPU: ``triton.testing.do_bench`` (CUDA events, median). CPU: ``torch.utils.benchmark`` (median of
+blocked runs). Peak memory: the CUDA allocator's peak on GPU; on CPU, the peak of live tensor bytes
+seen by a dispatch mode (tensors only; the allocator's own overhead is not counted).
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import weakref
+from typing import Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """'auto' -> cuda when available else cpu; anything else as given (with a clear error)."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} x{torch.get_num_threads()}"
+
+
+def env_tag(device: torch.device, dtype: str | None = None) -> str:
+    """File-name-safe environment name: device, torch version (and dtype)."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-")[:40]
+    tag = f"{name}_torch{torch.__version__.split('+')[0]}"
+    return f"{tag}_{dtype}" if dtype else tag
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_us(fn: Callable[[], object], device: torch.device, *, budget_s: float = 0.2) -> float:
+    """Median latency of ``fn()`` in microseconds, after warm-up."""
+    if device.type == "cuda":
+        import triton.testing
+
+        ms = triton.testing.do_bench(fn, warmup=max(10, int(budget_s * 250)), rep=max(20, int(budget_s * 1000)),
+                                     return_mode="median")
+        return float(ms) * 1e3
+    import torch.utils.benchmark as tbench
+
+    fn()  # warm-up (first-call allocations, lazy init)
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=budget_s).median * 1e6
+
+
+class _LiveTensorBytes(TorchDispatchMode):
+    """Tracks live bytes of tensors created inside the mode and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self._seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self._seen:
+                    nbytes = storage.nbytes()
+                    self._seen.add(key)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._release, key, nbytes)
+        return out
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn()`` runs, beyond what was allocated before it."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - before)
+    tracker = _LiveTensorBytes()
+    with tracker:
+        fn()
+    return int(tracker.peak)

@@ -1,0 +1,124 @@
+"""The SS1 operator: y = sketch0(X) @ Wr^T + b, with one autograd rule for every route.
+
+``ss1_linear`` is the only entry point the layer calls. The sketch S0 (M x K/R) is computed by the
+route ``backend.sketch_route`` picks; the GEMM is ``F.linear`` against the stored weight Wr, so its
+backward (dS0 = dY @ Wr, dWr = dY^T @ S0, db = dY.sum(0)) is PyTorch's own and saves S0, 1/R of X.
+The sketch's backward is a gather, not a scatter: each input column feeds exactly one column of S0,
+so ``dX = dS0[:, unsketch_index]``.
+
+Accumulation is fp32 (float64 for float64 inputs). Under autocast the sketch is written directly in
+the autocast dtype (the cast F.linear would make, fused into the sketch). float16/bfloat16 on CPU
+run the whole op in float32 and round the output once, as a dense layer's CPU matmul does, so large
+activations cannot overflow the sketch's float16 sums.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.library import triton_op, wrap_triton
+
+from flyweight.kernels.ss1.backend import sketch_route
+from flyweight.kernels.ss1.kernels import ss1_sketch_kernel
+from flyweight.kernels.ss1.layout import SketchMeta
+from flyweight.kernels.ss1.tuning import clamp, config_for
+
+_CPU_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def sketch_triton(x: torch.Tensor, meta: SketchMeta, out_dtype: torch.dtype, wrap: bool = False) -> torch.Tensor:
+    """S0 (M, K/R) of x (M, in_features) by the Triton kernel; ``wrap``: launched through
+    ``wrap_triton`` (inside the ``triton_op``)."""
+    if x.dim() != 2 or x.shape[1] != meta.in_features:
+        raise ValueError(f"ss1 sketch: x must be (M, {meta.in_features}), got {tuple(x.shape)}")
+    m = x.shape[0]
+    kc = meta.num_supergroups * meta.block_k
+    s = torch.empty((m, kc), device=x.device, dtype=out_dtype)
+    if m == 0:
+        return s
+    cfg = clamp(config_for(m), m, kc)
+    kernel = wrap_triton(ss1_sketch_kernel) if wrap else ss1_sketch_kernel
+    kernel[(triton.cdiv(m, cfg.BM), triton.cdiv(kc, cfg.BJ))](
+        x, s, m, meta.in_features, kc, x.stride(0), x.stride(1), s.stride(0), meta.r0m, meta.r1m,
+        R=meta.compression, BK=meta.block_k, VEC=meta.vec, D=meta.num_rotations,
+        BM=cfg.BM, BJ=cfg.BJ, num_warps=cfg.num_warps,
+    )
+    return s
+
+
+@triton_op("flyweight::ss1_sketch", mutates_args=())
+def ss1_sketch_op(x: torch.Tensor, meta: list[int], out_dtype: torch.dtype) -> torch.Tensor:
+    """The Triton sketch as an operator torch.compile can see (the ``triton_op`` route)."""
+    return sketch_triton(x, SketchMeta(*meta), out_dtype, wrap=True)
+
+
+def sketch_torch(x: torch.Tensor, sketch_index: torch.Tensor, meta: SketchMeta,
+                 out_dtype: torch.dtype) -> torch.Tensor:
+    """S0 by PyTorch ops: gather the rotated chunks, sum the R of each supergroup."""
+    m = x.shape[0]
+    if meta.padded_in != meta.in_features:
+        x = F.pad(x, (0, meta.padded_in - meta.in_features))
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    chunks = x.index_select(1, sketch_index).view(m, meta.num_supergroups, meta.compression, meta.block_k)
+    return chunks.sum(2, dtype=acc).to(out_dtype).view(m, meta.num_supergroups * meta.block_k)
+
+
+def _sketch_forward(x, sketch_index, meta: SketchMeta, route: str, out_dtype: torch.dtype) -> torch.Tensor:
+    if route == "triton":
+        return sketch_triton(x, meta, out_dtype)
+    if route == "triton_op":
+        return ss1_sketch_op(x, list(meta), out_dtype)
+    return sketch_torch(x, sketch_index, meta, out_dtype)
+
+
+class _Sketch(torch.autograd.Function):
+    """S0 = sketch0(x); backward dX = dS0[:, unsketch_index] (every route shares this rule).
+
+    ``forward(ctx, ...)`` rather than a separate ``setup_context``: with one, ``apply`` binds the
+    arguments through ``inspect.signature`` on every call, tens of microseconds of host time.
+    """
+
+    @staticmethod
+    def forward(ctx, x, sketch_index, unsketch_index, meta, route, out_dtype):
+        ctx.save_for_backward(unsketch_index)
+        ctx.x_dtype = x.dtype
+        return _sketch_forward(x, sketch_index, meta, route, out_dtype)
+
+    @staticmethod
+    def backward(ctx, ds):
+        (unsketch_index,) = ctx.saved_tensors
+        return ds.index_select(1, unsketch_index).to(ctx.x_dtype), None, None, None, None, None
+
+
+def sketch(x: torch.Tensor, sketch_index: torch.Tensor, unsketch_index: torch.Tensor, meta: SketchMeta,
+           backend: str = "auto", out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The phase-0 sketch S0 (M, K/R) of x (M, in_features), differentiable in x."""
+    route = sketch_route(x, backend)
+    dtype = x.dtype if out_dtype is None else out_dtype
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Sketch.apply(x, sketch_index, unsketch_index, meta, route, dtype)
+    return _sketch_forward(x, sketch_index, meta, route, dtype)  # no autograd record to pay for
+
+
+def ss1_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sketch_index: torch.Tensor,
+               unsketch_index: torch.Tensor, meta: SketchMeta, backend: str = "auto") -> torch.Tensor:
+    """y = x W^T + b for the SS1 weight in the stored layout Wr (N, K/R); x (M, in_features).
+
+    ``sketch_index`` (padded_in,) and ``unsketch_index`` (in_features,) are the layout's index
+    tables on x's device (``SS1Layout.sketch_index`` / ``unsketch_index``).
+    """
+    device_type = x2d.device.type
+    if torch.is_autocast_enabled(device_type):
+        s0 = sketch(x2d, sketch_index, unsketch_index, meta, backend, torch.get_autocast_dtype(device_type))
+        return F.linear(s0, weight, bias)  # autocast casts the parameters, as for a dense layer
+    dtype = x2d.dtype
+    if device_type == "cpu" and dtype in _CPU_UPCAST:
+        y = ss1_linear(x2d.float(), weight.float(), None if bias is None else bias.float(), sketch_index,
+                       unsketch_index, meta, backend)
+        return y.to(dtype)
+    if weight.dtype != dtype:  # parameters follow the input's dtype, like every flyweight layer
+        weight = weight.to(dtype)
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
+    return F.linear(sketch(x2d, sketch_index, unsketch_index, meta, backend), weight, bias)

@@ -1,0 +1,48 @@
+"""Tile configurations of the sketch kernel, chosen by the row count M.
+
+The sketch is one memory-bound pass (read M x K, write M x K/R), so a tile config only shapes the
+memory access: rows per program (BM), sketch columns per program (BJ) and warps. ``CANDIDATES`` are
+the six configs that won at least one (shape, M) of the recorded H200 tuning of the phase-0 sketch
+(165 keys, ``benchmarks/NOTES-ss1.md``); ``config_for`` picks, per M, the config that won most often
+there, and ``benchmarks/ss1_gpu.py --parts tuning`` re-measures how far that pick is from the best.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class SketchConfig(NamedTuple):
+    BM: int
+    BJ: int
+    num_warps: int
+
+
+CANDIDATES = (
+    SketchConfig(16, 256, 4),  # 68 of 165 wins (M >= 128)
+    SketchConfig(64, 128, 8),  # 29 wins (most at M <= 64)
+    SketchConfig(128, 128, 8),  # 21
+    SketchConfig(32, 128, 4),  # 20
+    SketchConfig(64, 128, 4),  # 14
+    SketchConfig(32, 256, 4),  # 13
+)
+
+SMALL_M = 64  # at or below: decode-sized calls
+
+
+def config_for(m: int) -> SketchConfig:
+    """The sketch tiles for M rows: the most frequent H200 winner of M's size class."""
+    return CANDIDATES[1] if m <= SMALL_M else CANDIDATES[0]
+
+
+def pow2_at_least(v: int, lo: int = 16) -> int:
+    """The smallest power of two >= max(v, lo): tile sizes never exceed the problem by more than 2x."""
+    p = lo
+    while p < v:
+        p *= 2
+    return p
+
+
+def clamp(cfg: SketchConfig, m: int, kc: int) -> SketchConfig:
+    """Shrink tiles that exceed the (power-of-two rounded) problem."""
+    return SketchConfig(min(cfg.BM, pow2_at_least(m)), min(cfg.BJ, pow2_at_least(kc)), cfg.num_warps)

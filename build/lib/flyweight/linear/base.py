@@ -1,0 +1,185 @@
+"""The common base of every structured linear layer, and the registry of kinds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+LINEAR_KINDS: dict[str, type["StructuredLinear"]] = {}
+
+
+def register_linear(kind: str) -> Callable[[type["StructuredLinear"]], type["StructuredLinear"]]:
+    """Class decorator: make a layer available under ``kind`` to ``make_linear``, ``convert``,
+    ``build_gpt2`` and checkpoint loading. A kind without a typed config of its own
+    (``flyweight.linear.config``) gets one derived from its constructor's keyword arguments."""
+
+    def wrap(cls: type["StructuredLinear"]) -> type["StructuredLinear"]:
+        from flyweight.linear.config import CONFIG_CLASSES, derive_config_class
+
+        if kind in LINEAR_KINDS:
+            raise ValueError(f"linear kind {kind!r} is registered twice")
+        cls.kind = kind
+        LINEAR_KINDS[kind] = cls
+        if kind not in CONFIG_CLASSES:
+            derive_config_class(cls)
+        return cls
+
+    return wrap
+
+
+def unregister_linear(kind: str) -> None:
+    """Remove a kind (and its derived config) from the registry, e.g. a kind defined in a test."""
+    from flyweight.linear.config import CONFIG_CLASSES
+
+    LINEAR_KINDS.pop(kind, None)
+    CONFIG_CLASSES.pop(kind, None)
+
+
+def linear_class(kind: str) -> type["StructuredLinear"]:
+    try:
+        return LINEAR_KINDS[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown linear kind {kind!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}"
+        ) from None
+
+
+def make_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any):
+    """Build a linear layer by registry name ("dense", "lowrank", "monarch", "ss1")."""
+    return linear_class(kind)(in_features, out_features, bias=bias, **kwargs)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's bound for the given fan-in."""
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    with torch.no_grad():
+        return tensor.uniform_(-bound, bound)
+
+
+class StructuredLinear(nn.Module):
+    """A drop-in replacement for ``nn.Linear``: y = x W^T + b with a structured W.
+
+    Subclasses implement ``_matmul`` (x of shape (M, in) -> (M, out), no bias), ``to_dense``,
+    ``from_dense``, ``flops_per_token``, ``structure_config`` and ``normal_init_`` (the kind owns
+    its initialisation: ``build_gpt2`` and ``flyweight.convert.normal_init_`` call it).
+    """
+
+    kind: ClassVar[str] = "?"
+    # True when the layer's only weight is a 2-D ``weight`` consumed by a plain (out, in) matmul, so
+    # torchao's weight tensor subclasses can stand in for it (``flyweight.integrations.torchao``)
+    torchao_quantizable: ClassVar[bool] = False
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    # ---- the function ----------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: input's last dimension must equal "
+                f"in_features={self.in_features}, got input shape {tuple(x.shape)}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        lead = x.shape[:-1]
+        x2d = x.reshape(-1, self.in_features)
+        y = self._matmul(x2d)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.view(*lead, self.out_features)
+
+    def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_dense(self) -> torch.Tensor:
+        """The equivalent dense weight, shape (out_features, in_features), nn.Linear layout."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs: Any):
+        """Project a dense (out, in) weight onto this structure (bias copied)."""
+        raise NotImplementedError
+
+    # ---- bookkeeping: the one place parameters and FLOPs are counted ------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Forward FLOPs for one input row (multiply-add = 2 FLOPs; bias not counted)."""
+        raise NotImplementedError
+
+    def structure_config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this exact structure with ``make_linear``."""
+        return {}
+
+    def linear_config(self):
+        """This layer's structure as its kind's typed config (``flyweight.linear.config``)."""
+        from flyweight.linear.config import config_class
+
+        return config_class(self.kind).from_dict(self.structure_config())
+
+    def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "StructuredLinear":
+        """Draw the weights so the entries of ``to_dense()`` have mean 0 and std ``std``; zero the bias.
+
+        GPT-2's initialisation in the dense-equivalent sense (``flyweight.convert.init``)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} (kind {self.kind!r}) does not define normal_init_(std, generator): "
+            "add it to the class, drawing the weights so that to_dense() has entries of std `std`"
+        )
+
+    def _zero_bias(self) -> None:
+        if self.bias is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    def extra_repr(self) -> str:
+        extra = ", ".join(f"{k}={v}" for k, v in self.structure_config().items())
+        base = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return f"{base}, {extra}" if extra else base
+
+    # ---- helpers for subclasses --------------------------------------------------------------
+    @staticmethod
+    def _check_dense(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int, int]:
+        if weight.dim() != 2:
+            raise ValueError(f"from_dense: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+        out_features, in_features = weight.shape
+        if bias is not None and tuple(bias.shape) != (out_features,):
+            raise ValueError(
+                f"from_dense: bias must have shape ({out_features},), got {tuple(bias.shape)}"
+            )
+        return in_features, out_features
+
+    @classmethod
+    def _empty_like_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None, kwargs: dict[str, Any]):
+        """A new layer of this kind sized for a dense (out, in) weight, on its device and dtype."""
+        in_features, out_features = cls._check_dense(weight, bias)
+        kwargs = {"bias": bias is not None, "device": weight.device, "dtype": weight.dtype, **kwargs}
+        return cls(in_features, out_features, **kwargs)
+
+    def _copy_bias(self, bias: torch.Tensor | None) -> None:
+        if self.bias is not None:
+            with torch.no_grad():
+                if bias is None:
+                    self.bias.zero_()
+                else:
+                    self.bias.copy_(bias)
+
+    def _weight_like(self, param: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Parameters follow the input's dtype (the output dtype is the input dtype)."""
+        return param if param.dtype == x.dtype else param.to(x.dtype)

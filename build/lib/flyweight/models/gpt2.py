@@ -1,0 +1,345 @@
+"""GPT-2 (small / medium / large, and a tiny test size) with structured linear layers.
+
+The model is Hugging Face's ``GPT2LMHeadModel`` (causal SDPA attention, tied embeddings,
+``generate()``), with the block linears swapped by ``flyweight.convert``:
+
+    model = build_gpt2("small", kind="ss1")                     # SS1 R=4 in every block: 60.7M params
+    model = build_gpt2("small", kind="monarch", kinds={"attn_qkv": "dense"})
+
+Roles: "mlp" (c_fc d->4d, c_proj 4d->d), "attn_qkv" (c_attn d->3d), "attn_out" (attn.c_proj d->d),
+optionally "lm_head" (then untied from the embedding).
+
+``pad_vocab_to=64`` pads the (tied) embedding/lm_head to a multiple of 64 rows (50257 -> 50304), so
+the logits GEMM has tensor-core-friendly shapes. The padded rows are dead weight: their logits are
+-inf (zero probability, zero gradient), the real rows' logits equal the unpadded model's, and the
+parameter and FLOP counts below cover the real vocabulary only (see ``PaddedVocabHead``).
+
+Initialisation follows GPT-2: N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0,
+0.02/sqrt(2*n_layer)), zero biases. For a structured layer "std" means the std of the entries of
+its dense equivalent (see ``flyweight.convert.init``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flyweight.attention.hf_triton import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from flyweight.attention.hf_triton import use_attention
+from flyweight.convert.checkpoint import load_structured as _load_structured
+from flyweight.convert.checkpoint import save_structured
+from flyweight.convert.init import normal_init_
+from flyweight.convert.surgery import convert, get_structure, is_linear_like, mark_flyweight_checkpoint
+from flyweight.linear import LINEAR_KINDS, StructuredLinear
+from flyweight.linear.config import make_config
+
+__all__ = [
+    "DEFAULT_LINEAR",
+    "GPT2_ROLES",
+    "GPT2_SIZES",
+    "PaddedVocabHead",
+    "build_gpt2",
+    "load_structured",
+    "model_flops_per_token",
+    "num_parameters",
+    "real_vocab_size",
+    "save_structured",
+]
+
+GPT2_SIZES = {
+    "tiny": {"n_layer": 2, "n_embd": 128, "n_head": 4},
+    "small": {"n_layer": 12, "n_embd": 768, "n_head": 12},
+    "medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
+    "large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
+}
+GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
+# The seed's settings for each kind (SPEC-MODELS.md): SS1 R=4, Monarch b=4, low-rank f=8.
+DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
+    "dense": {},
+    "ss1": {"compression": 4},
+    "monarch": {"nblocks": 4},
+    "lowrank": {"compression": 8},
+}
+INIT_STD = 0.02
+
+
+def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
+    if isinstance(roles, str):
+        roles = (roles,)
+    out: list[str] = []
+    for role in roles:
+        for r in ("attn_qkv", "attn_out") if role == "attn" else (role,):
+            if r not in GPT2_ROLES:
+                raise ValueError(f"unknown GPT-2 role {role!r}; valid roles: {', '.join(GPT2_ROLES)} (alias: attn)")
+            if r not in out:
+                out.append(r)
+    if lm_head and "lm_head" not in out:
+        out.append("lm_head")
+    return out
+
+
+def _settings_for(kind: str, main_kind: str, linear: dict | None) -> dict[str, Any]:
+    """Per-kind layer settings: nested {kind: {...}} applies by kind, a flat dict to the main kind."""
+    settings = dict(DEFAULT_LINEAR.get(kind, {}))
+    if linear:
+        if all(k in LINEAR_KINDS for k in linear):
+            settings.update(linear.get(kind, {}))
+        elif kind == main_kind:
+            settings.update(linear)
+    return settings
+
+
+def build_gpt2(
+    size: str = "small",
+    *,
+    kind: str = "dense",
+    roles: Iterable[str] = ("mlp", "attn_qkv", "attn_out"),
+    lm_head: bool = False,
+    linear: dict | None = None,
+    n_layer: int | None = None,
+    n_embd: int | None = None,
+    n_head: int | None = None,
+    n_positions: int = 1024,
+    vocab_size: int = 50257,
+    pad_vocab_to: int | None = None,
+    dropout: float = 0.1,
+    seed: int | None = None,
+    kinds: dict | None = None,
+    device: str | torch.device | None = None,
+    attention: str = "sdpa",
+):
+    """A ``transformers.GPT2LMHeadModel`` whose block linears are ``kind`` (per role: ``kinds``).
+
+    linear: settings for the kind, flat ({"compression": 2}) for ``kind`` or nested per kind
+    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_LINEAR. SS1 layers
+    get hash seeds ``seed_ss1 + index`` (``linear["seed"]``, default 1024), distinct per layer.
+    seed: seeds the weight initialisation (global RNG left untouched). device: e.g. "meta" to
+    count parameters without allocating.
+    pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
+    50304); the padded logits are -inf (``PaddedVocabHead``). The real rows are initialised exactly
+    as without padding (same seed, same values), the padded ones are zero. None/1: no padding.
+    attention: "sdpa" (PyTorch's fused kernels) or "triton" (flyweight's Triton flash attention; calls
+    with a padding mask or attention dropout still use SDPA). Either way a padding-free causal batch
+    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_triton``).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    if size not in GPT2_SIZES:
+        raise ValueError(f"unknown GPT-2 size {size!r}; valid sizes: {', '.join(GPT2_SIZES)}")
+    dims = dict(GPT2_SIZES[size])
+    for key, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head)):
+        if value is not None:
+            dims[key] = value
+    role_list = _expand_roles(roles, lm_head)
+    kinds = dict(kinds or {})
+    for role in kinds:
+        if role not in role_list:
+            raise ValueError(f"kinds: role {role!r} is not among the converted roles {role_list}")
+    for k in {kind, *kinds.values()}:
+        if k not in LINEAR_KINDS:
+            raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+    if attention not in ATTENTION_IMPLEMENTATIONS:  # checked before building, not after
+        raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
+                                     or pad_vocab_to < 1):
+        raise ValueError(f"pad_vocab_to must be a positive integer (e.g. 64) or None, got {pad_vocab_to!r}")
+    if pad_vocab_to and pad_vocab_to > 1 and "lm_head" in role_list:
+        raise ValueError("pad_vocab_to pads the tied dense lm_head; it cannot be combined with a structured "
+                         "lm_head (lm_head=True or the lm_head role): set pad_vocab_to=None")
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        initializer_range=INIT_STD,
+        attn_implementation="sdpa",
+        **dims,
+    )
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(device) if device is not None else _nullcontext():
+            model = GPT2LMHeadModel(config)
+        # Group roles by kind; "dense" roles keep GPT-2's own Conv1D layers.
+        by_kind: dict[str, list[str]] = {}
+        for role in role_list:
+            by_kind.setdefault(kinds.get(role, kind), []).append(role)
+        ss1_seen = 0
+        for k, k_roles in by_kind.items():
+            if k == "dense":
+                continue
+            config = make_config(k, **_settings_for(k, kind, linear))
+            report = convert(model, config, target_modules=k_roles, init="random", seed_offset=ss1_seen)
+            if report.skipped:
+                raise ValueError(
+                    f"build_gpt2: kind {k!r} cannot take {len(report.skipped)} layer(s), e.g. "
+                    f"{report.skipped[0].name}: {report.skipped[0].skipped}"
+                )
+            if k == "ss1":
+                ss1_seen += len(report.converted)
+        _gpt2_init_(model)
+        if pad_vocab_to and pad_vocab_to > 1:
+            # after the init, so the real rows hold exactly the values of an unpadded build
+            _pad_vocabulary_(model, pad_vocab_to)
+
+    use_attention(model, attention)
+    spec = get_structure(model)
+    if spec is not None:
+        spec["builder"] = {
+            "size": size, "kind": kind, "roles": role_list, "kinds": kinds,
+            "linear": linear or {}, **dims,
+        }
+    return model
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _gpt2_init_(model: nn.Module) -> None:
+    """GPT-2's init on the structured layers (HF already initialised its own Conv1D layers)."""
+    residual_std = INIT_STD / math.sqrt(2 * model.config.n_layer)
+    for name, module in model.named_modules():
+        if isinstance(module, StructuredLinear):
+            std = residual_std if name.endswith(".c_proj") else INIT_STD
+            normal_init_(module, std)
+
+
+# ---- vocabulary padding ---------------------------------------------------------------------------
+REAL_VOCAB_KEY = "flyweight_real_vocab_size"  # HF config attribute: saved in config.json with the model
+
+
+class PaddedVocabHead(nn.Linear):
+    """The tied lm_head of a vocabulary padded from ``vocab_size`` to ``out_features`` rows.
+
+    The padding exists only so the logits GEMM (and its two backward GEMMs) see a width that is a
+    multiple of 64; 50257 is odd, so every row of the logits is misaligned for the tensor cores
+    (what it buys on a GPU is measured by ``benchmarks/gpt2_train_gpu.py --pad-vocab 64,0``). The padded rows'
+    logits are overwritten with -inf, so the softmax gives them exactly zero probability: the loss,
+    perplexity and ``generate()`` are those of the real vocabulary, and the padded rows never receive
+    a gradient. (-inf rather than slicing the logits: the model's logits keep the width
+    ``config.vocab_size`` that Hugging Face's own ``labels=`` loss reshapes them by. A loss that
+    spreads mass over every column, e.g. label smoothing, must use the first ``vocab_size`` only.)
+    """
+
+    def __init__(self, in_features: int, out_features: int, vocab_size: int, device=None, dtype=None):
+        if not 0 < vocab_size <= out_features:
+            raise ValueError(f"vocab_size={vocab_size} must be in 1..out_features={out_features}")
+        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self.vocab_size = vocab_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, self.weight)
+        # in place on a (B, T, padding) slice: no copy of the logits; the matmul saved its inputs,
+        # not its output, so autograd allows it (the filled entries get a zero gradient)
+        logits[..., self.vocab_size:] = float("-inf")
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, vocab_size={self.vocab_size} (rows {self.vocab_size}.. padding, logits -inf)"
+
+
+def real_vocab_size(model: nn.Module) -> int:
+    """The vocabulary the model predicts: ``config.vocab_size`` less any padding rows."""
+    config = model.config
+    return int(getattr(config, REAL_VOCAB_KEY, None) or config.vocab_size)
+
+
+def _install_padded_head(model: nn.Module, vocab_size: int) -> None:
+    """Replace the tied nn.Linear lm_head by a ``PaddedVocabHead`` sharing the embedding's weight."""
+    head = model.get_output_embeddings()
+    if isinstance(head, PaddedVocabHead):
+        return
+    if type(head) is not nn.Linear or head.bias is not None:
+        raise ValueError(f"vocabulary padding needs GPT-2's tied nn.Linear lm_head, found {type(head).__name__}")
+    rows, width = head.weight.shape  # the weight's, not the attributes: they may predate the padding
+    new = PaddedVocabHead(width, rows, vocab_size, device="meta")
+    new.weight = head.weight  # the same Parameter: the tie to the embedding is kept
+    model.set_output_embeddings(new)
+
+
+def _pad_vocabulary_(model: nn.Module, multiple: int) -> None:
+    config = model.config
+    real = int(config.vocab_size)
+    rows = -(-real // multiple) * multiple
+    if rows == real:
+        return  # already aligned: nothing to pad, an ordinary model
+    old = model.get_input_embeddings()
+    emb = nn.Embedding(rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+    with torch.no_grad():
+        emb.weight[:real].copy_(old.weight)
+        emb.weight[real:].zero_()  # never looked up (token ids < real) and never updated
+    model.set_input_embeddings(emb)
+    model.lm_head.weight = emb.weight
+    config.vocab_size = rows
+    setattr(config, REAL_VOCAB_KEY, real)
+    mark_flyweight_checkpoint(config)  # a plain from_pretrained must restore the -inf head too
+    _install_padded_head(model, real)
+
+
+def load_structured(path, *, device: str | torch.device | None = None, model: nn.Module | None = None) -> nn.Module:
+    """``flyweight.from_pretrained``: the saved model exactly, a padded vocabulary's -inf logits included."""
+    return _load_structured(path, device=device, model=model)
+
+
+# ---- counting: the one place params and FLOPs come from -----------------------------------------
+def num_parameters(model: nn.Module, *, tied: bool = True) -> int:
+    """Parameters of the model; a tied lm_head/embedding counted once (``tied=False``: twice).
+
+    The rows of a padded vocabulary are not counted: they are zeros that never receive a gradient, so
+    a padded model reports the count of the same model without padding.
+    """
+    dead = {id(m.weight): (m.out_features - m.vocab_size) * m.in_features
+            for m in model.modules() if isinstance(m, PaddedVocabHead)}
+    return sum(p.numel() - dead.get(id(p), 0) for _, p in model.named_parameters(remove_duplicate=tied))
+
+
+def _linear_flops(module: nn.Module) -> int:
+    if isinstance(module, StructuredLinear):
+        return module.flops_per_token()
+    if isinstance(module, PaddedVocabHead):  # useful work only: the real vocabulary's logits
+        return 2 * module.in_features * module.vocab_size
+    if isinstance(module, nn.Linear):
+        return 2 * module.in_features * module.out_features
+    in_f, out_f = module.weight.shape  # Conv1D: (in, out)
+    return 2 * in_f * out_f
+
+
+def model_flops_per_token(model: nn.Module, seq_len: int, *, causal: bool = False) -> int:
+    """Forward FLOPs per token at context ``seq_len``; training FLOPs are 3x this.
+
+    = every linear layer's own ``flops_per_token()`` (structured or dense, lm_head included;
+    multiply-add = 2 FLOPs, biases, norms, activations and embedding look-ups not counted; a padded
+    vocabulary's lm_head counts its real rows only, so MFU measures useful work and a padded model
+    reports the FLOPs of the unpadded one)
+    + attention: per layer 2*d_attn*seq_len for the scores (q.k) and as much for the weighted
+    values, d_attn = n_head * head_dim. By default every query is charged all ``seq_len`` keys
+    (the PaLM / nanoGPT MFU convention: 6N + 12*L*d*T per trained token); ``causal=True`` charges
+    the (seq_len + 1) / 2 keys a causal query actually sees on average.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    seen: set[int] = set()
+    linear = 0
+    for _, module in model.named_modules():
+        if is_linear_like(module) and id(module) not in seen:
+            seen.add(id(module))
+            linear += _linear_flops(module)
+    config = model.config
+    n_layer = config.num_hidden_layers
+    n_head = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    keys = (seq_len + 1) / 2 if causal else seq_len
+    attention = n_layer * 2 * (2 * n_head * head_dim * keys)
+    return int(linear + attention)

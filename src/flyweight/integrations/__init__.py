@@ -1,0 +1,1 @@
+"""Bridges to other libraries: transformers' loading hook, peft's LoRA, torchao's quantize_."""
