@@ -1,0 +1,246 @@
+"""The Monarch Triton kernels (``@triton.jit`` only; ``op.py`` checks, allocates and launches).
+
+Notation of ``layout.py``: X (M, K), W1 (b, r, p_in), W2 (b, p_out, r), the intermediate as planes
+H (b, M, r) with H[l, m, j] = h[m, j*b + l], Y (M, N) with Y[m, s*b + l]. ``tab`` is the (3, b, r)
+slot table (W1 row, plane, column of slot u of block k). Every kernel is a tiled GEMM with fp32
+accumulation whose index maps carry the Monarch permutations, so no permuted copy of any tensor is
+ever written:
+
+* ``first``:   H[plane, m, col] = X[m, k*p_in + i] . W1[k, row, i]       (per block k)
+* ``second``:  Y[m, s*b + l]    = H[l, m, j] . W2[l, s, j] (+ bias)       (per block l)
+* ``dmid``:    dH[l, m, j]      = dY[m, s*b + l] . W2[l, s, j]
+* ``dinput``:  dX[m, k*p_in+i]  = dH[plane, m, col] . W1[k, row, i]
+* ``dw1``:     dW1[k, row, i]   = sum over a slice of m of dH[plane, m, col] X[m, k*p_in + i]
+* ``dw2``:     dW2[l, s, j]     = sum over a slice of m of dY[m, s*b + l] H[l, m, j]  (+ db partial)
+
+The weight gradients reduce over M; each program sums one slice of rows (``M_PER_SPLIT``) into an
+fp32 partial, and the host adds the partials (deterministic, no atomics). Input columns at or past K
+(a padded layer) and output columns at or past N read as zero, so no padded copy of X or dY exists.
+
+Programs are numbered so that those sharing an operand tile run next to each other: the b
+programs of ``second`` that write interleaved columns of one Y tile are consecutive, so the
+stride-b stores of each meet in L2 before they reach memory.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def monarch_first_kernel(
+    x_ptr, w1_ptr, tab_ptr, h_ptr,
+    M, K, P_IN, R, NB,
+    stride_xm, stride_w1k, stride_w1t, stride_hl, stride_hm,
+    M_BUCKET,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_u = tl.cdiv(R, BN)
+    u_tile = pid % n_u
+    k = (pid // n_u) % NB
+    m_tile = pid // (n_u * NB)
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_u = u_tile * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    u_mask = offs_u < R
+    slot = k * R + offs_u
+    row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
+    plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
+    col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    w_cols = w1_ptr + k * stride_w1k + row[None, :] * stride_w1t
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for i0 in range(0, P_IN, BK):
+        offs_i = i0 + tl.arange(0, BK)
+        cin = k * P_IN + offs_i
+        i_mask = (offs_i < P_IN) & (cin < K)
+        a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+        w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & u_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    out = h_ptr + plane[None, :].to(tl.int64) * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm + col[None, :]
+    tl.store(out, acc.to(h_ptr.dtype.element_ty), mask=m_mask[:, None] & u_mask[None, :])
+
+
+@triton.jit
+def monarch_second_kernel(
+    h_ptr, w2_ptr, bias_ptr, y_ptr,
+    M, N, P_OUT, R, NB,
+    stride_hl, stride_hm, stride_w2l, stride_w2s, stride_ym,
+    M_BUCKET,
+    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_s = tl.cdiv(P_OUT, BN)
+    l = pid % NB
+    s_tile = (pid // NB) % n_s
+    m_tile = pid // (NB * n_s)
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_s = s_tile * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    s_mask = offs_s < P_OUT
+    n = offs_s * NB + l
+    n_mask = s_mask & (n < N)
+    a_rows = h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm
+    w_cols = w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for j0 in range(0, R, BK):
+        offs_j = j0 + tl.arange(0, BK)
+        j_mask = offs_j < R
+        a = tl.load(a_rows + offs_j[None, :], mask=m_mask[:, None] & j_mask[None, :], other=0.0)
+        w = tl.load(w_cols + offs_j[:, None], mask=j_mask[:, None] & s_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + n[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def monarch_dmid_kernel(
+    dy_ptr, w2_ptr, dh_ptr,
+    M, N, P_OUT, R, NB,
+    stride_dym, stride_w2l, stride_w2s, stride_hl, stride_hm,
+    M_BUCKET,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_j = tl.cdiv(R, BN)
+    l = pid % NB
+    j_tile = (pid // NB) % n_j
+    m_tile = pid // (NB * n_j)
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_j = j_tile * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    j_mask = offs_j < R
+    a_rows = dy_ptr + offs_m[:, None].to(tl.int64) * stride_dym
+    w_base = w2_ptr + l * stride_w2l + offs_j[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for s0 in range(0, P_OUT, BK):
+        offs_s = s0 + tl.arange(0, BK)
+        n = offs_s * NB + l
+        n_mask = (offs_s < P_OUT) & (n < N)
+        a = tl.load(a_rows + n[None, :], mask=m_mask[:, None] & n_mask[None, :], other=0.0)
+        w = tl.load(w_base + offs_s[:, None] * stride_w2s, mask=n_mask[:, None] & j_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    out = dh_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm + offs_j[None, :]
+    tl.store(out, acc.to(dh_ptr.dtype.element_ty), mask=m_mask[:, None] & j_mask[None, :])
+
+
+@triton.jit
+def monarch_dinput_kernel(
+    dh_ptr, w1_ptr, tab_ptr, dx_ptr,
+    M, K, P_IN, R, NB,
+    stride_hl, stride_hm, stride_w1k, stride_w1t, stride_dxm,
+    M_BUCKET,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_i = tl.cdiv(P_IN, BN)
+    i_tile = pid % n_i
+    k = (pid // n_i) % NB
+    m_tile = pid // (n_i * NB)
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_i = i_tile * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    cin = k * P_IN + offs_i
+    i_mask = (offs_i < P_IN) & (cin < K)
+    h_rows = dh_ptr + offs_m[:, None].to(tl.int64) * stride_hm
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for u0 in range(0, R, BK):
+        offs_u = u0 + tl.arange(0, BK)
+        u_mask = offs_u < R
+        slot = k * R + offs_u
+        row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
+        plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
+        col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+        a = tl.load(h_rows + plane[None, :].to(tl.int64) * stride_hl + col[None, :],
+                    mask=m_mask[:, None] & u_mask[None, :], other=0.0)
+        w = tl.load(w1_ptr + k * stride_w1k + row[:, None] * stride_w1t + offs_i[None, :],
+                    mask=u_mask[:, None] & i_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    out = dx_ptr + offs_m[:, None].to(tl.int64) * stride_dxm + cin[None, :]
+    tl.store(out, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & i_mask[None, :])
+
+
+@triton.jit
+def monarch_dw1_kernel(
+    dh_ptr, x_ptr, tab_ptr, part_ptr,
+    M, K, P_IN, R, NB, M_PER_SPLIT,
+    stride_hl, stride_hm, stride_xm, stride_ps,
+    M_BUCKET,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """One fp32 partial of dW1 (BM slots x BN inputs of block k) over rows [split*M_PER_SPLIT, +M_PER_SPLIT)."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n_i = tl.cdiv(P_IN, BN)
+    n_u = tl.cdiv(R, BM)
+    i_tile = pid % n_i
+    u_tile = (pid // n_i) % n_u
+    k = pid // (n_i * n_u)
+    offs_u = u_tile * BM + tl.arange(0, BM)
+    offs_i = i_tile * BN + tl.arange(0, BN)
+    u_mask = offs_u < R
+    cin = k * P_IN + offs_i
+    i_mask = (offs_i < P_IN) & (cin < K)
+    slot = k * R + offs_u
+    row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
+    plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
+    col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+    h_cols = dh_ptr + plane[:, None].to(tl.int64) * stride_hl + col[:, None]
+    m_start = split * M_PER_SPLIT
+    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for m0 in range(m_start, m_end, BK):
+        offs_m = m0 + tl.arange(0, BK)
+        m_mask = offs_m < m_end
+        a = tl.load(h_cols + offs_m[None, :].to(tl.int64) * stride_hm, mask=u_mask[:, None] & m_mask[None, :],
+                    other=0.0)
+        xb = tl.load(x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + cin[None, :],
+                     mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+        acc = tl.dot(a, xb, acc)
+    out = part_ptr + split.to(tl.int64) * stride_ps + (k * R + row[:, None]) * P_IN + offs_i[None, :]
+    tl.store(out, acc, mask=u_mask[:, None] & (offs_i < P_IN)[None, :])
+
+
+@triton.jit
+def monarch_dw2_kernel(
+    dy_ptr, h_ptr, part_ptr, dbias_ptr,
+    M, N, P_OUT, R, NB, M_PER_SPLIT,
+    stride_dym, stride_hl, stride_hm, stride_ps, stride_bs,
+    M_BUCKET,
+    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """One fp32 partial of dW2 (BM outputs s x BN middle columns j of block l), and of db when asked."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n_j = tl.cdiv(R, BN)
+    n_s = tl.cdiv(P_OUT, BM)
+    j_tile = pid % n_j
+    s_tile = (pid // n_j) % n_s
+    l = pid // (n_j * n_s)
+    offs_s = s_tile * BM + tl.arange(0, BM)
+    offs_j = j_tile * BN + tl.arange(0, BN)
+    s_mask = offs_s < P_OUT
+    j_mask = offs_j < R
+    n = offs_s * NB + l
+    n_mask = s_mask & (n < N)
+    m_start = split * M_PER_SPLIT
+    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    db = tl.zeros((BM,), dtype=tl.float32)
+    for m0 in range(m_start, m_end, BK):
+        offs_m = m0 + tl.arange(0, BK)
+        m_mask = offs_m < m_end
+        a = tl.load(dy_ptr + offs_m[None, :].to(tl.int64) * stride_dym + n[:, None],
+                    mask=n_mask[:, None] & m_mask[None, :], other=0.0)
+        hb = tl.load(h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm + offs_j[None, :],
+                     mask=m_mask[:, None] & j_mask[None, :], other=0.0)
+        acc = tl.dot(a, hb, acc)
+        if HAS_BIAS:
+            db += tl.sum(a.to(tl.float32), axis=1)
+    out = part_ptr + split.to(tl.int64) * stride_ps + (l * P_OUT + offs_s[:, None]) * R + offs_j[None, :]
+    tl.store(out, acc, mask=s_mask[:, None] & j_mask[None, :])
+    if HAS_BIAS:
+        if j_tile == 0:  # one program per (l, s-tile) writes the bias partial
+            tl.store(dbias_ptr + split.to(tl.int64) * stride_bs + n, db, mask=n_mask)

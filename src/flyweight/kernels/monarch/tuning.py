@@ -1,0 +1,104 @@
+"""Tile configurations of the Monarch kernels and their (persistent) autotuning.
+
+Every kernel is a GEMM tile loop with three tile sizes: BM rows (M, or the weight rows for dW),
+BN output columns and BK reduction depth. On CUDA each kernel is wrapped in ``triton.autotune`` over
+``CANDIDATES`` with key (M bucket, sizes): the M bucket is M rounded up to a power of two, so a training
+run tunes once per shape and never again. With ``cache_results`` (Triton >= 3.3; on by default,
+``FLYWEIGHT_MONARCH_TUNE_CACHE=0`` turns it off) the timings are written to Triton's cache directory
+and later processes reuse them without re-timing. ``FLYWEIGHT_MONARCH_AUTOTUNE=0`` skips tuning and
+uses the first candidate (the default tile).
+
+Under ``TRITON_INTERPRET=1`` the kernels run untuned with the small ``INTERPRET_TILE`` so the CPU
+tests stay fast and still cross tile edges.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import NamedTuple
+
+import triton
+
+from flyweight.kernels._triton_env import INTERPRET
+from flyweight.kernels.monarch import kernels as K
+
+
+class Tile(NamedTuple):
+    BM: int
+    BN: int
+    BK: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper GEMM tiles for bf16/fp16 with reduction depths of 48..4096 (r = p_in/p_out = 192..3584 at the
+# benchmark widths); the first is the untuned default.
+CANDIDATES = (
+    Tile(128, 128, 64, 8, 3),
+    Tile(128, 64, 64, 4, 4),
+    Tile(64, 128, 64, 4, 4),
+    Tile(128, 256, 64, 8, 3),
+    Tile(64, 64, 64, 4, 4),
+)
+# the weight-gradient kernels reduce over M (BK rows per step) into a (BM x BN) weight tile
+DW_CANDIDATES = (
+    Tile(128, 128, 64, 8, 3),
+    Tile(128, 64, 64, 4, 4),
+    Tile(64, 128, 64, 4, 4),
+    Tile(64, 64, 128, 4, 3),
+)
+INTERPRET_TILE = Tile(16, 16, 16, 1, 1)
+MAX_DW_TILE = 128  # largest BM / BN among DW_CANDIDATES: the host sizes the splits with it
+
+AUTOTUNE = os.environ.get("FLYWEIGHT_MONARCH_AUTOTUNE", "1") != "0" and not INTERPRET
+CACHE_RESULTS = os.environ.get("FLYWEIGHT_MONARCH_TUNE_CACHE", "1") != "0"
+
+KERNELS = {
+    "first": K.monarch_first_kernel,
+    "second": K.monarch_second_kernel,
+    "dmid": K.monarch_dmid_kernel,
+    "dinput": K.monarch_dinput_kernel,
+    "dw1": K.monarch_dw1_kernel,
+    "dw2": K.monarch_dw2_kernel,
+}
+_KEYS = ["M_BUCKET", "R", "NB"]
+_SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "dmid": ["P_OUT"], "dinput": ["P_IN"],
+              "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"]}
+
+
+def _configs(tiles) -> list:
+    return [triton.Config({"BM": t.BM, "BN": t.BN, "BK": t.BK}, num_warps=t.num_warps, num_stages=t.num_stages)
+            for t in tiles]
+
+
+def _autotuned(name, kernel):
+    tiles = DW_CANDIDATES if name.startswith("dw") else CANDIDATES
+    kwargs = {}
+    if CACHE_RESULTS and "cache_results" in inspect.signature(triton.autotune).parameters:
+        kwargs["cache_results"] = True
+    return triton.autotune(_configs(tiles), key=_KEYS + _SIZE_KEYS[name], warmup=5, rep=20, **kwargs)(kernel)
+
+
+TUNED = {name: _autotuned(name, kern) for name, kern in KERNELS.items()} if AUTOTUNE else {}
+
+
+def launcher(name: str):
+    """(kernel, fixed tile kwargs or None): the autotuned kernel picks its own tile (None)."""
+    if name in TUNED:
+        return TUNED[name], None
+    tiles = DW_CANDIDATES if name.startswith("dw") else CANDIDATES
+    t = INTERPRET_TILE if INTERPRET else tiles[0]
+    return KERNELS[name], {"BM": t.BM, "BN": t.BN, "BK": t.BK, "num_warps": t.num_warps, "num_stages": t.num_stages}
+
+
+def chosen_configs() -> dict:
+    """The autotuner's pick per kernel and key so far (for benchmark reports)."""
+    return {name: {str(k): str(v) for k, v in getattr(kern, "cache", {}).items()} for name, kern in TUNED.items()}
+
+
+def m_bucket(m: int) -> int:
+    p = 16
+    while p < m:
+        p *= 2
+    return p
