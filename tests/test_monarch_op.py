@@ -192,3 +192,18 @@ def test_cpu_path_unchanged_and_table_moves():
     assert torch.equal(layer.slot_table, slot_table(layer.meta))
     layer.to(torch.float64)
     assert layer.slot_table.dtype == torch.int32  # buffers of integer dtype keep it
+
+
+@needs_kernels
+@pytest.mark.parametrize("second", ["strided", "joined"])
+@pytest.mark.parametrize("b", [2, 4, 8])
+def test_both_second_kernels(monkeypatch, second, b):
+    """The forward's second product: one block per program (strided stores) or all b interleaved."""
+    from flyweight.kernels.monarch import tuning
+
+    monkeypatch.setattr(tuning, "SECOND", second)
+    torch.manual_seed(b)
+    layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE)  # output padded: the last tile is cut
+    layer.backend = "triton"
+    x, g = torch.randn(19, 40, device=DEVICE), torch.randn(19, 8 * b + 3, device=DEVICE)
+    assert_matches(run(layer, x, g), reference(layer, x, g), 1e-5 if not ON_GPU else 2e-2)

@@ -244,3 +244,86 @@ def monarch_dw2_kernel(
     if HAS_BIAS:
         if j_tile == 0:  # one program per (l, s-tile) writes the bias partial
             tl.store(dbias_ptr + split.to(tl.int64) * stride_bs + n, db, mask=n_mask)
+
+
+@triton.jit
+def _plane_product(h_ptr, w2_ptr, l, offs_m, m_mask, offs_s, s_mask, R,
+                   stride_hl, stride_hm, stride_w2l, stride_w2s,
+                   BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr):
+    """(BM, BS) fp32 tile of block l of the second product: H[l, m, :] . W2[l, s, :]."""
+    a_rows = h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm
+    w_cols = w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s
+    acc = tl.zeros((BM, BS), dtype=tl.float32)
+    for j0 in range(0, R, BK):
+        offs_j = j0 + tl.arange(0, BK)
+        j_mask = offs_j < R
+        a = tl.load(a_rows + offs_j[None, :], mask=m_mask[:, None] & j_mask[None, :], other=0.0)
+        w = tl.load(w_cols + offs_j[:, None], mask=j_mask[:, None] & s_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def monarch_second_joined_kernel(
+    h_ptr, w2_ptr, bias_ptr, y_ptr,
+    M, N, P_OUT, R,
+    stride_hl, stride_hm, stride_w2l, stride_w2s, stride_ym,
+    M_BUCKET,
+    NB: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """``second`` for b in {2, 4, 8} with the output tile written contiguously.
+
+    One program computes BN // b outputs s of every block l (b products on chip) and interleaves
+    them in registers with ``tl.join`` so that column s*b + l lands where Y stores it: BN contiguous
+    columns per row instead of one element every b columns. Join order: the outermost join splits
+    by the lowest bit of l, so the reshape's flat index is s*b + l.
+    """
+    BS: tl.constexpr = BN // NB
+    pid = tl.program_id(0)
+    n_s = tl.cdiv(P_OUT, BS)
+    s_tile = pid % n_s
+    m_tile = pid // n_s
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_s = s_tile * BS + tl.arange(0, BS)
+    m_mask = offs_m < M
+    s_mask = offs_s < P_OUT
+    if NB == 2:
+        out = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                      _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+    elif NB == 4:
+        even = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                       _plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        odd = tl.join(_plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                      _plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        out = tl.join(even, odd)
+    else:
+        e0 = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                     _plane_product(h_ptr, w2_ptr, 4, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        e1 = tl.join(_plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                     _plane_product(h_ptr, w2_ptr, 6, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        o0 = tl.join(_plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                     _plane_product(h_ptr, w2_ptr, 5, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        o1 = tl.join(_plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK),
+                     _plane_product(h_ptr, w2_ptr, 7, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
+                                     stride_w2l, stride_w2s, BM, BS, BK))
+        out = tl.join(tl.join(e0, e1), tl.join(o0, o1))
+    out = tl.reshape(out, (BM, BN))
+    offs_n = s_tile * BN + tl.arange(0, BN)  # = s*b + l over the tile's outputs
+    n_mask = offs_n < N
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
+    tl.store(ptrs, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])

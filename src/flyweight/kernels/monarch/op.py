@@ -20,6 +20,7 @@ import triton
 
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.monarch.layout import MonarchMeta
+from flyweight.kernels.monarch import tuning
 from flyweight.kernels.monarch.tuning import MAX_DW_TILE, launcher, m_bucket
 
 
@@ -70,9 +71,16 @@ def forward_impl(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torc
     _launch("first", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(r, c["BN"]),),
             x, w1, table, h, m, meta.in_features, meta.p_in, r, b,
             x.stride(0), w1.stride(0), w1.stride(1), h.stride(0), h.stride(1), mb)
-    _launch("second", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(meta.p_out, c["BN"]),),
-            h, w2, bias if bias is not None else y, y, m, meta.out_features, meta.p_out, r, b,
-            h.stride(0), h.stride(1), w2.stride(0), w2.stride(1), y.stride(0), mb, HAS_BIAS=bias is not None)
+    bias_arg = bias if bias is not None else y
+    if tuning.SECOND == "joined" and b in tuning.JOINED_BLOCKS:
+        _launch("second_joined", lambda c: (triton.cdiv(m, c["BM"]) * triton.cdiv(meta.p_out, c["BN"] // b),),
+                h, w2, bias_arg, y, m, meta.out_features, meta.p_out, r,
+                h.stride(0), h.stride(1), w2.stride(0), w2.stride(1), y.stride(0), mb, NB=b,
+                HAS_BIAS=bias is not None)
+    else:
+        _launch("second", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(meta.p_out, c["BN"]),),
+                h, w2, bias_arg, y, m, meta.out_features, meta.p_out, r, b,
+                h.stride(0), h.stride(1), w2.stride(0), w2.stride(1), y.stride(0), mb, HAS_BIAS=bias is not None)
     return y, h
 
 

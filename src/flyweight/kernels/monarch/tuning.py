@@ -48,7 +48,18 @@ DW_CANDIDATES = (
     Tile(64, 128, 64, 4, 4),
     Tile(64, 64, 128, 4, 3),
 )
+# second_joined: BN is the whole output tile (BN // b per block), so wider tiles than the others
+JOINED_CANDIDATES = (
+    Tile(128, 128, 64, 8, 3),
+    Tile(128, 256, 64, 8, 3),
+    Tile(64, 256, 64, 4, 3),
+    Tile(64, 128, 64, 4, 4),
+)
 INTERPRET_TILE = Tile(16, 16, 16, 1, 1)
+JOINED_BLOCKS = (2, 4, 8)  # the b second_joined is written for
+# which second-product kernel the forward uses for b in JOINED_BLOCKS: "joined" (contiguous stores) or
+# "strided" (one block per program, stride-b stores); read at every call, so benchmarks can switch it
+SECOND = os.environ.get("FLYWEIGHT_MONARCH_SECOND", "joined")
 MAX_DW_TILE = 128  # largest BM / BN among DW_CANDIDATES: the host sizes the splits with it
 
 AUTOTUNE = os.environ.get("FLYWEIGHT_MONARCH_AUTOTUNE", "1") != "0" and not INTERPRET
@@ -57,13 +68,14 @@ CACHE_RESULTS = os.environ.get("FLYWEIGHT_MONARCH_TUNE_CACHE", "1") != "0"
 KERNELS = {
     "first": K.monarch_first_kernel,
     "second": K.monarch_second_kernel,
+    "second_joined": K.monarch_second_joined_kernel,
     "dmid": K.monarch_dmid_kernel,
     "dinput": K.monarch_dinput_kernel,
     "dw1": K.monarch_dw1_kernel,
     "dw2": K.monarch_dw2_kernel,
 }
-_KEYS = ["M_BUCKET", "R", "NB"]
-_SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "dmid": ["P_OUT"], "dinput": ["P_IN"],
+_KEYS = ["M_BUCKET", "R"]  # plus NB: an argument of every kernel (a constexpr of second_joined)
+_SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"], "dinput": ["P_IN"],
               "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"]}
 
 
@@ -77,7 +89,18 @@ def _autotuned(name, kernel):
     kwargs = {}
     if CACHE_RESULTS and "cache_results" in inspect.signature(triton.autotune).parameters:
         kwargs["cache_results"] = True
-    return triton.autotune(_configs(tiles), key=_KEYS + _SIZE_KEYS[name], warmup=5, rep=20, **kwargs)(kernel)
+    if name == "second_joined":
+        tiles = JOINED_CANDIDATES
+        kwargs["prune_configs_by"] = {"early_config_prune": _joined_fits}
+    return triton.autotune(_configs(tiles), key=_KEYS + ["NB"] + _SIZE_KEYS[name], warmup=5, rep=20,
+                           **kwargs)(kernel)
+
+
+def _joined_fits(configs, named_args, **kwargs):
+    """second_joined splits BN over the b blocks: each block's share must be a whole dot (>= 16)."""
+    nb = kwargs.get("NB", named_args.get("NB", 1))
+    fits = [c for c in configs if c.kwargs["BN"] // nb >= 16]
+    return fits or list(configs)[-1:]
 
 
 TUNED = {name: _autotuned(name, kern) for name, kern in KERNELS.items()} if AUTOTUNE else {}
@@ -87,8 +110,10 @@ def launcher(name: str):
     """(kernel, fixed tile kwargs or None): the autotuned kernel picks its own tile (None)."""
     if name in TUNED:
         return TUNED[name], None
-    tiles = DW_CANDIDATES if name.startswith("dw") else CANDIDATES
+    tiles = DW_CANDIDATES if name.startswith("dw") else JOINED_CANDIDATES if name == "second_joined" else CANDIDATES
     t = INTERPRET_TILE if INTERPRET else tiles[0]
+    if name == "second_joined" and INTERPRET:
+        t = Tile(16, 128, 16, 1, 1)  # BN // b >= 16 for every b in JOINED_BLOCKS
     return KERNELS[name], {"BM": t.BM, "BN": t.BN, "BK": t.BK, "num_warps": t.num_warps, "num_stages": t.num_stages}
 
 
