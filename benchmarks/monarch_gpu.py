@@ -74,7 +74,7 @@ GPT2_MS = (2048, 8192, 16384, 65536)
 LLAMA_MS = (2048, 16384)
 TOY_SHAPES = {"toy-a": (64, 96), "toy-pad": (50, 70)}
 TOY_MS = (33,)
-VARIANTS = ("dense", "monarch", "monarch-torch", "fly")
+VARIANTS = ("dense", "monarch", "monarch-strided", "monarch-torch", "fly")
 
 
 class Run:
@@ -232,7 +232,24 @@ def copies_for(layer, m: int, k: int, n: int) -> int:
     return max(1, min(8, math.ceil(2 * L2_BYTES / max(1, nbytes)))) if CUDA else 1
 
 
+@contextlib.contextmanager
+def second_kernel(kind: str):
+    """Run the forward's second product with the given kernel ("joined" or "strided")."""
+    old, tuning.SECOND = tuning.SECOND, kind
+    try:
+        yield
+    finally:
+        tuning.SECOND = old
+
+
 def call_fns(variant, k, n, m, nblocks=4, grad=False):
+    if variant == "monarch-strided":  # the kernels with the one-block-per-program second product
+        fns = call_fns("monarch", k, n, m, nblocks, grad)
+
+        def strided(f):
+            with second_kernel("strided"):
+                return f()
+        return [lambda f=f: strided(f) for f in fns]
     base = make(variant, k, n, nblocks)
     layers = [base] + [copy.deepcopy(base) for _ in range(copies_for(base, m, k, n) - 1)]
     xs = [torch.randn(m, k, device=DEV, dtype=torch.bfloat16, requires_grad=grad) for _ in layers]
@@ -282,36 +299,47 @@ def numerics(run: Run) -> None:
         ("gpt2-fc", 768, 3072, 4, 4097), ("gpt2-proj", 3072, 768, 4, 2048), ("gpt2-qkv", 768, 2304, 4, 1031),
         ("gpt2-attn-out", 768, 768, 4, 2048), ("llama-qo", 4096, 4096, 4, 1024), ("padded", 1000, 3000, 4, 777),
         ("b=8", 768, 3072, 8, 2048), ("b=16", 768, 3072, 16, 2048), ("b=3", 770, 2300, 3, 513)]
-    for name, k, n, nb, m in cases:
-        torch.manual_seed(0)
-        ref_layer = MonarchLinear(k, n, nblocks=nb, device=DEV, dtype=torch.float64)
-        ref_layer.backend = "torch"
-        x64 = torch.randn(m, k, device=DEV, dtype=torch.float64)
-        g64 = torch.randn(m, n, device=DEV, dtype=torch.float64)
-        want = grads(ref_layer, x64, g64)
-        fly = FlyMonarch(ref_layer)
-        fly_err = rel_err(fly(x64), want["y"])
-        for dtype in (torch.float16, torch.bfloat16):
-            if not CUDA and dtype == torch.bfloat16:
-                continue  # Triton's interpreter multiplies bfloat16 tiles as integers (tl.dot): GPU only
-            results = {}
-            for backend in ("triton", "torch"):
-                layer = copy.deepcopy(ref_layer).to(dtype)
-                layer.backend = backend if CUDA or backend == "torch" else "triton"
-                poison()
-                got = grads(layer, x64.to(dtype), g64.to(dtype))
-                results[backend] = {key: rel_err(v, want[key]) for key, v in got.items()}
-            for key in want:
-                kern, plain = results["triton"][key], results["torch"][key]
-                ok = kern <= 2 * plain + 1e-4
-                run.row("numerics", {"case": name, "K": k, "N": n, "nblocks": nb, "M": m,
-                                     "dtype": str(dtype).replace("torch.", ""), "tensor": key,
-                                     "kernel_err": f"{kern:.3e}", "plain_err": f"{plain:.3e}",
-                                     "fly_vs_f64_y": f"{fly_err:.1e}", "pass": ok})
-                if not ok:
-                    run.summary.append(f"numerics FAIL {name} {dtype} {key}: {kern:.2e} vs plain {plain:.2e}")
-            worst = max(results["triton"][k_] / (2 * results["torch"][k_] + 1e-4) for k_ in want)
-            run.log(f"numerics {name} {dtype}: worst kernel/(2 plain + 1e-4) = {worst:.2f}; fly y err {fly_err:.1e}")
+    tuned = tuning.AUTOTUNE
+    if not toy:
+        cases.append(("gpt2-fc tuned", 768, 3072, 4, 8192))  # the autotuned tiles, at a benchmark size
+    try:
+        for case in cases:
+            tuning.AUTOTUNE = tuned and case[0].endswith("tuned")  # odd sizes: default tiles, no re-tuning
+            numerics_case(run, *case)
+    finally:
+        tuning.AUTOTUNE = tuned
+
+
+def numerics_case(run: Run, name: str, k: int, n: int, nb: int, m: int) -> None:
+    torch.manual_seed(0)
+    ref_layer = MonarchLinear(k, n, nblocks=nb, device=DEV, dtype=torch.float64)
+    ref_layer.backend = "torch"
+    x64 = torch.randn(m, k, device=DEV, dtype=torch.float64)
+    g64 = torch.randn(m, n, device=DEV, dtype=torch.float64)
+    want = grads(ref_layer, x64, g64)
+    fly = FlyMonarch(ref_layer)
+    fly_err = rel_err(fly(x64), want["y"])
+    for dtype in (torch.float16, torch.bfloat16):
+        if not CUDA and dtype == torch.bfloat16:
+            continue  # Triton's interpreter multiplies bfloat16 tiles as integers (tl.dot): GPU only
+        results = {}
+        for backend in ("triton", "torch"):
+            layer = copy.deepcopy(ref_layer).to(dtype)
+            layer.backend = backend
+            poison()
+            got = grads(layer, x64.to(dtype), g64.to(dtype))
+            results[backend] = {key: rel_err(v, want[key]) for key, v in got.items()}
+        for key in want:
+            kern, plain = results["triton"][key], results["torch"][key]
+            ok = kern <= 2 * plain + 1e-4
+            run.row("numerics", {"case": name, "K": k, "N": n, "nblocks": nb, "M": m,
+                                 "dtype": str(dtype).replace("torch.", ""), "tensor": key,
+                                 "kernel_err": f"{kern:.3e}", "plain_err": f"{plain:.3e}",
+                                 "fly_vs_f64_y": f"{fly_err:.1e}", "pass": ok})
+            if not ok:
+                run.summary.append(f"numerics FAIL {name} {dtype} {key}: {kern:.2e} vs plain {plain:.2e}")
+        worst = max(results["triton"][k_] / (2 * results["torch"][k_] + 1e-4) for k_ in want)
+        run.log(f"numerics {name} {dtype}: worst kernel/(2 plain + 1e-4) = {worst:.2f}; fly y err {fly_err:.1e}")
 
 
 # ---- compile -------------------------------------------------------------------------------
@@ -363,6 +391,8 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
     for pass_ in ("fwd", "fwdbwd"):
         res: dict[tuple[str, str], float] = {}
         for variant in variants:
+            if variant == "monarch-strided" and pass_ != "fwd":
+                continue  # the backward does not depend on the forward's second kernel
             fns = call_fns(variant, k, n, m, nblocks, grad=pass_ == "fwdbwd")
             res[(variant, "graph")] = graph_us(fns)
             res[(variant, "eager")] = time_us(fns[0]) if part == "layers" else float("nan")
@@ -377,6 +407,9 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
                            "speedup_vs_dense": round(dense / us, 3), "speedup_vs_fly": round(fly / us, 3),
                            "peak_mib": round(peak_mib(variant, k, n, m, nblocks), 1)
                            if (pass_ == "fwdbwd" and timing == "eager") else ""})
+        if ("monarch-strided", "graph") in res:
+            run.log(f"  second product joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "
+                    f"{res[('monarch', 'graph')]:.0f} us joined")
         mono, dense = res[("monarch", "graph")], res[("dense", "graph")]
         line = f"{part} {name} {k}x{n} M={m} b={nblocks} {pass_} graph: dense {dense:.0f} us, monarch {mono:.0f} us " \
                f"({dense / mono:.2f}x dense)"
@@ -418,7 +451,7 @@ def sweep(run: Run) -> None:
 def gpt2(kind: str, toy: bool):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(n_layer=2, n_embd=128, n_head=4, n_positions=256) if toy else GPT2Config()
+    cfg = GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=64) if toy else GPT2Config()
     torch.manual_seed(0)
     model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
     if kind == "monarch":
@@ -443,7 +476,7 @@ def train(run: Run) -> None:
 
 
 def train_one(run: Run, kind: str, toy: bool) -> float:
-    seq, bs, steps = (64, 2, 2) if toy else (1024, 32, 8)
+    seq, bs, steps = (16, 1, 1) if toy else (1024, 32, 8)
     model = gpt2(kind, toy).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
     compiled = torch.compile(model, backend=COMPILE_BACKEND)

@@ -107,8 +107,9 @@ TUNED = {name: _autotuned(name, kern) for name, kern in KERNELS.items()} if AUTO
 
 
 def launcher(name: str):
-    """(kernel, fixed tile kwargs or None): the autotuned kernel picks its own tile (None)."""
-    if name in TUNED:
+    """(kernel, fixed tile kwargs or None): the autotuned kernel picks its own tile (None).
+    ``AUTOTUNE`` is read here, at every call: setting it False later uses the default tiles."""
+    if AUTOTUNE and name in TUNED:
         return TUNED[name], None
     tiles = DW_CANDIDATES if name.startswith("dw") else JOINED_CANDIDATES if name == "second_joined" else CANDIDATES
     t = INTERPRET_TILE if INTERPRET else tiles[0]
