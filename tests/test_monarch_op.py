@@ -77,7 +77,22 @@ CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, 
     (40, 40, 8, 33, True),  # r = 5 < tile
     (100, 30, 3, 20, False),  # b = 3, padded
     (48, 200, 2, 70, True),  # r = 24, p_out = 100: several output tiles
+    (256, 128, 4, 21, True),  # r = 32, r/b = 8: the vectorised slot runs (SLOT_VEC = 8)
 ]
+
+
+def test_slot_vec_runs_are_contiguous():
+    """Where op.slot_vec promises runs of 8, every aligned group of 8 slots is one plane, consecutive columns."""
+    for in_f, out_f, b in [(256, 128, 4), (768, 3072, 4), (3072, 768, 4), (768, 2304, 2), (768, 3072, 8)]:
+        meta = monarch_meta(in_f, out_f, b)
+        vec = O.slot_vec(meta)
+        _, planes, cols = slot_table(meta).long()
+        off = planes * meta.mid * 1000 + cols  # any plane stride
+        if vec == 1:
+            assert (meta.mid % b) or (meta.mid // b) % 8
+            continue
+        groups = off.view(b, -1, vec)
+        assert torch.all(groups - groups[..., :1] == torch.arange(vec)) and torch.all(groups[..., 0] % vec == 0)
 
 
 def test_slot_table_is_the_stride_permutation():

@@ -27,12 +27,23 @@ import triton.language as tl
 
 
 @triton.jit
+def _slot_offsets(plane, col, stride_hl, SLOT_VEC: tl.constexpr):
+    """Offsets plane*stride_hl + col of a run of slots in H. With SLOT_VEC > 1 the host has checked that
+    b divides r and r/b is a multiple of SLOT_VEC: then every aligned group of SLOT_VEC slots lies in
+    one plane with consecutive columns, and telling the compiler so lets it vectorise the accesses."""
+    off = plane.to(tl.int64) * stride_hl + col
+    if SLOT_VEC > 1:
+        off = tl.max_contiguous(tl.multiple_of(off, SLOT_VEC), SLOT_VEC)
+    return off
+
+
+@triton.jit
 def monarch_first_kernel(
     x_ptr, w1_ptr, tab_ptr, h_ptr,
     M, K, P_IN, R, NB,
     stride_xm, stride_w1k, stride_w1t, stride_hl, stride_hm,
     M_BUCKET,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_u = tl.cdiv(R, BN)
@@ -57,7 +68,8 @@ def monarch_first_kernel(
         a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
         w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & u_mask[None, :], other=0.0)
         acc = tl.dot(a, w, acc)
-    out = h_ptr + plane[None, :].to(tl.int64) * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm + col[None, :]
+    h_off = _slot_offsets(plane, col, stride_hl, SLOT_VEC)
+    out = h_ptr + offs_m[:, None].to(tl.int64) * stride_hm + h_off[None, :]
     tl.store(out, acc.to(h_ptr.dtype.element_ty), mask=m_mask[:, None] & u_mask[None, :])
 
 
@@ -132,7 +144,7 @@ def monarch_dinput_kernel(
     M, K, P_IN, R, NB,
     stride_hl, stride_hm, stride_w1k, stride_w1t, stride_dxm,
     M_BUCKET,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     n_i = tl.cdiv(P_IN, BN)
@@ -153,7 +165,7 @@ def monarch_dinput_kernel(
         row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
         plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
         col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
-        a = tl.load(h_rows + plane[None, :].to(tl.int64) * stride_hl + col[None, :],
+        a = tl.load(h_rows + _slot_offsets(plane, col, stride_hl, SLOT_VEC)[None, :],
                     mask=m_mask[:, None] & u_mask[None, :], other=0.0)
         w = tl.load(w1_ptr + k * stride_w1k + row[:, None] * stride_w1t + offs_i[None, :],
                     mask=u_mask[:, None] & i_mask[None, :], other=0.0)
@@ -168,7 +180,7 @@ def monarch_dw1_kernel(
     M, K, P_IN, R, NB, M_PER_SPLIT,
     stride_hl, stride_hm, stride_xm, stride_ps,
     M_BUCKET,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     """One fp32 partial of dW1 (BM slots x BN inputs of block k) over rows [split*M_PER_SPLIT, +M_PER_SPLIT)."""
     pid = tl.program_id(0)
@@ -187,7 +199,7 @@ def monarch_dw1_kernel(
     row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
     plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
     col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
-    h_cols = dh_ptr + plane[:, None].to(tl.int64) * stride_hl + col[:, None]
+    h_cols = dh_ptr + _slot_offsets(plane, col, stride_hl, SLOT_VEC)[:, None]
     m_start = split * M_PER_SPLIT
     m_end = tl.minimum(m_start + M_PER_SPLIT, M)
     acc = tl.zeros((BM, BN), dtype=tl.float32)

@@ -57,6 +57,12 @@ def _splits(m: int, tiles: int, device: torch.device) -> tuple[int, int]:
     return -(-m // per), per
 
 
+def slot_vec(meta: MonarchMeta) -> int:
+    """8 when every aligned group of 8 slots is one contiguous run in H (b divides r, r/b % 8 == 0)."""
+    b, r = meta.nblocks, meta.mid
+    return 8 if r % b == 0 and (r // b) % 8 == 0 else 1
+
+
 def forward_impl(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor | None,
                  table: torch.Tensor, meta: MonarchMeta) -> tuple[torch.Tensor, torch.Tensor]:
     """(y (M, N), H (b, M, r)) for x (M, K)."""
@@ -70,7 +76,7 @@ def forward_impl(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torc
     mb = m_bucket(m)
     _launch("first", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(r, c["BN"]),),
             x, w1, table, h, m, meta.in_features, meta.p_in, r, b,
-            x.stride(0), w1.stride(0), w1.stride(1), h.stride(0), h.stride(1), mb)
+            x.stride(0), w1.stride(0), w1.stride(1), h.stride(0), h.stride(1), mb, SLOT_VEC=slot_vec(meta))
     bias_arg = bias if bias is not None else y
     if tuning.SECOND == "joined" and b in tuning.JOINED_BLOCKS:
         _launch("second_joined", lambda c: (triton.cdiv(m, c["BM"]) * triton.cdiv(meta.p_out, c["BN"] // b),),
@@ -108,14 +114,14 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
         dx = torch.empty((m, k_in), device=x.device, dtype=x.dtype)
         _launch("dinput", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(p_in, c["BN"]),),
                 dh, w1, table, dx, m, k_in, p_in, r, b, dh.stride(0), dh.stride(1), w1.stride(0), w1.stride(1),
-                dx.stride(0), mb)
+                dx.stride(0), mb, SLOT_VEC=slot_vec(meta))
     if need_dw:
         tile = MAX_DW_TILE
         splits, per = _splits(m, b * triton.cdiv(r, tile) * triton.cdiv(p_in, tile), x.device)
         part1 = torch.empty((splits, b, r, p_in), device=x.device, dtype=torch.float32)
         _launch("dw1", lambda c: (b * triton.cdiv(r, c["BM"]) * triton.cdiv(p_in, c["BN"]), splits),
                 dh, x, table, part1, m, k_in, p_in, r, b, per, dh.stride(0), dh.stride(1), x.stride(0),
-                part1.stride(0), mb)
+                part1.stride(0), mb, SLOT_VEC=slot_vec(meta))
         splits2, per2 = _splits(m, b * triton.cdiv(p_out, tile) * triton.cdiv(r, tile), x.device)
         part2 = torch.empty((splits2, b, p_out, r), device=x.device, dtype=torch.float32)
         pbias = torch.empty((splits2, n_out), device=x.device, dtype=torch.float32) if has_bias else part2
