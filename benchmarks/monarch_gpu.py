@@ -11,7 +11,8 @@ Parts (each in its own try/except; rows are appended to OUT/<part>.csv as they f
   compile   torch.compile(fullgraph=True) of a Monarch MLP (custom ops + Inductor) against eager, fwd+bwd.
   host      host time per call (GPU kept busy by a sleep kernel): nn.Linear vs Monarch, fwd and fwd+bwd.
   layers    per shape and M: forward and forward+backward, CUDA-graph replay (launch cost removed) and
-            eager, for dense, "monarch" (the kernels), "monarch-torch" (flyweight's bmm path) and "fly"
+            eager, for dense, "monarch" (the kernels), "monarch-strided" (the kernels with the stride-b
+            Y / dY accesses instead of the joined tiles), "monarch-torch" (flyweight's bmm path) and "fly"
             (two bmm + permutation, as HazyResearch/fly's BlockdiagButterflyMultiply); peak memory of
             one fwd+bwd. GPT-2 small widths at M 2048/8192/16384/65536, Llama-3-8B widths at 2048/16384.
   sweep     nblocks 2/4/8/16 at the GPT-2 widths, M = 16384: graph fwd and fwd+bwd, kernels vs dense.
@@ -233,13 +234,15 @@ def copies_for(layer, m: int, k: int, n: int) -> int:
 
 
 @contextlib.contextmanager
-def second_kernel(kind: str):
-    """Run the forward's second product with the given kernel ("joined" or "strided")."""
-    old, tuning.SECOND = tuning.SECOND, kind
+def y_kernels(kind: str):
+    """Run the kernels that touch Y / dY (second, dmid, dw2) as "joined" (contiguous tiles, all b blocks
+    in one program) or "strided" (one block per program, stride-b accesses)."""
+    old = tuning.SECOND, tuning.BACKWARD
+    tuning.SECOND = tuning.BACKWARD = kind
     try:
         yield
     finally:
-        tuning.SECOND = old
+        tuning.SECOND, tuning.BACKWARD = old
 
 
 def call_fns(variant, k, n, m, nblocks=4, grad=False):
@@ -247,7 +250,7 @@ def call_fns(variant, k, n, m, nblocks=4, grad=False):
         fns = call_fns("monarch", k, n, m, nblocks, grad)
 
         def strided(f):
-            with second_kernel("strided"):
+            with y_kernels("strided"):
                 return f()
         return [lambda f=f: strided(f) for f in fns]
     base = make(variant, k, n, nblocks)
@@ -391,11 +394,10 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
     for pass_ in ("fwd", "fwdbwd"):
         res: dict[tuple[str, str], float] = {}
         for variant in variants:
-            if variant == "monarch-strided" and pass_ != "fwd":
-                continue  # the backward does not depend on the forward's second kernel
             fns = call_fns(variant, k, n, m, nblocks, grad=pass_ == "fwdbwd")
             res[(variant, "graph")] = graph_us(fns)
-            res[(variant, "eager")] = time_us(fns[0]) if part == "layers" else float("nan")
+            eager = part == "layers" and variant != "monarch-strided"  # the strided kernels: graph only
+            res[(variant, "eager")] = time_us(fns[0]) if eager else float("nan")
             del fns
         for (variant, timing), us in res.items():
             if math.isnan(us):
@@ -408,7 +410,7 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
                            "peak_mib": round(peak_mib(variant, k, n, m, nblocks), 1)
                            if (pass_ == "fwdbwd" and timing == "eager") else ""})
         if ("monarch-strided", "graph") in res:
-            run.log(f"  second product joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "
+            run.log(f"  Y/dY kernels joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "
                     f"{res[('monarch', 'graph')]:.0f} us joined")
         mono, dense = res[("monarch", "graph")], res[("dense", "graph")]
         line = f"{part} {name} {k}x{n} M={m} b={nblocks} {pass_} graph: dense {dense:.0f} us, monarch {mono:.0f} us " \

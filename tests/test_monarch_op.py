@@ -211,14 +211,17 @@ def test_cpu_path_unchanged_and_table_moves():
 
 @needs_kernels
 @pytest.mark.parametrize("second", ["strided", "joined"])
-@pytest.mark.parametrize("b", [2, 4, 8])
-def test_both_second_kernels(monkeypatch, second, b):
-    """The forward's second product: one block per program (strided stores) or all b interleaved."""
+@pytest.mark.parametrize("b", [2, 3, 4, 8])
+def test_joined_and_strided_kernels(monkeypatch, second, b):
+    """The kernels that touch Y / dY: one block per program (stride-b accesses) or all b blocks of a
+    contiguous tile in one program (forward for b in 2/4/8, backward for b in 2/4)."""
     from flyweight.kernels.monarch import tuning
 
     monkeypatch.setattr(tuning, "SECOND", second)
+    monkeypatch.setattr(tuning, "BACKWARD", second)
     torch.manual_seed(b)
     layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE)  # output padded: the last tile is cut
     layer.backend = "triton"
     x, g = torch.randn(19, 40, device=DEVICE), torch.randn(19, 8 * b + 3, device=DEVICE)
+    monkeypatch.setattr(O, "_target_programs", lambda device: 16)  # several weight-gradient slices
     assert_matches(run(layer, x, g), reference(layer, x, g), 1e-5 if not ON_GPU else 2e-2)

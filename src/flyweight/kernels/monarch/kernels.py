@@ -339,3 +339,122 @@ def monarch_second_joined_kernel(
         out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
     tl.store(ptrs, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _split_blocks(t, ROWS: tl.constexpr, BS: tl.constexpr, NB: tl.constexpr):
+    """t (ROWS, BS*NB) with column s*NB + l -> its NB column sets (ROWS, BS), l = 0..NB-1 (NB in {2, 4});
+    the inverse of the joins in ``monarch_second_joined_kernel``. For NB = 2 the last two are zeros."""
+    if NB == 2:
+        a0, a1 = tl.split(tl.reshape(t, (ROWS, BS, 2)))
+        a2 = tl.zeros_like(a0)
+        a3 = tl.zeros_like(a0)
+    else:
+        even, odd = tl.split(tl.reshape(t, (ROWS, BS, 2, 2)))  # split the lowest bit of l
+        a0, a2 = tl.split(even)
+        a1, a3 = tl.split(odd)
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def monarch_dmid_joined_kernel(
+    dy_ptr, w2_ptr, dh_ptr,
+    M, N, P_OUT, R,
+    stride_dym, stride_w2l, stride_w2s, stride_hl, stride_hm,
+    M_BUCKET,
+    NB: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """``dmid`` for b in {2, 4}: dY read in contiguous (BM, BK) tiles and split into its b blocks in
+    registers (every block's columns are one in b), all b planes of dH accumulated by one program."""
+    BS: tl.constexpr = BK // NB
+    pid = tl.program_id(0)
+    n_j = tl.cdiv(R, BN)
+    j_tile = pid % n_j
+    m_tile = pid // n_j
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_j = j_tile * BN + tl.arange(0, BN)
+    m_mask = offs_m < M
+    j_mask = offs_j < R
+    dy_rows = dy_ptr + offs_m[:, None].to(tl.int64) * stride_dym
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)
+    for c0 in range(0, P_OUT * NB, BK):
+        offs_c = c0 + tl.arange(0, BK)  # output columns s*b + l
+        t = tl.load(dy_rows + offs_c[None, :], mask=m_mask[:, None] & (offs_c < N)[None, :], other=0.0)
+        a0, a1, a2, a3 = _split_blocks(t, BM, BS, NB)
+        offs_s = c0 // NB + tl.arange(0, BS)
+        w_mask = (offs_s < P_OUT)[:, None] & j_mask[None, :]
+        w_base = w2_ptr + offs_s[:, None] * stride_w2s + offs_j[None, :]
+        acc0 = tl.dot(a0, tl.load(w_base, mask=w_mask, other=0.0), acc0)
+        acc1 = tl.dot(a1, tl.load(w_base + stride_w2l, mask=w_mask, other=0.0), acc1)
+        if NB == 4:
+            acc2 = tl.dot(a2, tl.load(w_base + 2 * stride_w2l, mask=w_mask, other=0.0), acc2)
+            acc3 = tl.dot(a3, tl.load(w_base + 3 * stride_w2l, mask=w_mask, other=0.0), acc3)
+    out = dh_ptr + offs_m[:, None].to(tl.int64) * stride_hm + offs_j[None, :]
+    mask = m_mask[:, None] & j_mask[None, :]
+    ty = dh_ptr.dtype.element_ty
+    tl.store(out, acc0.to(ty), mask=mask)
+    tl.store(out + stride_hl, acc1.to(ty), mask=mask)
+    if NB == 4:
+        tl.store(out + 2 * stride_hl, acc2.to(ty), mask=mask)
+        tl.store(out + 3 * stride_hl, acc3.to(ty), mask=mask)
+
+
+@triton.jit
+def monarch_dw2_joined_kernel(
+    dy_ptr, h_ptr, part_ptr, dbias_ptr,
+    M, N, P_OUT, R, M_PER_SPLIT,
+    stride_dym, stride_hl, stride_hm, stride_ps, stride_bs,
+    M_BUCKET,
+    NB: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """``dw2`` for b in {2, 4}: a program owns BM contiguous output columns (BM // b outputs s of every
+    block) and BN middle columns j; dY is read in contiguous (BK, BM) tiles and split into its blocks."""
+    BS: tl.constexpr = BM // NB
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    n_j = tl.cdiv(R, BN)
+    j_tile = pid % n_j
+    c_tile = pid // n_j
+    offs_c = c_tile * BM + tl.arange(0, BM)  # output columns s*b + l
+    offs_s = c_tile * BS + tl.arange(0, BS)
+    offs_j = j_tile * BN + tl.arange(0, BN)
+    c_mask = offs_c < N
+    j_mask = offs_j < R
+    m_start = split * M_PER_SPLIT
+    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    # accumulated transposed, dW2[l]^T (BN x BS) = H[l]^T dY_l: the dot's M side is then BN (>= 64),
+    # which Hopper's warp-group MMA needs; BS (= BM / b) may be 32
+    acc0 = tl.zeros((BN, BS), dtype=tl.float32)
+    acc1 = tl.zeros((BN, BS), dtype=tl.float32)
+    acc2 = tl.zeros((BN, BS), dtype=tl.float32)
+    acc3 = tl.zeros((BN, BS), dtype=tl.float32)
+    db = tl.zeros((BM,), dtype=tl.float32)
+    for m0 in range(m_start, m_end, BK):
+        offs_m = m0 + tl.arange(0, BK)
+        m_mask = offs_m < m_end
+        t = tl.load(dy_ptr + offs_m[:, None].to(tl.int64) * stride_dym + offs_c[None, :],
+                    mask=m_mask[:, None] & c_mask[None, :], other=0.0)
+        if HAS_BIAS:
+            db += tl.sum(t.to(tl.float32), axis=0)
+        a0, a1, a2, a3 = _split_blocks(t, BK, BS, NB)
+        h_base = h_ptr + offs_m[:, None].to(tl.int64) * stride_hm + offs_j[None, :]
+        h_mask = m_mask[:, None] & j_mask[None, :]
+        acc0 = tl.dot(tl.trans(tl.load(h_base, mask=h_mask, other=0.0)), a0, acc0)
+        acc1 = tl.dot(tl.trans(tl.load(h_base + stride_hl, mask=h_mask, other=0.0)), a1, acc1)
+        if NB == 4:
+            acc2 = tl.dot(tl.trans(tl.load(h_base + 2 * stride_hl, mask=h_mask, other=0.0)), a2, acc2)
+            acc3 = tl.dot(tl.trans(tl.load(h_base + 3 * stride_hl, mask=h_mask, other=0.0)), a3, acc3)
+    out = part_ptr + split.to(tl.int64) * stride_ps + offs_s[None, :] * R + offs_j[:, None]
+    mask = j_mask[:, None] & (offs_s < P_OUT)[None, :]
+    plane = P_OUT * R  # dW2 is (b, p_out, r)
+    tl.store(out, acc0, mask=mask)
+    tl.store(out + plane, acc1, mask=mask)
+    if NB == 4:
+        tl.store(out + 2 * plane, acc2, mask=mask)
+        tl.store(out + 3 * plane, acc3, mask=mask)
+    if HAS_BIAS:
+        if j_tile == 0:
+            tl.store(dbias_ptr + split.to(tl.int64) * stride_bs + offs_c, db, mask=c_mask)

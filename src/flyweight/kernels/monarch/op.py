@@ -107,9 +107,15 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
         return dx, dw1, dw2, db
     mb = m_bucket(m)
     dh = torch.empty((b, m, r), device=x.device, dtype=x.dtype)
-    _launch("dmid", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(r, c["BN"]),),
-            dy, w2, dh, m, n_out, p_out, r, b, dy.stride(0), w2.stride(0), w2.stride(1), dh.stride(0), dh.stride(1),
-            mb)
+    joined = tuning.BACKWARD == "joined" and b in tuning.BWD_JOINED_BLOCKS
+    if joined:
+        _launch("dmid_joined", lambda c: (triton.cdiv(m, c["BM"]) * triton.cdiv(r, c["BN"]),),
+                dy, w2, dh, m, n_out, p_out, r, dy.stride(0), w2.stride(0), w2.stride(1), dh.stride(0),
+                dh.stride(1), mb, NB=b)
+    else:
+        _launch("dmid", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(r, c["BN"]),),
+                dy, w2, dh, m, n_out, p_out, r, b, dy.stride(0), w2.stride(0), w2.stride(1), dh.stride(0),
+                dh.stride(1), mb)
     if need_dx:
         dx = torch.empty((m, k_in), device=x.device, dtype=x.dtype)
         _launch("dinput", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(p_in, c["BN"]),),
@@ -125,9 +131,14 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
         splits2, per2 = _splits(m, b * triton.cdiv(p_out, tile) * triton.cdiv(r, tile), x.device)
         part2 = torch.empty((splits2, b, p_out, r), device=x.device, dtype=torch.float32)
         pbias = torch.empty((splits2, n_out), device=x.device, dtype=torch.float32) if has_bias else part2
-        _launch("dw2", lambda c: (b * triton.cdiv(p_out, c["BM"]) * triton.cdiv(r, c["BN"]), splits2),
-                dy, h, part2, pbias, m, n_out, p_out, r, b, per2, dy.stride(0), h.stride(0), h.stride(1),
-                part2.stride(0), pbias.stride(0), mb, HAS_BIAS=has_bias)
+        if joined:
+            _launch("dw2_joined", lambda c: (triton.cdiv(b * p_out, c["BM"]) * triton.cdiv(r, c["BN"]), splits2),
+                    dy, h, part2, pbias, m, n_out, p_out, r, per2, dy.stride(0), h.stride(0), h.stride(1),
+                    part2.stride(0), pbias.stride(0), mb, NB=b, HAS_BIAS=has_bias)
+        else:
+            _launch("dw2", lambda c: (b * triton.cdiv(p_out, c["BM"]) * triton.cdiv(r, c["BN"]), splits2),
+                    dy, h, part2, pbias, m, n_out, p_out, r, b, per2, dy.stride(0), h.stride(0), h.stride(1),
+                    part2.stride(0), pbias.stride(0), mb, HAS_BIAS=has_bias)
         dw1 = (part1[0] if splits == 1 else part1.sum(0)).to(w1.dtype)
         dw2 = (part2[0] if splits2 == 1 else part2.sum(0)).to(w2.dtype)
         if has_bias:

@@ -56,7 +56,24 @@ JOINED_CANDIDATES = (
     Tile(64, 128, 64, 4, 4),
 )
 INTERPRET_TILE = Tile(16, 16, 16, 1, 1)
+# the backward's dY readers with contiguous dY tiles split into the b blocks in registers: BK (dmid) and
+# BM (dw2) hold b blocks of >= 16 columns each; b accumulators per program, hence the smaller tiles
+DMID_JOINED_CANDIDATES = (
+    Tile(64, 64, 64, 4, 3),
+    Tile(128, 64, 64, 8, 3),
+    Tile(64, 128, 64, 8, 3),
+    Tile(64, 64, 128, 4, 3),
+)
+DW2_JOINED_CANDIDATES = (
+    Tile(128, 64, 64, 4, 3),
+    Tile(128, 128, 64, 8, 3),
+    Tile(256, 64, 64, 8, 3),
+    Tile(64, 128, 64, 4, 3),
+)
 JOINED_BLOCKS = (2, 4, 8)  # the b second_joined is written for
+BWD_JOINED_BLOCKS = (2, 4)  # the b dmid_joined / dw2_joined are written for
+# "joined" or "strided" dY reads in the backward for b in BWD_JOINED_BLOCKS; read at every call
+BACKWARD = os.environ.get("FLYWEIGHT_MONARCH_BWD", "joined")
 # which second-product kernel the forward uses for b in JOINED_BLOCKS: "joined" (contiguous stores) or
 # "strided" (one block per program, stride-b stores); read at every call, so benchmarks can switch it
 SECOND = os.environ.get("FLYWEIGHT_MONARCH_SECOND", "joined")
@@ -73,10 +90,13 @@ KERNELS = {
     "dinput": K.monarch_dinput_kernel,
     "dw1": K.monarch_dw1_kernel,
     "dw2": K.monarch_dw2_kernel,
+    "dmid_joined": K.monarch_dmid_joined_kernel,
+    "dw2_joined": K.monarch_dw2_joined_kernel,
 }
 _KEYS = ["M_BUCKET", "R"]  # plus NB: an argument of every kernel (a constexpr of second_joined)
 _SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"], "dinput": ["P_IN"],
-              "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"]}
+              "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"],
+              "dmid_joined": ["P_OUT"], "dw2_joined": ["P_OUT", "M_PER_SPLIT"]}
 
 
 def _configs(tiles) -> list:
@@ -84,13 +104,21 @@ def _configs(tiles) -> list:
             for t in tiles]
 
 
+def _tiles(name: str):
+    return {"second_joined": JOINED_CANDIDATES, "dmid_joined": DMID_JOINED_CANDIDATES,
+            "dw2_joined": DW2_JOINED_CANDIDATES}.get(name, DW_CANDIDATES if name.startswith("dw") else CANDIDATES)
+
+
+INTERPRET_TILES = {"second_joined": Tile(16, 128, 16, 1, 1),  # BN // b >= 16 for every b in JOINED_BLOCKS
+                   "dmid_joined": Tile(16, 16, 64, 1, 1), "dw2_joined": Tile(64, 16, 16, 1, 1)}
+
+
 def _autotuned(name, kernel):
-    tiles = DW_CANDIDATES if name.startswith("dw") else CANDIDATES
+    tiles = _tiles(name)
     kwargs = {}
     if CACHE_RESULTS and "cache_results" in inspect.signature(triton.autotune).parameters:
         kwargs["cache_results"] = True
     if name == "second_joined":
-        tiles = JOINED_CANDIDATES
         kwargs["prune_configs_by"] = {"early_config_prune": _joined_fits}
     return triton.autotune(_configs(tiles), key=_KEYS + ["NB"] + _SIZE_KEYS[name], warmup=5, rep=20,
                            **kwargs)(kernel)
@@ -111,10 +139,7 @@ def launcher(name: str):
     ``AUTOTUNE`` is read here, at every call: setting it False later uses the default tiles."""
     if AUTOTUNE and name in TUNED:
         return TUNED[name], None
-    tiles = DW_CANDIDATES if name.startswith("dw") else JOINED_CANDIDATES if name == "second_joined" else CANDIDATES
-    t = INTERPRET_TILE if INTERPRET else tiles[0]
-    if name == "second_joined" and INTERPRET:
-        t = Tile(16, 128, 16, 1, 1)  # BN // b >= 16 for every b in JOINED_BLOCKS
+    t = INTERPRET_TILES.get(name, INTERPRET_TILE) if INTERPRET else _tiles(name)[0]
     return KERNELS[name], {"BM": t.BM, "BN": t.BN, "BK": t.BK, "num_warps": t.num_warps, "num_stages": t.num_stages}
 
 
