@@ -225,3 +225,37 @@ def test_joined_and_strided_kernels(monkeypatch, second, b):
     x, g = torch.randn(19, 40, device=DEVICE), torch.randn(19, 8 * b + 3, device=DEVICE)
     monkeypatch.setattr(O, "_target_programs", lambda device: 16)  # several weight-gradient slices
     assert_matches(run(layer, x, g), reference(layer, x, g), 1e-5 if not ON_GPU else 2e-2)
+
+
+@needs_kernels
+def test_autocast_casts_into_the_kernels():
+    """Under autocast the product runs in the autocast dtype; float32 parameters get float32 grads."""
+    torch.manual_seed(13)
+    layer = MonarchLinear(64, 96, nblocks=4).to(DEVICE)
+    layer.backend = "triton"
+    x, g = torch.randn(21, 64, device=DEVICE), torch.randn(21, 96, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.float16):
+        xa = x.clone().requires_grad_()
+        y = layer(xa)
+    assert y.dtype == torch.float16
+    y.backward(g.half())
+    got = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "db": layer.bias.grad}
+    assert layer.w1.grad.dtype == torch.float32 and xa.grad.dtype == torch.float32
+    assert_matches(got, reference(layer, x, g), 5e-3)
+
+
+@needs_kernels
+def test_compiled_fullgraph_matches_eager():
+    """torch.compile(fullgraph=True) goes through the custom ops (aot_eager on CPU) and agrees with eager."""
+    torch.manual_seed(17)
+    layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE)
+    layer.backend = "triton"
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
+    x, g = torch.randn(13, 50, device=DEVICE), torch.randn(13, 70, device=DEVICE)
+    want = run(layer, x, g)
+    xa = x.clone().requires_grad_()
+    layer.zero_grad(set_to_none=True)
+    y = compiled(xa)
+    y.backward(g)
+    got = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "db": layer.bias.grad}
+    assert_matches(got, {k: v.cpu().double() for k, v in want.items()}, 1e-6 if not ON_GPU else 2e-2)
