@@ -3,7 +3,7 @@
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/monarch_gpu.py --out OUT [--smoke] [--budget-s 330]
         [--parts numerics,compile,host,layers,sweep,train] [--autotune 0|1]
 
-Parts (each in its own try/except; rows are appended to OUT/<part>.csv as they finish, the log to OUT/run.log):
+Parts (each in its own try/except; rows go to OUT/<part>.csv as they finish, the log to OUT/run.log):
   numerics  the layer (y, dX, dW1, dW2, db) in fp16 and bf16 against float64, next to the plain PyTorch
             path (the layer's bmm code) in the same precision: PASS when error <= 2x plain + 1e-4 (relative
             to max |ref|); memory poisoned with NaN first; odd M, padded widths, b not dividing r; also
@@ -69,7 +69,8 @@ DEV = torch.device("cuda" if CUDA else "cpu")
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
 L2_BYTES = 60 * 2**20
 PARTS = ("numerics", "compile", "host", "layers", "sweep", "train")
-GPT2_SHAPES = {"gpt2-fc": (768, 3072), "gpt2-proj": (3072, 768), "gpt2-qkv": (768, 2304), "gpt2-attn-out": (768, 768)}
+GPT2_SHAPES = {"gpt2-fc": (768, 3072), "gpt2-proj": (3072, 768), "gpt2-qkv": (768, 2304),
+               "gpt2-attn-out": (768, 768)}
 LLAMA_SHAPES = {"llama-up": (4096, 14336), "llama-down": (14336, 4096), "llama-qo": (4096, 4096)}
 GPT2_MS = (2048, 8192, 16384, 65536)
 LLAMA_MS = (2048, 16384)
@@ -206,7 +207,8 @@ class FlyMonarch(torch.nn.Module):
         if nb * p_in != self.in_features:
             x = F.pad(x, (0, nb * p_in - self.in_features))
         out1 = torch.bmm(x.view(m, nb, p_in).transpose(0, 1), self.w1.transpose(1, 2))  # (b, M, r)
-        out1 = out1.transpose(0, 1).reshape(m, r, nb).transpose(1, 2).contiguous().transpose(0, 1)  # (b, M, r)
+        # the stride permutation, materialised: (b, M, r) planes of the middle vector read as [j, l]
+        out1 = out1.transpose(0, 1).reshape(m, r, nb).transpose(1, 2).contiguous().transpose(0, 1)
         out2 = torch.bmm(out1, self.w2.transpose(1, 2))  # (b, M, p_out)
         y = out2.permute(1, 2, 0).reshape(m, p_out * nb)[:, : self.out_features]
         if self.bias is not None:
@@ -300,7 +302,8 @@ def numerics(run: Run) -> None:
     toy = run.smoke or not CUDA
     cases = [("toy-a", 64, 96, 4, 33), ("toy-pad", 50, 70, 4, 17)] if toy else [
         ("gpt2-fc", 768, 3072, 4, 4097), ("gpt2-proj", 3072, 768, 4, 2048), ("gpt2-qkv", 768, 2304, 4, 1031),
-        ("gpt2-attn-out", 768, 768, 4, 2048), ("llama-qo", 4096, 4096, 4, 1024), ("padded", 1000, 3000, 4, 777),
+        ("gpt2-attn-out", 768, 768, 4, 2048), ("llama-qo", 4096, 4096, 4, 1024),
+        ("padded", 1000, 3000, 4, 777),
         ("b=8", 768, 3072, 8, 2048), ("b=16", 768, 3072, 16, 2048), ("b=3", 770, 2300, 3, 513)]
     tuned = tuning.AUTOTUNE
     if not toy:
@@ -342,7 +345,8 @@ def numerics_case(run: Run, name: str, k: int, n: int, nb: int, m: int) -> None:
             if not ok:
                 run.summary.append(f"numerics FAIL {name} {dtype} {key}: {kern:.2e} vs plain {plain:.2e}")
         worst = max(results["triton"][k_] / (2 * results["torch"][k_] + 1e-4) for k_ in want)
-        run.log(f"numerics {name} {dtype}: worst kernel/(2 plain + 1e-4) = {worst:.2f}; fly y err {fly_err:.1e}")
+        run.log(f"numerics {name} {dtype}: worst kernel/(2 plain + 1e-4) = {worst:.2f}; "
+                f"fly y err {fly_err:.1e}")
 
 
 # ---- compile -------------------------------------------------------------------------------
@@ -385,7 +389,8 @@ def host(run: Run) -> None:
         for pass_ in ("fwd", "fwdbwd"):
             fn = call_fns(variant, k, n, m, grad=pass_ == "fwdbwd")[0]
             us = host_us(fn, n=200 if CUDA else 5)
-            run.row("host", {"variant": variant, "pass": pass_, "K": k, "N": n, "M": m, "host_us": round(us, 1)})
+            run.row("host", {"variant": variant, "pass": pass_, "K": k, "N": n, "M": m,
+                             "host_us": round(us, 1)})
             run.log(f"host {variant} {pass_}: {us:.1f} us per call")
 
 
@@ -413,8 +418,8 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
             run.log(f"  Y/dY kernels joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "
                     f"{res[('monarch', 'graph')]:.0f} us joined")
         mono, dense = res[("monarch", "graph")], res[("dense", "graph")]
-        line = f"{part} {name} {k}x{n} M={m} b={nblocks} {pass_} graph: dense {dense:.0f} us, monarch {mono:.0f} us " \
-               f"({dense / mono:.2f}x dense)"
+        line = (f"{part} {name} {k}x{n} M={m} b={nblocks} {pass_} graph: dense {dense:.0f} us, "
+                f"monarch {mono:.0f} us ({dense / mono:.2f}x dense)")
         if ("fly", "graph") in res:
             line += f", fly {res[('fly', 'graph')]:.0f} us ({res[('fly', 'graph')] / mono:.2f}x fly)"
         run.log(line)
@@ -508,7 +513,8 @@ def train_one(run: Run, kind: str, toy: bool) -> float:
     peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
     run.row("train", {"model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind, "batch": bs, "seq": seq,
                       "tokens_per_s": round(tok_s), "ms_per_step": round(bs * seq / tok_s * 1e3, 1),
-                      "first_step_s": round(first_s, 1), "peak_gib": round(peak, 2), "loss": round(loss.item(), 3)})
+                      "first_step_s": round(first_s, 1), "peak_gib": round(peak, 2),
+                      "loss": round(loss.item(), 3)})
     run.log(f"train {kind} {bs}x{seq}: {tok_s:,.0f} tok/s (first step {first_s:.0f} s, peak {peak:.1f} GiB)")
     del model, opt, compiled
     if CUDA:
@@ -532,7 +538,8 @@ def main() -> None:
     run = Run(args.out, args.budget_s, args.smoke)
     import transformers
 
-    env = {"gpu": torch.cuda.get_device_name() if CUDA else f"cpu ({platform.processor() or platform.machine()})",
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    env = {"gpu": torch.cuda.get_device_name() if CUDA else cpu,
            "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
            "python": platform.python_version(), "args": vars(args), "autotune": tuning.AUTOTUNE,
            "compile_backend": COMPILE_BACKEND}
@@ -542,7 +549,8 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     toy = args.smoke or not CUDA
     plan = {"numerics": (lambda: numerics(run), 15), "compile": (lambda: compile_check(run), 20),
-            "host": (lambda: host(run), 5), "layers": (lambda: layers(run), 20), "sweep": (lambda: sweep(run), 20),
+            "host": (lambda: host(run), 5), "layers": (lambda: layers(run), 20),
+            "sweep": (lambda: sweep(run), 20),
             "train": (lambda: train(run), 20 if toy else 100)}
     for name in PARTS:
         if name in parts:

@@ -95,7 +95,8 @@ def train_variant(kind: str, nblocks: int | None, train_tok, val_tok, steps: int
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    return {"kind": kind, "nblocks": nblocks or "", "block_linear_params": params, "block_linear_flops_per_token": flops,
+    return {"kind": kind, "nblocks": nblocks or "", "block_linear_params": params,
+            "block_linear_flops_per_token": flops,
             "steps": steps, "tokens": steps * BATCH * CONTEXT, "final_train_loss": round(loss.item(), 4),
             "val_loss": round(val_loss(model, val_tok), 4), "cpu_s": round(time.time() - t, 1)}
 
@@ -117,7 +118,8 @@ def main() -> None:
     dense = rows[0]
     for r in rows:
         r["params_vs_dense"] = round(r["block_linear_params"] / dense["block_linear_params"], 3)
-        r["flops_vs_dense"] = round(r["block_linear_flops_per_token"] / dense["block_linear_flops_per_token"], 3)
+        r["flops_vs_dense"] = round(r["block_linear_flops_per_token"] / dense["block_linear_flops_per_token"],
+                                    3)
         r["val_loss_minus_dense"] = round(r["val_loss"] - dense["val_loss"], 4)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,9 +132,11 @@ def main() -> None:
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     cmd = f"PYTHONPATH=src .venv/bin/python benchmarks/monarch_quality.py --steps {args.steps} --lr {args.lr}"
     text = (f"# Monarch nblocks sweep: quality (CPU, tiny GPT-2)\n\nCommand: `{cmd}`  \n"
-            f"torch {torch.__version__}, float32, {LAYERS} layers x width {WIDTH}, context {CONTEXT}, batch {BATCH}, "
-            f"{args.steps} steps ({args.steps * BATCH * CONTEXT:,} tokens), vocabulary {VOCAB} (train split's most "
-            f"frequent tokens), one seed. Block linears = MLP + attention projections.\n\n" + "\n".join(lines) + "\n")
+            f"torch {torch.__version__}, float32, {LAYERS} layers x width {WIDTH}, context {CONTEXT}, "
+            f"batch {BATCH}, {args.steps} steps ({args.steps * BATCH * CONTEXT:,} tokens), "
+            f"vocabulary {VOCAB} "
+            f"(train split's most frequent tokens), one seed. Block linears = MLP + attention projections."
+            "\n\n" + "\n".join(lines) + "\n")
     (out / "monarch_quality_cpu.md").write_text(text)
     print(text)
 

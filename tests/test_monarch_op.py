@@ -82,7 +82,7 @@ CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, 
 
 
 def test_slot_vec_runs_are_contiguous():
-    """Where op.slot_vec promises runs of 8, every aligned group of 8 slots is one plane, consecutive columns."""
+    """Where op.slot_vec promises runs of 8, each aligned group of 8 slots is one plane, in order."""
     for in_f, out_f, b in [(256, 128, 4), (768, 3072, 4), (3072, 768, 4), (768, 2304, 2), (768, 3072, 8)]:
         meta = monarch_meta(in_f, out_f, b)
         vec = O.slot_vec(meta)
@@ -92,7 +92,8 @@ def test_slot_vec_runs_are_contiguous():
             assert (meta.mid % b) or (meta.mid // b) % 8
             continue
         groups = off.view(b, -1, vec)
-        assert torch.all(groups - groups[..., :1] == torch.arange(vec)) and torch.all(groups[..., 0] % vec == 0)
+        assert torch.all(groups - groups[..., :1] == torch.arange(vec))
+        assert torch.all(groups[..., 0] % vec == 0)
 
 
 def test_slot_table_is_the_stride_permutation():

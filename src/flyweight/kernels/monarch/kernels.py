@@ -182,7 +182,7 @@ def monarch_dw1_kernel(
     M_BUCKET,
     SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
-    """One fp32 partial of dW1 (BM slots x BN inputs of block k) over rows [split*M_PER_SPLIT, +M_PER_SPLIT)."""
+    """One fp32 partial of dW1 (BM slots x BN inputs of block k) over the rows of slice ``split``."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     n_i = tl.cdiv(P_IN, BN)
@@ -299,20 +299,24 @@ def monarch_second_joined_kernel(
     offs_s = s_tile * BS + tl.arange(0, BS)
     m_mask = offs_m < M
     s_mask = offs_s < P_OUT
+    # the b block products of this tile (same operands but for the block index l)
     if NB == 2:
-        out = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                      _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
+        out = tl.join(
+            _plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
+            _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
     elif NB == 4:
-        even = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                       _plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
-        odd = tl.join(_plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                      _plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
+        even = tl.join(
+            _plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
+            _plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
+        odd = tl.join(
+            _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
+            _plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R,
+                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
         out = tl.join(even, odd)
     else:
         e0 = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,

@@ -86,7 +86,8 @@ def forward_impl(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torc
     else:
         _launch("second", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(meta.p_out, c["BN"]),),
                 h, w2, bias_arg, y, m, meta.out_features, meta.p_out, r, b,
-                h.stride(0), h.stride(1), w2.stride(0), w2.stride(1), y.stride(0), mb, HAS_BIAS=bias is not None)
+                h.stride(0), h.stride(1), w2.stride(0), w2.stride(1), y.stride(0), mb,
+                HAS_BIAS=bias is not None)
     return y, h
 
 
@@ -119,8 +120,8 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
     if need_dx:
         dx = torch.empty((m, k_in), device=x.device, dtype=x.dtype)
         _launch("dinput", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(p_in, c["BN"]),),
-                dh, w1, table, dx, m, k_in, p_in, r, b, dh.stride(0), dh.stride(1), w1.stride(0), w1.stride(1),
-                dx.stride(0), mb, SLOT_VEC=slot_vec(meta))
+                dh, w1, table, dx, m, k_in, p_in, r, b, dh.stride(0), dh.stride(1), w1.stride(0),
+                w1.stride(1), dx.stride(0), mb, SLOT_VEC=slot_vec(meta))
     if need_dw:
         tile = MAX_DW_TILE
         splits, per = _splits(m, b * triton.cdiv(r, tile) * triton.cdiv(p_in, tile), x.device)
@@ -132,7 +133,8 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
         part2 = torch.empty((splits2, b, p_out, r), device=x.device, dtype=torch.float32)
         pbias = torch.empty((splits2, n_out), device=x.device, dtype=torch.float32) if has_bias else part2
         if joined:
-            _launch("dw2_joined", lambda c: (triton.cdiv(b * p_out, c["BM"]) * triton.cdiv(r, c["BN"]), splits2),
+            _launch("dw2_joined",
+                    lambda c: (triton.cdiv(b * p_out, c["BM"]) * triton.cdiv(r, c["BN"]), splits2),
                     dy, h, part2, pbias, m, n_out, p_out, r, per2, dy.stride(0), h.stride(0), h.stride(1),
                     part2.stride(0), pbias.stride(0), mb, NB=b, HAS_BIAS=has_bias)
         else:

@@ -94,19 +94,21 @@ KERNELS = {
     "dw2_joined": K.monarch_dw2_joined_kernel,
 }
 _KEYS = ["M_BUCKET", "R"]  # plus NB: an argument of every kernel (a constexpr of second_joined)
-_SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"], "dinput": ["P_IN"],
+_SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"],
+              "dinput": ["P_IN"],
               "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"],
               "dmid_joined": ["P_OUT"], "dw2_joined": ["P_OUT", "M_PER_SPLIT"]}
 
 
 def _configs(tiles) -> list:
-    return [triton.Config({"BM": t.BM, "BN": t.BN, "BK": t.BK}, num_warps=t.num_warps, num_stages=t.num_stages)
-            for t in tiles]
+    return [triton.Config({"BM": t.BM, "BN": t.BN, "BK": t.BK}, num_warps=t.num_warps,
+                          num_stages=t.num_stages) for t in tiles]
 
 
 def _tiles(name: str):
-    return {"second_joined": JOINED_CANDIDATES, "dmid_joined": DMID_JOINED_CANDIDATES,
-            "dw2_joined": DW2_JOINED_CANDIDATES}.get(name, DW_CANDIDATES if name.startswith("dw") else CANDIDATES)
+    special = {"second_joined": JOINED_CANDIDATES, "dmid_joined": DMID_JOINED_CANDIDATES,
+               "dw2_joined": DW2_JOINED_CANDIDATES}
+    return special.get(name, DW_CANDIDATES if name.startswith("dw") else CANDIDATES)
 
 
 INTERPRET_TILES = {"second_joined": Tile(16, 128, 16, 1, 1),  # BN // b >= 16 for every b in JOINED_BLOCKS
@@ -140,12 +142,14 @@ def launcher(name: str):
     if AUTOTUNE and name in TUNED:
         return TUNED[name], None
     t = INTERPRET_TILES.get(name, INTERPRET_TILE) if INTERPRET else _tiles(name)[0]
-    return KERNELS[name], {"BM": t.BM, "BN": t.BN, "BK": t.BK, "num_warps": t.num_warps, "num_stages": t.num_stages}
+    return KERNELS[name], {"BM": t.BM, "BN": t.BN, "BK": t.BK, "num_warps": t.num_warps,
+                           "num_stages": t.num_stages}
 
 
 def chosen_configs() -> dict:
     """The autotuner's pick per kernel and key so far (for benchmark reports)."""
-    return {name: {str(k): str(v) for k, v in getattr(kern, "cache", {}).items()} for name, kern in TUNED.items()}
+    return {name: {str(k): str(v) for k, v in getattr(kern, "cache", {}).items()}
+            for name, kern in TUNED.items()}
 
 
 def m_bucket(m: int) -> int:
