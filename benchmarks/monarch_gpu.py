@@ -12,7 +12,8 @@ Parts (each in its own try/except; rows go to OUT/<part>.csv as they finish, the
   host      host time per call (GPU kept busy by a sleep kernel): nn.Linear vs Monarch, fwd and fwd+bwd.
   layers    per shape and M: forward and forward+backward, CUDA-graph replay (launch cost removed) and
             eager, for dense, "monarch" (the kernels), "monarch-strided" (the kernels with the stride-b
-            Y / dY accesses instead of the joined tiles), "monarch-torch" (flyweight's bmm path) and "fly"
+            Y / dY accesses instead of the joined tiles), "monarch-fused" (forward only: both products in
+            one kernel, where b divides r), "monarch-torch" (flyweight's bmm path) and "fly"
             (two bmm + permutation, as HazyResearch/fly's BlockdiagButterflyMultiply); peak memory of
             one fwd+bwd. GPT-2 small widths at M 2048/8192/16384/65536, Llama-3-8B widths at 2048/16384.
   sweep     nblocks 2/4/8/16 at the GPT-2 widths, M = 16384: graph fwd and fwd+bwd, kernels vs dense.
@@ -62,7 +63,8 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 import flyweight  # noqa: E402
-from flyweight.kernels.monarch import tuning  # noqa: E402
+from flyweight.kernels.monarch import monarch_meta, tuning  # noqa: E402
+from flyweight.kernels.monarch import op as monarch_op  # noqa: E402
 from flyweight.linear import MonarchLinear  # noqa: E402
 
 DEV = torch.device("cuda" if CUDA else "cpu")
@@ -76,7 +78,7 @@ GPT2_MS = (2048, 8192, 16384, 65536)
 LLAMA_MS = (2048, 16384)
 TOY_SHAPES = {"toy-a": (64, 96), "toy-pad": (50, 70)}
 TOY_MS = (33,)
-VARIANTS = ("dense", "monarch", "monarch-strided", "monarch-torch", "fly")
+VARIANTS = ("dense", "monarch", "monarch-strided", "monarch-fused", "monarch-torch", "fly")
 
 
 class Run:
@@ -247,7 +249,28 @@ def y_kernels(kind: str):
         tuning.SECOND, tuning.BACKWARD = old
 
 
+@contextlib.contextmanager
+def fused_forward():
+    """Forwards without grad through the single fused kernel (where b divides r)."""
+    old, tuning.FUSED = tuning.FUSED, "inference"
+    try:
+        yield
+    finally:
+        tuning.FUSED = old
+
+
+def fused_applies(k: int, n: int, nblocks: int) -> bool:
+    return monarch_op.fused_applies(monarch_meta(k, n, nblocks))
+
+
 def call_fns(variant, k, n, m, nblocks=4, grad=False):
+    if variant == "monarch-fused":  # inference only: the fused kernel keeps no intermediate for a backward
+        fns = call_fns("monarch", k, n, m, nblocks, grad)
+
+        def fused(f):
+            with fused_forward():
+                return f()
+        return [lambda f=f: fused(f) for f in fns]
     if variant == "monarch-strided":  # the kernels with the one-block-per-program second product
         fns = call_fns("monarch", k, n, m, nblocks, grad)
 
@@ -399,9 +422,11 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
     for pass_ in ("fwd", "fwdbwd"):
         res: dict[tuple[str, str], float] = {}
         for variant in variants:
+            if variant == "monarch-fused" and (pass_ != "fwd" or not fused_applies(k, n, nblocks)):
+                continue
             fns = call_fns(variant, k, n, m, nblocks, grad=pass_ == "fwdbwd")
             res[(variant, "graph")] = graph_us(fns)
-            eager = part == "layers" and variant != "monarch-strided"  # the strided kernels: graph only
+            eager = part == "layers" and variant not in ("monarch-strided", "monarch-fused")  # graph only
             res[(variant, "eager")] = time_us(fns[0]) if eager else float("nan")
             del fns
         for (variant, timing), us in res.items():
@@ -417,6 +442,9 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
         if ("monarch-strided", "graph") in res:
             run.log(f"  Y/dY kernels joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "
                     f"{res[('monarch', 'graph')]:.0f} us joined")
+        if ("monarch-fused", "graph") in res:
+            run.log(f"  fused single kernel: {res[('monarch-fused', 'graph')]:.0f} us "
+                    f"({res[('dense', 'graph')] / res[('monarch-fused', 'graph')]:.2f}x dense)")
         mono, dense = res[("monarch", "graph")], res[("dense", "graph")]
         line = (f"{part} {name} {k}x{n} M={m} b={nblocks} {pass_} graph: dense {dense:.0f} us, "
                 f"monarch {mono:.0f} us ({dense / mono:.2f}x dense)")
@@ -451,7 +479,7 @@ def sweep(run: Run) -> None:
             if run.left() < 10:
                 run.log("sweep: budget spent")
                 return
-            measure_shape(run, "sweep", name, k, n, m, nb, ("dense", "monarch"))
+            measure_shape(run, "sweep", name, k, n, m, nb, ("dense", "monarch", "monarch-fused"))
 
 
 # ---- GPT-2 small training through Hugging Face --------------------------------------------------

@@ -260,3 +260,32 @@ def test_compiled_fullgraph_matches_eager():
     y.backward(g)
     got = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "db": layer.bias.grad}
     assert_matches(got, {k: v.cpu().double() for k, v in want.items()}, 1e-6 if not ON_GPU else 2e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("in_f,out_f,b,m", [(64, 96, 4, 37), (96, 64, 4, 5), (256, 128, 4, 21),
+                                            (48, 200, 2, 70), (256, 500, 2, 7), (40, 120, 8, 9),
+                                            (60, 90, 3, 17)])
+def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
+    """The single-kernel forward (inference): same function, padded widths, r/b from 4 to 64."""
+    from flyweight.kernels.monarch import tuning
+
+    torch.manual_seed(in_f + m)
+    layer = MonarchLinear(in_f, out_f, nblocks=b).to(DEVICE)
+    layer.backend = "triton"
+    x = torch.randn(m, in_f, device=DEVICE)
+    want = reference(layer, x, torch.zeros(m, out_f))["y"]
+    meta = layer.meta
+    if not O.fused_applies(meta):
+        with pytest.raises(ValueError, match="divide the middle width"):
+            O.fused_forward(x, layer.w1, layer.w2, layer.bias, meta)
+        return
+    monkeypatch.setattr(tuning, "FUSED", "inference")
+    calls = []
+    real = O.fused_forward
+    monkeypatch.setattr(O, "fused_forward", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        y = layer(x)
+    assert calls == [1]  # the fused kernel ran, not the two-kernel forward
+    err = (y.cpu().double() - want).abs().max().item() / want.abs().max().item()
+    assert err <= (1e-5 if not ON_GPU else 2e-2)

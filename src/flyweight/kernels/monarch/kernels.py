@@ -462,3 +462,59 @@ def monarch_dw2_joined_kernel(
     if HAS_BIAS:
         if j_tile == 0:
             tl.store(dbias_ptr + split.to(tl.int64) * stride_bs + offs_c, db, mask=c_mask)
+
+
+@triton.jit
+def monarch_fused_kernel(
+    x_ptr, w1_ptr, w2_ptr, bias_ptr, y_ptr,
+    M, K, N, P_IN, P_OUT, R, RB,
+    stride_xm, stride_w1k, stride_w1t, stride_w2l, stride_w2s, stride_ym,
+    M_BUCKET,
+    NB: tl.constexpr, RBP: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):
+    """Both products in one program, the intermediate never leaves the chip (forward without grad).
+
+    Needs b | r, RB = r / b. Block l of the second product reads middle columns j = k*RB + q, which
+    the first product's block k computes from its W1 rows t = l + b*q (q < RB). So
+
+        Y[m, s*b + l] = sum_k (X_k W1[k, l + b*q]^T)[m, q] . W2[l, s, k*RB + q]
+
+    a chain of two small GEMMs per k, like attention's P.V: P (BM x RBP, RB padded to a power of
+    two) is rounded to the input dtype (as H is in the two-kernel path) and fed straight into the
+    second dot. A program owns (row tile, l, BN outputs s); the first product is recomputed once per
+    output tile, cdiv(p_out, BN) times in all.
+    """
+    pid = tl.program_id(0)
+    n_s = tl.cdiv(P_OUT, BN)
+    l = pid % NB
+    s_tile = (pid // NB) % n_s
+    m_tile = pid // (NB * n_s)
+    offs_m = m_tile * BM + tl.arange(0, BM)
+    offs_s = s_tile * BN + tl.arange(0, BN)
+    offs_q = tl.arange(0, RBP)
+    m_mask = offs_m < M
+    s_mask = offs_s < P_OUT
+    q_mask = offs_q < RB
+    rows = l + NB * offs_q  # W1 rows of block k that feed block l
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, NB):
+        p = tl.zeros((BM, RBP), dtype=tl.float32)
+        w_cols = w1_ptr + k * stride_w1k + rows[None, :] * stride_w1t
+        for i0 in range(0, P_IN, BK):
+            offs_i = i0 + tl.arange(0, BK)
+            cin = k * P_IN + offs_i
+            i_mask = (offs_i < P_IN) & (cin < K)
+            a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+            w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & q_mask[None, :], other=0.0)
+            p = tl.dot(a, w, p)
+        w2 = tl.load(w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s + (k * RB + offs_q)[:, None],
+                     mask=q_mask[:, None] & s_mask[None, :], other=0.0)
+        acc = tl.dot(p.to(w2_ptr.dtype.element_ty), w2, acc)
+    n = offs_s * NB + l
+    n_mask = s_mask & (n < N)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + n[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])

@@ -91,6 +91,33 @@ def forward_impl(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torc
     return y, h
 
 
+def fused_applies(meta: MonarchMeta) -> bool:
+    """The fused kernel is written for b | r (each block's share of a plane is r/b middle columns)."""
+    return meta.mid % meta.nblocks == 0
+
+
+def fused_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor | None,
+                  meta: MonarchMeta) -> torch.Tensor:
+    """y (M, N) by the single fused kernel (no intermediate in memory, so nothing for a backward)."""
+    if not fused_applies(meta):
+        raise ValueError(f"the fused Monarch kernel needs nblocks to divide the middle width; got "
+                         f"nblocks={meta.nblocks}, r={meta.mid} (use the two-kernel forward_impl)")
+    x, w1, w2 = _unit_stride(x), _unit_stride(w1), _unit_stride(w2)
+    m, b = x.shape[0], meta.nblocks
+    rb = meta.mid // b
+    y = torch.empty((m, meta.out_features), device=x.device, dtype=x.dtype)
+    if m == 0:
+        return y
+    rbp = 16
+    while rbp < rb:
+        rbp *= 2
+    _launch("fused", lambda c: (triton.cdiv(m, c["BM"]) * b * triton.cdiv(meta.p_out, c["BN"]),),
+            x, w1, w2, bias if bias is not None else y, y, m, meta.in_features, meta.out_features, meta.p_in,
+            meta.p_out, meta.mid, rb, x.stride(0), w1.stride(0), w1.stride(1), w2.stride(0), w2.stride(1),
+            y.stride(0), m_bucket(m), NB=b, RBP=rbp, HAS_BIAS=bias is not None)
+    return y
+
+
 def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                   table: torch.Tensor, meta: MonarchMeta, has_bias: bool, need_dx: bool = True,
                   need_dw: bool = True):
@@ -230,4 +257,6 @@ def monarch_linear(x2d: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: 
     if torch.is_grad_enabled() and (x2d.requires_grad or w1.requires_grad or w2.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _MonarchFn.apply(x2d, w1, w2, bias, table, meta)
+    if tuning.FUSED == "inference" and fused_applies(meta):
+        return fused_forward(x2d, w1, w2, bias, meta)
     return forward_impl(x2d, w1, w2, bias, table, meta)[0]  # no autograd record to pay for

@@ -70,6 +70,15 @@ DW2_JOINED_CANDIDATES = (
     Tile(256, 64, 64, 8, 3),
     Tile(64, 128, 64, 4, 3),
 )
+# the fused forward: BN outputs s of one block per program, RBP (r/b padded) middle columns on chip
+FUSED_CANDIDATES = (
+    Tile(64, 256, 64, 8, 3),
+    Tile(128, 128, 64, 8, 3),
+    Tile(64, 128, 64, 4, 3),
+    Tile(128, 256, 64, 8, 2),
+)
+# "never" (default until measured), "inference" (the fused kernel for forwards without grad where b | r)
+FUSED = os.environ.get("FLYWEIGHT_MONARCH_FUSED", "never")
 JOINED_BLOCKS = (2, 4, 8)  # the b second_joined is written for
 BWD_JOINED_BLOCKS = (2, 4)  # the b dmid_joined / dw2_joined are written for
 # "joined" or "strided" dY reads in the backward for b in BWD_JOINED_BLOCKS; read at every call
@@ -92,12 +101,13 @@ KERNELS = {
     "dw2": K.monarch_dw2_kernel,
     "dmid_joined": K.monarch_dmid_joined_kernel,
     "dw2_joined": K.monarch_dw2_joined_kernel,
+    "fused": K.monarch_fused_kernel,
 }
 _KEYS = ["M_BUCKET", "R"]  # plus NB: an argument of every kernel (a constexpr of second_joined)
 _SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"],
               "dinput": ["P_IN"],
               "dw1": ["P_IN", "M_PER_SPLIT"], "dw2": ["P_OUT", "M_PER_SPLIT"],
-              "dmid_joined": ["P_OUT"], "dw2_joined": ["P_OUT", "M_PER_SPLIT"]}
+              "dmid_joined": ["P_OUT"], "dw2_joined": ["P_OUT", "M_PER_SPLIT"], "fused": ["P_IN", "P_OUT"]}
 
 
 def _configs(tiles) -> list:
@@ -107,12 +117,13 @@ def _configs(tiles) -> list:
 
 def _tiles(name: str):
     special = {"second_joined": JOINED_CANDIDATES, "dmid_joined": DMID_JOINED_CANDIDATES,
-               "dw2_joined": DW2_JOINED_CANDIDATES}
+               "dw2_joined": DW2_JOINED_CANDIDATES, "fused": FUSED_CANDIDATES}
     return special.get(name, DW_CANDIDATES if name.startswith("dw") else CANDIDATES)
 
 
 INTERPRET_TILES = {"second_joined": Tile(16, 128, 16, 1, 1),  # BN // b >= 16 for every b in JOINED_BLOCKS
-                   "dmid_joined": Tile(16, 16, 64, 1, 1), "dw2_joined": Tile(64, 16, 16, 1, 1)}
+                   "dmid_joined": Tile(16, 16, 64, 1, 1), "dw2_joined": Tile(64, 16, 16, 1, 1),
+                   "fused": Tile(16, 16, 16, 1, 1)}
 
 
 def _autotuned(name, kernel):
