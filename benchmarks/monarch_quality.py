@@ -123,7 +123,7 @@ def main() -> None:
         r["val_loss_minus_dense"] = round(r["val_loss"] - dense["val_loss"], 4)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "monarch_quality_cpu.csv", "w", newline="") as f:
+    with open(out / f"monarch_quality_cpu_{args.steps}steps.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -137,7 +137,7 @@ def main() -> None:
             f"vocabulary {VOCAB} "
             f"(train split's most frequent tokens), one seed. Block linears = MLP + attention projections."
             "\n\n" + "\n".join(lines) + "\n")
-    (out / "monarch_quality_cpu.md").write_text(text)
+    (out / f"monarch_quality_cpu_{args.steps}steps.md").write_text(text)
     print(text)
 
 
