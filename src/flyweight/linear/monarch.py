@@ -74,7 +74,7 @@ class MonarchLinear(StructuredLinear):
         self._check_input(x)
         lead = x.shape[:-1]
         table = self.slot_table
-        if table.device != x.device or table.numel() != 3 * self.nblocks * self.mid:
+        if table.get_device() != x.get_device() or table.numel() != 3 * self.nblocks * self.mid:
             self.build_slot_table(x.device)  # a layer moved without .to() (or built on the meta device)
             table = self.slot_table
         y = monarch_linear(x.reshape(-1, self.in_features), self.w1, self.w2, self.bias, table, self.meta,
