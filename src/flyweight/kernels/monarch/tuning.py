@@ -64,7 +64,8 @@ DMID_JOINED_CANDIDATES = (
     Tile(64, 128, 64, 8, 3),
     Tile(64, 64, 128, 4, 3),
 )
-DW2_JOINED_CANDIDATES = (  # b H tiles per step: deep pipelines run out of shared memory (240 KiB at 128x128x3)
+# dw2_joined loads b H tiles per step: deep pipelines run out of shared memory (240 KiB at 128x128x3)
+DW2_JOINED_CANDIDATES = (
     Tile(128, 64, 64, 4, 3),
     Tile(128, 128, 64, 8, 2),
     Tile(256, 64, 64, 8, 3),
