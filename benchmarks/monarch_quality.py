@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
 from flyweight.linear.base import StructuredLinear  # noqa: E402
 from flyweight.models.gpt2 import build_gpt2  # noqa: E402
 
@@ -60,9 +62,9 @@ def block_linear_stats(model) -> tuple[int, int]:
         if isinstance(mod, StructuredLinear):
             params += sum(p.numel() for p in mod.parameters())
             flops += mod.flops_per_token()
-        elif isinstance(mod, torch.nn.Linear) and mod.out_features != VOCAB:
+        elif isinstance(mod, Conv1D):  # the dense model keeps HF GPT-2's own layers and their init
             params += sum(p.numel() for p in mod.parameters())
-            flops += 2 * mod.in_features * mod.out_features
+            flops += 2 * mod.weight.numel()
     return params, flops
 
 
@@ -78,10 +80,6 @@ def train_variant(kind: str, nblocks: int | None, train_tok, val_tok, steps: int
     linear = {"nblocks": nblocks} if kind == "monarch" else None
     model = build_gpt2("small", kind=kind, linear=linear, n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS,
                        n_positions=CONTEXT, vocab_size=VOCAB, dropout=0.0, seed=0)
-    if kind == "dense":  # HF GPT-2's Conv1D: count it as a dense linear
-        from flyweight.convert import convert
-
-        convert(model, "dense")
     params, flops = block_linear_stats(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     warmup = max(1, steps // 10)
@@ -112,7 +110,7 @@ def main() -> None:
     train_tok, val_tok = load_tokens()
     rows = [train_variant("dense", None, train_tok, val_tok, args.steps, args.lr)]
     print(rows[-1], flush=True)
-    for b in (int(v) for v in args.nblocks.split(",")):
+    for b in (int(v) for v in args.nblocks.split(",") if v):
         rows.append(train_variant("monarch", b, train_tok, val_tok, args.steps, args.lr))
         print(rows[-1], flush=True)
     dense = rows[0]
