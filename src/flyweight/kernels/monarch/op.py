@@ -14,6 +14,7 @@ slot table (a buffer on the layer), so nothing is rebuilt per call.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import triton
@@ -180,8 +181,9 @@ def backward_impl(dy: torch.Tensor, x: torch.Tensor, h: torch.Tensor, w1: torch.
 
 
 # ---- torch.compile: opaque custom ops with autograd --------------------------------------------
+# (Optional[...] rather than "X | None" in the schema: the form every torch version infers)
 @torch.library.custom_op("flyweight::monarch_fwd", mutates_args=())
-def monarch_fwd(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: torch.Tensor | None,
+def monarch_fwd(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor],
                 table: torch.Tensor, meta: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     return forward_impl(x, w1, w2, bias, table, MonarchMeta(*meta))
 
