@@ -7,6 +7,11 @@ With b = nblocks, p_in = ceil(in/b), p_out = ceil(out/b) and middle width r = mi
 
 Input is zero-padded to b*p_in, output cut to out_features.
 
+Execution. ``_matmul`` above is the exact PyTorch path (CPU, float32/float64). On CUDA in float16 /
+bfloat16 (or under autocast to them) the layer runs the Triton kernels of ``flyweight.kernels.monarch``
+instead: the permutation lives in the kernels' index maps, the bias is fused, accumulation is fp32.
+``backend`` ("auto", "torch", "triton"; an attribute, not part of the structure) narrows the choice.
+
 Projection. Middle index m = k*r + t = j*b + l ties W1 row (k, t) to W2 column (l, j), so the
 (l, k) sub-block of the dense weight -- rows s*b + l, columns k*p_in + i -- is the sum of
 outer products W2[l, :, m//b] W1[k, m%r, :] over the m with m % b == l and m // r == k. Every
@@ -23,11 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flyweight.kernels.monarch import compute_dtype, monarch_linear, monarch_meta, route, slot_table
 from flyweight.linear.base import StructuredLinear, check_positive_int, register_linear, uniform_
 
 
 @register_linear("monarch")
 class MonarchLinear(StructuredLinear):
+    backend: str = "auto"
+
     def __init__(
         self,
         in_features: int,
@@ -49,7 +57,29 @@ class MonarchLinear(StructuredLinear):
         self.mid = min(self.p_in, self.p_out)
         self.w1 = nn.Parameter(torch.empty(nblocks, self.mid, self.p_in, device=device, dtype=dtype))
         self.w2 = nn.Parameter(torch.empty(nblocks, self.p_out, self.mid, device=device, dtype=dtype))
+        self.meta = monarch_meta(in_features, out_features, nblocks)  # the integers every kernel call passes
+        # the kernels' slot table (stride permutation); derived from the sizes, so not in the state dict
+        self.register_buffer("slot_table", torch.empty(0, dtype=torch.int32), persistent=False)
+        self.build_slot_table()
         self.reset_parameters()
+
+    def build_slot_table(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the slot-table buffer, e.g. after ``to_empty()`` left it uninitialised."""
+        device = torch.device(self.w1.device if device is None else device)
+        self.slot_table = slot_table(self.meta).to(device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if route(x, self.backend) == "torch":
+            return super().forward(x)
+        self._check_input(x)
+        lead = x.shape[:-1]
+        table = self.slot_table
+        if table.get_device() != x.get_device() or table.numel() != 3 * self.nblocks * self.mid:
+            self.build_slot_table(x.device)  # a layer moved without .to() (or built on the meta device)
+            table = self.slot_table
+        y = monarch_linear(x.reshape(-1, self.in_features), self.w1, self.w2, self.bias, table, self.meta,
+                           compute_dtype(x))
+        return y.view(*lead, self.out_features)
 
     def reset_parameters(self) -> None:
         uniform_(self.w1, self.p_in)
