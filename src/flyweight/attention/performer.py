@@ -1,4 +1,9 @@
-"""FAVOR+ (Performer): softmax attention through positive orthogonal random features, O(T * m) memory."""
+"""FAVOR+ (Performer): softmax attention through positive orthogonal random features, O(T * m) memory.
+
+``causal=True``: query i sums over keys j <= i only (chunked prefix sums, ``causal_feature_sums``).
+On CUDA fp16/bf16 (``impl="auto"``) the fused Triton kernels (flyweight.kernels.feature_attention)
+compute the forward; the backward recomputes this PyTorch path. ``impl="torch"`` forces the PyTorch path.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,20 @@ import math
 
 import torch
 
-from flyweight.attention.base import Attention, AttentionCost, register_attention
-from flyweight.attention.features import gaussian_orthogonal_matrix, log_features
+from flyweight.attention.base import Attention, AttentionCost, check_impl, register_attention, use_kernel
+from flyweight.attention.features import causal_feature_sums, gaussian_orthogonal_matrix, log_features
 
 
 class RandomFeatureAttention(Attention):
     """Holds the (m, E) projection buffer ``features``, drawn lazily from ``seed`` once E is known."""
 
     cosh = False
+    CAUSAL_KERNEL = False  # whether the Triton path covers causal=True
 
-    def __init__(self, nb_features: int = 256, seed: int = 0):
+    def __init__(self, nb_features: int = 256, seed: int = 0, causal: bool = False, impl: str = "auto"):
         super().__init__()
+        self.causal = bool(causal)
+        self.impl = check_impl(impl)
         if int(nb_features) < 1 or (self.cosh and int(nb_features) % 2):
             raise ValueError(
                 f"nb_features must be a positive{' even' if self.cosh else ''} int, got {nb_features}"
@@ -60,18 +68,28 @@ class RandomFeatureAttention(Attention):
             self.features = torch.empty_like(state_dict[key], device=self.features.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _use_kernel(self, q, k, v) -> bool:
+        if not use_kernel(self.impl, q, k, v):
+            return False
+        if self.causal and not self.CAUSAL_KERNEL:
+            if self.impl == "triton":
+                raise NotImplementedError(f"{self.kind}: no causal Triton kernel yet; use impl='torch' or 'auto'")
+            return False
+        return True
+
     def extra_repr(self):
-        return f"nb_features={self.nb_features}, seed={self.seed}"
+        return f"nb_features={self.nb_features}, seed={self.seed}, causal={self.causal}, impl={self.impl}"
 
 
 @register_attention("performer")
 class PerformerAttention(RandomFeatureAttention):
     """out_i = phi(q_i).(sum_j phi(k_j) v_j^T) / phi(q_i).(sum_j phi(k_j)), phi the positive "exp" map."""
 
-    ACCEPTS = ("nb_features", "seed", "eps")
+    ACCEPTS = ("nb_features", "seed", "eps", "causal", "impl")
 
-    def __init__(self, nb_features: int = 256, seed: int = 0, eps: float = 0.0):
-        super().__init__(nb_features=nb_features, seed=seed)
+    def __init__(self, nb_features: int = 256, seed: int = 0, eps: float = 0.0, causal: bool = False,
+                 impl: str = "auto"):
+        super().__init__(nb_features=nb_features, seed=seed, causal=causal, impl=impl)
         # eps > 0: out = num / (den + eps) on the unshifted features (the official T2T token performer's 1e-8)
         self.eps = float(eps)
 
@@ -80,6 +98,17 @@ class PerformerAttention(RandomFeatureAttention):
         E = q.shape[-1]
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
+        if self._use_kernel(q, k, v):
+            from flyweight.kernels.feature_attention import performer_forward, with_torch_backward
+
+            return with_torch_backward(
+                lambda q, k, v: performer_forward(q, k, v, proj, temp, self.eps, key_padding_mask),
+                lambda q, k, v: self._torch_forward(q, k, v, proj, temp, key_padding_mask),
+                q, k, v,
+            )
+        return self._torch_forward(q, k, v, proj, temp, key_padding_mask)
+
+    def _torch_forward(self, q, k, v, proj, temp, key_padding_mask):
         lq = log_features(q, proj, temp, self.cosh)
         lk = log_features(k, proj, temp, self.cosh)
         if key_padding_mask is not None:  # padded keys get zero features and do not set the offset
@@ -88,9 +117,12 @@ class PerformerAttention(RandomFeatureAttention):
         cq = lq.amax(-1, keepdim=True)
         ck = lk.amax((-2, -1), keepdim=True).clamp_min(torch.finfo(lk.dtype).min)
         fq, fk = torch.exp(lq - cq), torch.exp(lk - ck)
-        kv = torch.einsum("bhtm,bhte->bhme", fk, v.to(fk.dtype))
-        num = torch.einsum("bhtm,bhme->bhte", fq, kv)
-        den = torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None]
+        if self.causal:
+            num, den = causal_feature_sums(fq, fk, v.to(fk.dtype))
+        else:
+            kv = torch.einsum("bhtm,bhte->bhme", fk, v.to(fk.dtype))
+            num = torch.einsum("bhtm,bhme->bhte", fq, kv)
+            den = torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None]
         if self.eps > 0:  # eps on the unshifted scale: phi = exp(cq + ck) / m * (shifted phi)
             den = den + torch.exp((math.log(self.eps * self.nb_features) - cq - ck).clamp(max=80.0))
         return (num / den.clamp_min(1e-30)).to(v.dtype)
