@@ -55,7 +55,8 @@ class LocalAttention(Attention):
         mask = window_mask(T, w, block, q.device, key_padding_mask, self.causal)
         scores = scores.masked_fill(~mask, float("-inf"))
         # rows with no visible key (all keys padding) give 0, not NaN
-        row_max = scores.amax(-1, keepdim=True).clamp_min(torch.finfo(dt).min)
+        # (scores.dtype, not dt: under autocast the einsum runs in bf16/fp16)
+        row_max = scores.amax(-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).min)
         probs = torch.exp(scores - row_max)
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-30)
         out = torch.einsum("bhnrc,bhnce->bhnre", probs.to(v.dtype), windowed_keys(v, w, block, self.causal))
