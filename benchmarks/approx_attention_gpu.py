@@ -149,8 +149,6 @@ def numerics_case(kind, causal, dtype, case, w, m, E, dev, smoke):
     if isinstance(kernel, torch.nn.Module) and hasattr(kernel, "redraw_features"):
         kernel.redraw_features(1, head_dim=E)
     kernel = kernel.to(dev)
-    if getattr(kernel, "causal", False) and hasattr(kernel, "CAUSAL_KERNEL") and not kernel.CAUSAL_KERNEL:
-        return dict(kind=kind, causal=causal, dtype=dname, **case, status="no causal kernel")
     torch_path = variant(kind, "torch", causal, w, m, seed=1).to(dev)
     torch_path.load_state_dict(kernel.state_dict())
     x = qkv(B, H, T, E, dtype, dev, scale=case["scale"], seed=T)
@@ -246,10 +244,6 @@ def timing(args, dev, rows, budget, causal):
                 attn = variant(kind, impl, causal, w, m)
                 if attn is not None:
                     attn = attn.to(dev)
-                    if causal and impl == "triton" and hasattr(attn, "CAUSAL_KERNEL") and not attn.CAUSAL_KERNEL:
-                        row["status"] = "no causal kernel"
-                        rows.add(row)
-                        continue
                 fn = call(attn, causal)
                 x = qkv(B, H, T, E, dtype, dev)
                 with torch.no_grad():

@@ -208,7 +208,30 @@ def test_sblocal_kernel_large_logits_stay_finite(dtype):
     torch.testing.assert_close(out, ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
 
 
-# ---- causal PyTorch variants (references for causal kernels) --------------------------------------------
+# ---- causal kernels (chunked prefix states) -------------------------------------------------------------
+@pytest.mark.parametrize("T,pad", [(30, False), (77, True), (100, False)])
+def test_causal_lowrank_kernels_match_dense(T, pad):
+    """T > CHUNK (32 under the interpreter): queries use the prefix states of earlier chunks."""
+    q, k, v = inputs(T=T, scale=0.8, seed=T)
+    kpm = padding(2, T, all_padded_row=1) if pad else None
+    temp = 0.3
+    go = torch.randn(2, 2, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    perf = make_attention("performer", nb_features=24, seed=4, eps=1e-3 if pad else 0.0, causal=True, impl="triton")
+    perf.redraw_features(4, head_dim=16)
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_performer(q, k, v, perf.features.double(), temp, kpm,
+                                                                 causal=True, eps=perf.eps), q, k, v, go)
+    out, grads = run(perf, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+    sb = make_attention("sblocal", window_size=9, nb_features=16, seed=4, causal=True, impl="triton")
+    sb.redraw_features(4, head_dim=16)
+    ref = dense_sblocal(q, k, v, sb.features.double(), temp, 9, kpm, causal=True)
+    out, _ = run(sb, q, k, v, temp, kpm)
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+# ---- causal PyTorch variants (references for the causal kernels) ----------------------------------------
 @pytest.mark.parametrize("T", [1, 30, 130])
 def test_causal_torch_paths_match_dense(T):
     q, k, v = inputs(T=T, scale=0.8, seed=T)
@@ -246,5 +269,3 @@ def test_kernel_errors_name_the_fix(monkeypatch):
     monkeypatch.setattr(LA, "INTERPRET", False)
     with pytest.raises(ValueError, match="needs CUDA tensors.*impl='torch'"):
         make_attention("sblocal", window_size=3, nb_features=4, impl="triton")(q, k, v)
-    with pytest.raises(NotImplementedError, match="no causal Triton kernel"):
-        make_attention("performer", causal=True, impl="triton")(q, k, v)

@@ -19,7 +19,6 @@ class RandomFeatureAttention(Attention):
     """Holds the (m, E) projection buffer ``features``, drawn lazily from ``seed`` once E is known."""
 
     cosh = False
-    CAUSAL_KERNEL = False  # whether the Triton path covers causal=True
 
     def __init__(self, nb_features: int = 256, seed: int = 0, causal: bool = False, impl: str = "auto"):
         super().__init__()
@@ -69,13 +68,7 @@ class RandomFeatureAttention(Attention):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _use_kernel(self, q, k, v) -> bool:
-        if not use_kernel(self.impl, q, k, v):
-            return False
-        if self.causal and not self.CAUSAL_KERNEL:
-            if self.impl == "triton":
-                raise NotImplementedError(f"{self.kind}: no causal Triton kernel yet; use impl='torch' or 'auto'")
-            return False
-        return True
+        return use_kernel(self.impl, q, k, v)
 
     def extra_repr(self):
         return f"nb_features={self.nb_features}, seed={self.seed}, causal={self.causal}, impl={self.impl}"
@@ -99,10 +92,17 @@ class PerformerAttention(RandomFeatureAttention):
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
         if self._use_kernel(q, k, v):
+            from flyweight.kernels.causal_feature_attention import causal_lowrank_forward
             from flyweight.kernels.feature_attention import performer_forward, with_torch_backward
 
+            def kernel(q, k, v):
+                if self.causal:
+                    return causal_lowrank_forward(q, k, v, proj, temp, cosh=False, eps=self.eps,
+                                                  key_padding_mask=key_padding_mask)
+                return performer_forward(q, k, v, proj, temp, self.eps, key_padding_mask)
+
             return with_torch_backward(
-                lambda q, k, v: performer_forward(q, k, v, proj, temp, self.eps, key_padding_mask),
+                kernel,
                 lambda q, k, v: self._torch_forward(q, k, v, proj, temp, key_padding_mask),
                 q, k, v,
             )

@@ -52,12 +52,20 @@ class SBLocalAttention(RandomFeatureAttention):
         proj = self._projection(E, q.device)
         w = min(self.window_size, 2 * T)
         if self._use_kernel(q, k, v):
+            from flyweight.kernels.causal_feature_attention import causal_lowrank_forward
             from flyweight.kernels.feature_attention import with_torch_backward
             from flyweight.kernels.scatterbrain_attention import sblocal_forward
 
             left, right = window_bounds(w, self.causal)
+
+            def kernel(q, k, v):
+                if self.causal:
+                    return causal_lowrank_forward(q, k, v, proj, temp, cosh=True, window_left=left,
+                                                  key_padding_mask=key_padding_mask)
+                return sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask)
+
             return with_torch_backward(
-                lambda q, k, v: sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask),
+                kernel,
                 lambda q, k, v: self._torch_forward(q, k, v, proj, temp, w, key_padding_mask),
                 q, k, v,
             )
