@@ -238,7 +238,8 @@ def timing(args, dev, rows, budget, causal):
                 log(f"timing: budget spent, skipping T={T} {kind}/{impl}")
                 continue
             row = dict(part="causal" if causal else "timing", kind=kind, impl=impl, causal=causal, B=B, H=H,
-                       T=T, E=E, w=w if kind in ("local", "sblocal") else "", m=m if kind in ("performer", "sblocal") else "",
+                       T=T, E=E, w=w if kind in ("local", "sblocal") else "",
+                       m=m if kind in ("performer", "sblocal") else "",
                        dtype=str(dtype).replace("torch.", ""))
             try:
                 attn = variant(kind, impl, causal, w, m)
@@ -285,7 +286,8 @@ def timing(args, dev, rows, budget, causal):
 def fmt(row):
     keys = ("kind", "impl", "T", "fwd_ms", "fwd_peak_mib", "fwd_bwd_ms", "fwd_bwd_peak_mib",
             "speedup_vs_sdpa_fwd", "mem_vs_sdpa_fwd", "status")
-    return " ".join(f"{k}={row[k]:.4g}" if isinstance(row.get(k), float) else f"{k}={row.get(k, '')}" for k in keys)
+    return " ".join(f"{k}={row[k]:.4g}" if isinstance(row.get(k), float) else f"{k}={row.get(k, '')}"
+                    for k in keys)
 
 
 # ------------------------------------------------------------------------------------------------

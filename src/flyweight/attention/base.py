@@ -166,7 +166,9 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
 def check_impl(impl: str) -> str:
     if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS} (auto: Triton kernels on CUDA fp16/bf16), got {impl!r}")
+        raise ValueError(
+            f"impl must be one of {IMPLS} (auto: Triton kernels on CUDA fp16/bf16), got {impl!r}"
+        )
     return impl
 
 

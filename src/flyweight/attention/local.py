@@ -47,11 +47,14 @@ class LocalAttention(Attention):
             from flyweight.kernels.local_attention import local_attention
 
             left, right = window_bounds(w, self.causal)
-            return local_attention(q, k, v, left=left, right=right, scale=scale, key_padding_mask=key_padding_mask)
+            return local_attention(
+                q, k, v, left=left, right=right, scale=scale, key_padding_mask=key_padding_mask
+            )
         block = block_size_for(w, T)
         dt = compute_dtype(q)  # scores in >= fp32: q.k of large fp16 activations can exceed the fp16 range
         qb = blocked_queries(q.to(dt), block)
-        scores = torch.einsum("bhnre,bhnce->bhnrc", qb, windowed_keys(k.to(dt), w, block, self.causal)) * scale
+        keys = windowed_keys(k.to(dt), w, block, self.causal)
+        scores = torch.einsum("bhnre,bhnce->bhnrc", qb, keys) * scale
         mask = window_mask(T, w, block, q.device, key_padding_mask, self.causal)
         scores = scores.masked_fill(~mask, float("-inf"))
         # rows with no visible key (all keys padding) give 0, not NaN

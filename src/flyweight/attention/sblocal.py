@@ -95,7 +95,9 @@ class SBLocalAttention(RandomFeatureAttention):
             "bhnre,bhnce->bhnrc", blocked_queries(q.to(dt), block), windowed_keys(k.to(dt), w, block, causal)
         )
         s = (s * temp).masked_fill(~mask, float("-inf"))
-        p_win = torch.einsum("bhnrm,bhncm->bhnrc", blocked_queries(fq, block), windowed_keys(fk, w, block, causal))
+        p_win = torch.einsum(
+            "bhnrm,bhncm->bhnrc", blocked_queries(fq, block), windowed_keys(fk, w, block, causal)
+        )
         p_win = p_win.masked_fill(~mask, 0.0)
         g = blocked_queries(log_scale, block)  # (B, H, nb, block, 1)
         offset = torch.maximum(g, s.amax(-1, keepdim=True))  # M_i: no exponent below is positive

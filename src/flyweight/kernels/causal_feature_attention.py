@@ -22,14 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
+from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.feature_attention import (
     F32_DOT,
-    _key_feature_sums_kernel,
     feature_logs,
+    launch_key_feature_sums,
     load_projection,
     projection_halves,
-    tile,
 )
 from flyweight.kernels.local_attention import (
     _load_tile,
@@ -40,8 +40,7 @@ from flyweight.kernels.local_attention import (
 )
 
 LOG_FLOOR = math.log(1e-24)
-CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of BLOCK_M
-TILE = (16, 16, 4) if INTERPRET else (64, 32, 8)  # (BLOCK_M, BLOCK_N, num_warps)
+CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of every BLOCK_M below
 
 
 @triton.jit
@@ -137,22 +136,21 @@ def _causal_lowrank_kernel(
              out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
 
 
+_FWD = TiledKernel("causal_lowrank_fwd", _causal_lowrank_kernel,
+                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2), tile(128, 32, 8, 2)],
+                   tile(16, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD", "WINDOW"])
+
+
 def chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask):
     """(ck (BH,), S (BH, nchunk, MF, DVp), z (BH, nchunk, MF)): exclusive prefix sums at chunk starts."""
     B, H, T, E = k.shape
     EV = v.shape[-1]
     MF = w_hi.shape[0]
-    block_n, warps = tile("sums")
     nchunk = triton.cdiv(T, CHUNK)
     cmax = torch.empty(B * H, nchunk, device=k.device, dtype=torch.float32)
     kvp = torch.empty(B * H, nchunk, MF, padded_dim(EV), device=k.device, dtype=torch.float32)
     ksp = torch.empty(B * H, nchunk, MF, device=k.device, dtype=torch.float32)
-    pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, k)
-    _key_feature_sums_kernel[(nchunk, B * H)](
-        k, v, w_hi, w_lo, pad_t, cmax, kvp, ksp, *k.stride()[:3], *v.stride()[:3], pad_stride,
-        H, T, E, EV, m, CHUNK, math.sqrt(temp), 0.5 * temp,
-        D=w_hi.shape[1], DV=padded_dim(EV), MF=MF, HAS_PAD=has_pad, BLOCK_N=block_n, F32_DOT=F32_DOT,
-        num_warps=warps, num_stages=1 if INTERPRET else 2)
+    launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, CHUNK, cmax, kvp, ksp)
     ck = cmax.amax(-1).clamp_min(torch.finfo(torch.float32).min)
     weight = torch.exp(cmax - ck[:, None])
     kvp.mul_(weight[:, :, None, None])
@@ -175,14 +173,12 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
-    block_m, block_n, warps = TILE
-    assert CHUNK % block_m == 0
-    _causal_lowrank_kernel[(triton.cdiv(T, block_m), B * H)](
+    _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
         q, k, v, w_hi, w_lo, kvs, kss, ck, o, pad_t, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *o.stride()[:3], pad_stride, H, T, E, EV, m, kvs.shape[1], CHUNK,
         int(window_left or 0), float(temp), math.sqrt(temp), 0.5 * temp, math.log(m),
         math.log(eps * m) if eps > 0 else 0.0,
         D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
         WINDOW=window_left is not None, HAS_EPS=eps > 0,
-        BLOCK_M=block_m, BLOCK_N=block_n, F32_DOT=F32_DOT, num_warps=warps, num_stages=1 if INTERPRET else 2)
+        F32_DOT=F32_DOT)
     return o

@@ -30,19 +30,19 @@ import torch
 import triton
 import triton.language as tl
 
+from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
-from flyweight.kernels.local_attention import check_kernel_inputs, last_dim_contiguous, pad_mask_arg, padded_dim
+from flyweight.kernels.local_attention import (
+    check_kernel_inputs,
+    last_dim_contiguous,
+    pad_mask_arg,
+    padded_dim,
+)
 
 F32_DOT = "ieee" if INTERPRET else "tf32x3"  # precision of tl.dot on fp32 operands
-# (rows per program, num_warps)
-TILES = {"sums": (32, 8), "apply": (64, 8)}
-INTERPRET_TILES = {"sums": (16, 4), "apply": (16, 4)}
 PROGRAMS_PER_SM = 2
+SPLIT_GRANULE = 16 if INTERPRET else 64  # keys per split are a multiple of this (any BLOCK_N <= it)
 _SM_COUNT: dict[int, int] = {}
-
-
-def tile(name):
-    return (INTERPRET_TILES if INTERPRET else TILES)[name]
 
 
 def feature_dim(m: int) -> int:
@@ -154,6 +154,14 @@ def _performer_apply_kernel(
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
 
 
+_SUMS = TiledKernel("key_feature_sums", _key_feature_sums_kernel,
+                    [tile(None, 32, 8, 2), tile(None, 64, 8, 2), tile(None, 32, 4, 2), tile(None, 16, 4, 2)],
+                    tile(None, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD"])
+_APPLY = TiledKernel("performer_apply", _performer_apply_kernel,
+                     [tile(64, None, 8, 1), tile(128, None, 8, 1), tile(32, None, 4, 1),
+                      tile(64, None, 4, 1)],
+                     tile(16, None, 4, 1), ["T", "D", "DV", "MF"])
+
 # ==========================================================================================
 # Host side
 # ==========================================================================================
@@ -171,14 +179,24 @@ def projection_halves(proj: torch.Tensor, cosh: bool, dtype: torch.dtype, head_d
     return hi.contiguous(), lo.contiguous(), m
 
 
-def _num_splits(T, bh, block_n, device) -> int:
+def _num_splits(T, bh, device) -> int:
     if INTERPRET:
-        return max(1, min(2, triton.cdiv(T, block_n)))
+        return max(1, min(2, triton.cdiv(T, SPLIT_GRANULE)))
     idx = device.index if device.index is not None else torch.cuda.current_device()
     if idx not in _SM_COUNT:
         _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     want = triton.cdiv(PROGRAMS_PER_SM * _SM_COUNT[idx], bh)
-    return max(1, min(want, triton.cdiv(T, 4 * block_n)))  # at least 4 key tiles per program
+    return max(1, min(want, triton.cdiv(T, 2 * SPLIT_GRANULE)))  # at least 128 keys per program
+
+
+def launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, keys_per_split, cmax, kvp, ksp):
+    """Per-split max and partial sums into cmax (BH, S), kvp (BH, S, MF, DVp), ksp (BH, S, MF)."""
+    B, H, T, E = k.shape
+    pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, k)
+    _SUMS(lambda meta: (cmax.shape[1], B * H),
+          k, v, w_hi, w_lo, pad_t, cmax, kvp, ksp, *k.stride()[:3], *v.stride()[:3], pad_stride,
+          H, T, E, v.shape[-1], m, keys_per_split, math.sqrt(temp), 0.5 * temp,
+          D=w_hi.shape[1], DV=padded_dim(v.shape[-1]), MF=w_hi.shape[0], HAS_PAD=has_pad, F32_DOT=F32_DOT)
 
 
 def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
@@ -186,19 +204,13 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     B, H, T, E = k.shape
     EV = v.shape[-1]
     MF = w_hi.shape[0]
-    block_n, warps = tile("sums")
-    nsplit = _num_splits(T, B * H, block_n, k.device)
-    keys_per_split = triton.cdiv(triton.cdiv(T, nsplit), block_n) * block_n
+    nsplit = _num_splits(T, B * H, k.device)
+    keys_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
     nsplit = triton.cdiv(T, keys_per_split)
     cmax = torch.empty(B * H, nsplit, device=k.device, dtype=torch.float32)
     kvp = torch.empty(B * H, nsplit, MF, padded_dim(EV), device=k.device, dtype=torch.float32)
     ksp = torch.empty(B * H, nsplit, MF, device=k.device, dtype=torch.float32)
-    pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, k)
-    _key_feature_sums_kernel[(nsplit, B * H)](
-        k, v, w_hi, w_lo, pad_t, cmax, kvp, ksp, *k.stride()[:3], *v.stride()[:3], pad_stride,
-        H, T, E, EV, m, keys_per_split, math.sqrt(temp), 0.5 * temp,
-        D=w_hi.shape[1], DV=padded_dim(EV), MF=MF, HAS_PAD=has_pad, BLOCK_N=block_n, F32_DOT=F32_DOT,
-        num_warps=warps, num_stages=1 if INTERPRET else 2)
+    launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, keys_per_split, cmax, kvp, ksp)
     ck = cmax.amax(-1).clamp_min(torch.finfo(torch.float32).min)  # all keys padding: any finite offset
     weight = torch.exp(cmax - ck[:, None])  # rescale each split to the common offset
     kv = (kvp * weight[:, :, None, None]).sum(1).contiguous()
@@ -215,13 +227,11 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
-    block_m, warps = tile("apply")
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
-    _performer_apply_kernel[(triton.cdiv(T, block_m), B * H)](
-        q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],
-        H, T, E, EV, m, math.sqrt(temp), 0.5 * temp, log_eps_m,
-        D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0, BLOCK_M=block_m,
-        F32_DOT=F32_DOT, num_warps=warps, num_stages=1)
+    _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
+           q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],
+           H, T, E, EV, m, math.sqrt(temp), 0.5 * temp, log_eps_m,
+           D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0, F32_DOT=F32_DOT)
     return o
 
 

@@ -15,8 +15,9 @@ Kernels (exp2 throughout; scores prescaled by ``scale * log2(e)``):
 * dK/dV, one program per key block, over the query blocks whose windows contain it; dQ, one program
   per query block (no atomics, deterministic). ``delta = rowsum(dO * O)`` is a PyTorch reduction.
 
-Tiles are fixed per kernel (``TILES``; small ones under ``TRITON_INTERPRET=1``); every tile carries the
-band mask (a window of 256 keys spans 4-6 key tiles, so the mask is a small share of the work).
+Tiles are autotuned on CUDA per (T, head dims, padding) over a few Hopper-friendly shapes (``_tiles``;
+16 x 16 under ``TRITON_INTERPRET=1``); every tile carries the band mask (a window of 256 keys spans 4-6
+key tiles, so the mask is a small share of the work). BLOCK_M is always the query tile, BLOCK_N the key tile.
 """
 
 from __future__ import annotations
@@ -25,16 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
+from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 
 LOG2E = 1.4426950408889634
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel; dK/dV tiles are (query rows, key rows) too.
-TILES = {"fwd": (128, 64, 4, 3), "dkdv": (64, 64, 4, 2), "dq": (64, 64, 4, 2)}
-INTERPRET_TILES = {"fwd": (16, 16, 4, 1), "dkdv": (16, 16, 4, 1), "dq": (16, 16, 4, 1)}
-
-
-def _tile(name):
-    return (INTERPRET_TILES if INTERPRET else TILES)[name]
 
 
 def padded_dim(n: int) -> int:
@@ -228,7 +223,8 @@ def check_kernel_inputs(name: str, q, k, v, key_padding_mask=None) -> None:
                          f"{[str(d).replace('torch.', '') for d in allowed]}; got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}. Use impl='torch' for other dtypes")
     if max(q.shape[-1], v.shape[-1]) > 256:
-        raise ValueError(f"{name}: the Triton kernel takes head dims <= 256; got {q.shape[-1]}, {v.shape[-1]}")
+        raise ValueError(f"{name}: the Triton kernel takes head dims <= 256; got {q.shape[-1]}, "
+                         f"{v.shape[-1]}. Use impl='torch'")
 
 
 def pad_mask_arg(key_padding_mask, like):
@@ -239,11 +235,21 @@ def pad_mask_arg(key_padding_mask, like):
     return pad, pad.stride(0), True
 
 
-def _launch(kernel, grid_rows, name, bh, *args, **meta):
-    bm, bn, warps, stages = _tile(name)
-    rows = bn if name == "dkdv" else bm
-    kernel[(triton.cdiv(grid_rows, rows), bh)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
-                                               num_warps=warps, num_stages=stages)
+_KEY = ["T", "D", "DV", "HAS_PAD"]
+_SMALL = tile(16, 16, 4, 1)
+_FWD = TiledKernel("local_fwd", _local_fwd_kernel,
+                   [tile(128, 64, 4, 3), tile(128, 64, 8, 3), tile(64, 64, 4, 3), tile(128, 128, 8, 3),
+                    tile(64, 32, 4, 4)], _SMALL, _KEY)
+_DKDV = TiledKernel("local_dkdv", _local_bwd_dkdv_kernel,
+                    [tile(64, 64, 4, 2), tile(64, 128, 8, 2), tile(32, 64, 4, 3), tile(128, 64, 8, 2),
+                     tile(32, 128, 8, 3)], _SMALL, _KEY)
+_DQ = TiledKernel("local_dq", _local_bwd_dq_kernel,
+                  [tile(64, 64, 4, 2), tile(128, 64, 8, 2), tile(64, 32, 4, 3), tile(128, 32, 8, 3)],
+                  _SMALL, _KEY)
+
+
+def _grid(T, bh, rows="BLOCK_M"):
+    return lambda meta: (triton.cdiv(T, meta[rows]), bh)
 
 
 def _fwd(q, k, v, pad, left, right, scale):
@@ -252,7 +258,7 @@ def _fwd(q, k, v, pad, left, right, scale):
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad
-    _launch(_local_fwd_kernel, T, "fwd", B * H, q, k, v, o, lse, pad_t, *_s3(q), *_s3(k), *_s3(v), *_s3(o),
+    _FWD(_grid(T, B * H), q, k, v, o, lse, pad_t, *_s3(q), *_s3(k), *_s3(v), *_s3(o),
             pad_stride, H, T, E, EV, left, right, scale * LOG2E,
             D=padded_dim(E), DV=padded_dim(EV), HAS_PAD=has_pad)
     return o, lse
@@ -267,9 +273,9 @@ def _bwd(do, q, k, v, o, lse, pad, left, right, scale):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = dict(D=padded_dim(E), DV=padded_dim(EV), HAS_PAD=has_pad)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do))
-    _launch(_local_bwd_dkdv_kernel, T, "dkdv", B * H, q, k, v, do, lse, delta, dk, dv, pad_t, *common,
+    _DKDV(_grid(T, B * H, "BLOCK_N"), q, k, v, do, lse, delta, dk, dv, pad_t, *common,
             *_s3(dk), *_s3(dv), pad_stride, H, T, E, EV, left, right, scale * LOG2E, scale, **meta)
-    _launch(_local_bwd_dq_kernel, T, "dq", B * H, q, k, v, do, lse, delta, dq, pad_t, *common, *_s3(dq),
+    _DQ(_grid(T, B * H), q, k, v, do, lse, delta, dq, pad_t, *common, *_s3(dq),
             pad_stride, H, T, E, EV, left, right, scale * LOG2E, scale, **meta)
     return dq, dk, dv
 

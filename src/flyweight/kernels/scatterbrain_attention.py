@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from flyweight.kernels._triton_env import INTERPRET
+from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
     F32_DOT,
     feature_logs,
@@ -41,8 +41,6 @@ from flyweight.kernels.local_attention import (
 )
 
 LOG_FLOOR = math.log(1e-24)
-# (BLOCK_M, BLOCK_N, num_warps): fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live in registers
-TILE = (16, 16, 4) if INTERPRET else (64, 32, 8)
 
 
 @triton.jit
@@ -111,6 +109,12 @@ def _sblocal_fwd_kernel(
              out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
 
 
+# fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live on chip: small tiles for large m
+_FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
+                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2), tile(128, 32, 8, 2),
+                    tile(32, 64, 4, 2)], tile(16, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD"])
+
+
 def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None):
     """SBLocalAttention's forward through the kernels (no autograd; the module wraps it)."""
     check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
@@ -121,11 +125,10 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None):
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
-    block_m, block_n, warps = TILE
-    _sblocal_fwd_kernel[(triton.cdiv(T, block_m), B * H)](
+    _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
         q, k, v, w_hi, w_lo, kv, ksum, ck, o, pad_t, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *o.stride()[:3], pad_stride, H, T, E, EV, m, int(left), int(right), float(temp),
         math.sqrt(temp), 0.5 * temp, math.log(m),
         D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
-        BLOCK_M=block_m, BLOCK_N=block_n, F32_DOT=F32_DOT, num_warps=warps, num_stages=1 if INTERPRET else 2)
+        F32_DOT=F32_DOT)
     return o
