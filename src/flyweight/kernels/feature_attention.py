@@ -18,8 +18,9 @@ The projection W is applied in two operand-precision halves (W = W_hi + W_lo, bo
 dtype), so the feature exponents are as exact as fp32 while the GEMMs run on bf16/fp16 tensor cores.
 Products of fp32 operands (fk^T V, fq KV) use ``F32_DOT`` precision (tf32x3 on CUDA: about fp32).
 
-The backward recomputes the PyTorch path under autograd (``TorchBackward``): exact gradients with that
-path's memory; the kernels make inference and the forward fast.
+Non-causal Performer has backward kernels too (``performer_backward``); causal Performer and sblocal
+recompute the PyTorch path under autograd in their backward (``TorchBackward``): exact gradients with
+that path's memory.
 """
 
 from __future__ import annotations
@@ -218,8 +219,9 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     return ck.contiguous(), kv, ksum
 
 
-def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=False):
-    """PerformerAttention's forward through the kernels (no autograd; see ``performer_attention``)."""
+def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=False, return_state=False):
+    """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
+    return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
     check_kernel_inputs("performer attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     B, H, T, E = q.shape
@@ -232,7 +234,7 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],
            H, T, E, EV, m, math.sqrt(temp), 0.5 * temp, log_eps_m,
            D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0, F32_DOT=F32_DOT)
-    return o
+    return (o, (w_hi, w_lo, m, ck, kv, ksum)) if return_state else o
 
 
 class TorchBackward(torch.autograd.Function):
