@@ -12,7 +12,7 @@ Parts (each in its own try/except; a failure is logged with its traceback and th
   abs error of the output (and of dq, dk, dv). PASS when kernel error <= 2 x PyTorch error + 1e-4 x
   max|ref|. Odd T, a padding mask, large logits. -> numerics.csv
 * timing: B = 1, H = 12, E = 64, T in {1024, 4096, 16384, 65536}, w = 256, m = 256, bf16, non-causal:
-  forward and forward+backward (median of CUDA-event timed calls after warm-up) and the peak memory of
+  forward and forward+backward (column ``bwd``: Triton kernel, or autograd through the PyTorch path) (median of CUDA-event timed calls after warm-up) and the peak memory of
   one call above what was allocated before it, for SDPA (exact full attention, flash/cuDNN) and each
   variant's kernel and PyTorch paths side by side. -> timing.csv
 * causal: the same for causal SDPA and the causal variants (PyTorch path where no causal kernel exists).
@@ -20,6 +20,7 @@ Parts (each in its own try/except; a failure is logged with its traceback and th
   it: images/s and peak memory with full / local / performer / sblocal token attentions at the 1/32
   budgets (model/t2tattn_cfg), kernel path and PyTorch path, and the logits' max difference between the
   two paths. -> t2t.csv
+Also: run.log, autotune.json (the tiles the autotuner chose per kernel and key).
 
 --budget-s: no new measurement starts once the budget is spent (rows not run are logged as skipped).
 The PyTorch-path rows at T = 65536 forward+backward are skipped (tens of GB, seconds per call).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import sys
 import time
@@ -240,7 +242,7 @@ def timing(args, dev, rows, budget, causal):
             row = dict(part="causal" if causal else "timing", kind=kind, impl=impl, causal=causal, B=B, H=H,
                        T=T, E=E, w=w if kind in ("local", "sblocal") else "",
                        m=m if kind in ("performer", "sblocal") else "",
-                       dtype=str(dtype).replace("torch.", ""))
+                       dtype=str(dtype).replace("torch.", ""), bwd=backward_kind(kind, impl, causal))
             try:
                 attn = variant(kind, impl, causal, w, m)
                 if attn is not None:
@@ -281,6 +283,17 @@ def timing(args, dev, rows, budget, causal):
                 torch.cuda.empty_cache()
             rows.add(row)
             log(f"{row['part']} {fmt(row)}")
+
+
+def backward_kind(kind, impl, causal):
+    """How the backward of a row is computed: a Triton kernel, or autograd through a PyTorch path."""
+    if kind == "sdpa":
+        return "sdpa"
+    if impl == "torch":
+        return "torch autograd"
+    if kind == "local" or (kind == "performer" and not causal):
+        return "triton kernel"
+    return "torch recompute"
 
 
 def fmt(row):
@@ -388,6 +401,14 @@ def main():
             log(f"part {part} failed:\n{traceback.format_exc()}")
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+    try:
+        from flyweight.kernels._tiles import chosen_configs
+
+        with open(os.path.join(args.out, "autotune.json"), "w") as f:
+            json.dump(chosen_configs(), f, indent=1)
+        log(f"autotuner choices: {json.dumps(chosen_configs())}")
+    except Exception:  # noqa: BLE001
+        log(traceback.format_exc())
     log("done")
 
 
