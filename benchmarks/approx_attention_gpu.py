@@ -291,7 +291,7 @@ def backward_kind(kind, impl, causal):
         return "sdpa"
     if impl == "torch":
         return "torch autograd"
-    if kind == "local" or (kind == "performer" and not causal):
+    if kind == "local" or not causal:
         return "triton kernel"
     return "torch recompute"
 

@@ -12,7 +12,7 @@ fq . ksum (KV, ksum from ``key_feature_sums``, one pass over the keys), then str
 its window span: exact scores, the key features of the tile (recomputed on chip: never a T x m
 matrix in HBM) and the in-window low-rank estimates, under an online maximum M that starts at g_i.
 Every exponent is <= 0 (log-space stabilisation), so fp16/bf16 inputs stay finite.
-The backward recomputes the PyTorch path (``feature_attention.TorchBackward``).
+The backward kernels are in ``sblocal_backward`` (they re-use the saved M_i, z_i and floor flags).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ LOG_FLOOR = math.log(1e-24)
 
 @triton.jit
 def _sblocal_fwd_kernel(
-    Q, K, V, WHI, WLO, KV, KS, CK, O, PAD,
+    Q, K, V, WHI, WLO, KV, KS, CK, O, PAD, STATS,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot, stride_pb,
     H, T, E, EV, M, LEFT, RIGHT, scale, sqrt_temp, half_temp, log_m,
@@ -103,10 +103,17 @@ def _sblocal_fwd_kernel(
         m_i = m_new
     lowrank_scale = tl.math.exp(g - m_i)
     floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
-    z = exact_sum + tl.maximum(lr_mass * lowrank_scale - lowrank_sum, floor)
+    outside = lr_mass * lowrank_scale - lowrank_sum  # low-rank mass outside the window (floored below)
+    z = exact_sum + tl.maximum(outside, floor)
     out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
+    row_ok = offs_m < T
     tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+    # per-row offset M, normaliser z and whether the floor is inactive: what the backward re-uses
+    stats = STATS + bh64 * 3 * T + offs_m
+    tl.store(stats, m_i, mask=row_ok)
+    tl.store(stats + T, z, mask=row_ok)
+    tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=row_ok)
 
 
 # fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live on chip: small tiles for large m
@@ -115,8 +122,9 @@ _FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
                     tile(32, 64, 4, 2)], tile(16, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD"])
 
 
-def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None):
-    """SBLocalAttention's forward through the kernels (no autograd; the module wraps it)."""
+def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, return_state=False):
+    """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
+    return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
     check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
     B, H, T, E = q.shape
@@ -124,11 +132,12 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None):
     w_hi, w_lo, m = projection_halves(proj, True, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
-        q, k, v, w_hi, w_lo, kv, ksum, ck, o, pad_t, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        q, k, v, w_hi, w_lo, kv, ksum, ck, o, pad_t, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *o.stride()[:3], pad_stride, H, T, E, EV, m, int(left), int(right), float(temp),
         math.sqrt(temp), 0.5 * temp, math.log(m),
         D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
         F32_DOT=F32_DOT)
-    return o
+    return (o, (w_hi, w_lo, m, ck, kv, ksum, stats)) if return_state else o
