@@ -3,7 +3,8 @@
 ``TiledKernel(kernel, tiles, interpret_tile, key)`` launches ``kernel`` with tile meta-parameters
 (BLOCK_* constexprs, num_warps, num_stages): on CUDA through ``triton.autotune`` over ``tiles`` (keyed by
 ``key``, e.g. the sequence length and the padded dims), under ``TRITON_INTERPRET=1`` with the small
-fixed ``interpret_tile``. ``FLYWEIGHT_APPROX_AUTOTUNE=0`` uses ``tiles[0]`` without tuning.
+fixed ``interpret_tile``. ``FLYWEIGHT_APPROX_AUTOTUNE=0`` (or ``set_autotune(False)`` at run time, e.g.
+for correctness checks that should not pay for compiling every tile) uses ``tiles[0]`` without tuning.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from flyweight.kernels._triton_env import INTERPRET
 
 AUTOTUNE = not INTERPRET and os.environ.get("FLYWEIGHT_APPROX_AUTOTUNE", "1") != "0"
 REGISTRY: dict[str, "TiledKernel"] = {}
+_TUNE = {"on": AUTOTUNE}
+
+
+def set_autotune(on: bool) -> None:
+    """Tune (CUDA, when AUTOTUNE) or launch every kernel with its first tile from now on."""
+    _TUNE["on"] = bool(on) and AUTOTUNE
 
 
 def _meta(tile: dict) -> dict:
@@ -32,7 +39,7 @@ class TiledKernel:
 
     def __call__(self, grid, *args, **meta):
         """grid: a function of the tile's meta-parameters (a dict with the BLOCK_* entries)."""
-        if self.tuned is not None:
+        if self.tuned is not None and _TUNE["on"]:
             self.tuned[grid](*args, **meta)
             return
         tile = self.interpret_tile if INTERPRET else self.tiles[0]

@@ -156,11 +156,10 @@ def _performer_apply_kernel(
 
 
 _SUMS = TiledKernel("key_feature_sums", _key_feature_sums_kernel,
-                    [tile(None, 32, 8, 2), tile(None, 64, 8, 2), tile(None, 32, 4, 2), tile(None, 16, 4, 2)],
+                    [tile(None, 32, 8, 2), tile(None, 64, 8, 2), tile(None, 16, 4, 2)],
                     tile(None, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD"])
 _APPLY = TiledKernel("performer_apply", _performer_apply_kernel,
-                     [tile(64, None, 8, 1), tile(128, None, 8, 1), tile(32, None, 4, 1),
-                      tile(64, None, 4, 1)],
+                     [tile(64, None, 8, 1), tile(128, None, 8, 1), tile(32, None, 4, 1)],
                      tile(16, None, 4, 1), ["T", "D", "DV", "MF"])
 
 # ==========================================================================================

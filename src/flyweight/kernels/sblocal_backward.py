@@ -205,10 +205,10 @@ def _sblocal_bwd_key_kernel(
 
 _KEY_ARGS = ["T", "D", "DV", "MF", "HAS_PAD"]
 _QUERY = TiledKernel("sblocal_bwd_query", _sblocal_bwd_query_kernel,
-                     [tile(32, 32, 8, 1), tile(64, 32, 8, 1), tile(32, 64, 8, 1), tile(16, 32, 4, 1)],
+                     [tile(32, 32, 8, 1), tile(64, 32, 8, 1), tile(16, 32, 4, 1)],
                      tile(16, 16, 4, 1), _KEY_ARGS)
 _KEY = TiledKernel("sblocal_bwd_key", _sblocal_bwd_key_kernel,
-                   [tile(32, 32, 8, 1), tile(32, 64, 8, 1), tile(64, 32, 8, 1), tile(16, 32, 4, 1)],
+                   [tile(32, 32, 8, 1), tile(32, 64, 8, 1), tile(16, 32, 4, 1)],
                    tile(16, 16, 4, 1), _KEY_ARGS)
 
 
