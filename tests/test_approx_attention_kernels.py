@@ -273,3 +273,24 @@ def test_kernel_errors_name_the_fix(monkeypatch):
     monkeypatch.setattr(LA, "INTERPRET", False)
     with pytest.raises(ValueError, match="needs CUDA tensors.*impl='torch'"):
         make_attention("sblocal", window_size=3, nb_features=4, impl="triton")(q, k, v)
+
+
+def test_t2t_vit_token_attentions_run_the_kernels():
+    """The T2T-ViT token transformers (strided q, k, v views of one projection) give the same logits
+    through the kernels as through the PyTorch paths, for every approximate variant."""
+    from flyweight.models.t2t_vit import build_t2t_vit
+
+    torch.manual_seed(0)
+    model = build_t2t_vit("t2t_vit_t_7", img_size=32).eval()
+    images = torch.randn(2, 3, 32, 32)
+    specs = {"local": ({"name": "local", "window_size": 9}, {"name": "local", "window_size": 4}),
+             "performer": ({"name": "performer", "nb_features": 12}, {"name": "performer", "nb_features": 6}),
+             "sblocal": ({"name": "sblocal", "window_size": 7, "nb_features": 8},
+                         {"name": "sblocal", "window_size": 3, "nb_features": 4})}
+    for name, (s1, s2) in specs.items():
+        logits = {}
+        for impl in ("torch", "triton"):
+            model.set_t2t_attention({**s1, "impl": impl}, {**s2, "impl": impl})
+            with torch.no_grad():
+                logits[impl] = model(images)
+        torch.testing.assert_close(logits["triton"], logits["torch"], rtol=1e-4, atol=1e-4)
