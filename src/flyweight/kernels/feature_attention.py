@@ -33,14 +33,14 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
-from flyweight.kernels.local_attention import (
+from flyweight.kernels.local_attention import (  # noqa: F401  (F32_DOT is re-exported)
+    F32_DOT,
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
     padded_dim,
 )
 
-F32_DOT = "ieee" if INTERPRET else "tf32x3"  # precision of tl.dot on fp32 operands
 PROGRAMS_PER_SM = 2
 SPLIT_GRANULE = 16 if INTERPRET else 64  # keys per split are a multiple of this (any BLOCK_N <= it)
 _SM_COUNT: dict[int, int] = {}
