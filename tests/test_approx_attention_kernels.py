@@ -294,3 +294,17 @@ def test_t2t_vit_token_attentions_run_the_kernels():
             with torch.no_grad():
                 logits[impl] = model(images)
         torch.testing.assert_close(logits["triton"], logits["torch"], rtol=1e-4, atol=1e-4)
+
+
+def test_projection_cache_follows_redraws_and_loads():
+    """The kernels' cached projection halves are rebuilt after an in-place load or a redraw."""
+    q, k, v = inputs(T=20, scale=0.8, seed=1)
+    a = make_attention("performer", nb_features=16, seed=0, impl="triton")
+    b = make_attention("performer", nb_features=16, seed=7, impl="torch")
+    b.redraw_features(7, head_dim=16)
+    run(a, q, k, v, 0.3)  # caches seed 0's halves
+    a.load_state_dict(b.state_dict())  # in-place copy of seed 7's features
+    torch.testing.assert_close(run(a, q, k, v, 0.3)[0], run(b, q, k, v, 0.3, dtype=KERNEL_DTYPE)[0], **TOL)
+    a.redraw_features(3)
+    b.redraw_features(3)
+    torch.testing.assert_close(run(a, q, k, v, 0.3)[0], run(b, q, k, v, 0.3, dtype=KERNEL_DTYPE)[0], **TOL)

@@ -165,8 +165,27 @@ _APPLY = TiledKernel("performer_apply", _performer_apply_kernel,
 # ==========================================================================================
 # Host side
 # ==========================================================================================
+_HALVES_CACHE: dict = {}
+_HALVES_CACHE_SIZE = 16
+
+
 def projection_halves(proj: torch.Tensor, cosh: bool, dtype: torch.dtype, head_dim: int):
-    """(W_hi, W_lo) padded to (MF, D) in ``dtype`` with W_hi + W_lo = W (cosh: W stacked on -W)."""
+    """(W_hi, W_lo) padded to (MF, D) in ``dtype`` with W_hi + W_lo = W (cosh: W stacked on -W).
+
+    Memoised per (tensor, in-place version, dtype): a forward then costs no host-side launches for the
+    projection (they would dominate at short T). A redrawn or reloaded projection is a new key."""
+    key = (proj.data_ptr(), proj._version, tuple(proj.shape), proj.device, cosh, dtype, head_dim)
+    hit = _HALVES_CACHE.get(key)
+    if hit is not None and hit[0] is proj:
+        return hit[1]
+    halves = _projection_halves(proj, cosh, dtype, head_dim)
+    if len(_HALVES_CACHE) >= _HALVES_CACHE_SIZE:
+        _HALVES_CACHE.pop(next(iter(_HALVES_CACHE)))
+    _HALVES_CACHE[key] = (proj, halves)
+    return halves
+
+
+def _projection_halves(proj, cosh, dtype, head_dim):
     w = torch.cat([proj, -proj]) if cosh else proj
     w = w.float()
     m, E = w.shape

@@ -230,10 +230,15 @@ def check_kernel_inputs(name: str, q, k, v, key_padding_mask=None) -> None:
                          f"{v.shape[-1]}. Use impl='torch'")
 
 
+_NO_PAD: dict = {}
+
+
 def pad_mask_arg(key_padding_mask, like):
     """(uint8 (B, T) padding mask or a 1-element dummy, its batch stride, HAS_PAD)."""
-    if key_padding_mask is None:
-        return torch.zeros(1, dtype=torch.uint8, device=like.device), 0, False
+    if key_padding_mask is None:  # never read (HAS_PAD=False); one per device, no launch per call
+        if like.device not in _NO_PAD:
+            _NO_PAD[like.device] = torch.zeros(1, dtype=torch.uint8, device=like.device)
+        return _NO_PAD[like.device], 0, False
     pad = key_padding_mask.to(device=like.device, dtype=torch.uint8).contiguous()
     return pad, pad.stride(0), True
 
