@@ -291,7 +291,7 @@ def backward_kind(kind, impl, causal):
         return "sdpa"
     if impl == "torch":
         return "torch autograd"
-    if kind == "local" or not causal:
+    if kind in ("local", "performer") or not causal:
         return "triton kernel"
     return "torch recompute"
 

@@ -1,9 +1,9 @@
 """FAVOR+ (Performer): softmax attention through positive orthogonal random features, O(T * m) memory.
 
 ``causal=True``: query i sums over keys j <= i only (chunked prefix sums, ``causal_feature_sums``).
-On CUDA fp16/bf16 (``impl="auto"``) fused Triton kernels compute it: non-causal forward and backward
-(flyweight.kernels.feature_attention / performer_backward); causal forward (causal_feature_attention),
-whose backward recomputes this PyTorch path. ``impl="torch"`` forces the PyTorch path.
+On CUDA fp16/bf16 (``impl="auto"``) fused Triton kernels compute it, forward and backward: non-causal
+(flyweight.kernels.feature_attention / performer_backward) and causal (causal_feature_attention /
+causal_performer_backward). ``impl="torch"`` forces the PyTorch path.
 """
 
 from __future__ import annotations
@@ -93,18 +93,11 @@ class PerformerAttention(RandomFeatureAttention):
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
         if self._use_kernel(q, k, v):
-            from flyweight.kernels.causal_feature_attention import causal_lowrank_forward
-            from flyweight.kernels.feature_attention import with_torch_backward
+            from flyweight.kernels.causal_performer_backward import causal_performer_attention
             from flyweight.kernels.performer_backward import performer_attention
 
-            if not self.causal:  # forward and backward kernels
-                return performer_attention(q, k, v, proj, temp, self.eps, key_padding_mask)
-            return with_torch_backward(  # causal: forward kernel, backward by recomputing the PyTorch path
-                lambda q, k, v: causal_lowrank_forward(q, k, v, proj, temp, cosh=False, eps=self.eps,
-                                                       key_padding_mask=key_padding_mask),
-                lambda q, k, v: self._torch_forward(q, k, v, proj, temp, key_padding_mask),
-                q, k, v,
-            )
+            fn = causal_performer_attention if self.causal else performer_attention
+            return fn(q, k, v, proj, temp, self.eps, key_padding_mask)  # forward and backward kernels
         return self._torch_forward(q, k, v, proj, temp, key_padding_mask)
 
     def _torch_forward(self, q, k, v, proj, temp, key_padding_mask):
