@@ -7,15 +7,15 @@ Run on the GPU machine (the project need not be installed; needs torch, triton, 
 
 Parts (each in its own try/except; a failure is logged with its traceback and the next part runs):
 
-* numerics (default tiles, no autotuning): fp16 and bf16 inputs, the kernel path (impl="triton") and the PyTorch path (impl="torch") in
-  that dtype, both against the PyTorch path in float64 on the same (rounded) inputs and features: max
+* numerics (default tiles, no autotuning): fp16 and bf16 inputs, the kernel path (impl="triton") and
+  the PyTorch path (impl="torch") in that dtype, both against the PyTorch path in float64 on the same (rounded) inputs and features: max
   abs error of the output (and of dq, dk, dv). PASS when kernel error <= 2 x PyTorch error + 1e-4 x
   max|ref|. Odd T, a padding mask, large logits. -> numerics.csv
 * timing: B = 1, H = 12, E = 64, T in {1024, 4096, 16384, 65536}, w = 256, m = 256, bf16, non-causal:
-  forward and forward+backward (column ``bwd``: Triton kernel, or autograd through the PyTorch path) (median of CUDA-event timed calls after warm-up) and the peak memory of
-  one call above what was allocated before it, for SDPA (exact full attention, flash/cuDNN) and each
+  forward and forward+backward (median of CUDA-event timed calls after warm-up; column ``bwd``: Triton
+  kernels, or autograd through the PyTorch path) and the peak memory of one call above what was allocated before it, for SDPA (exact full attention, flash/cuDNN) and each
   variant's kernel and PyTorch paths side by side. -> timing.csv
-* causal: the same for causal SDPA and the causal variants (PyTorch path where no causal kernel exists).
+* causal: the same for causal SDPA and the causal variants.
 * t2t: T2T-ViT-t-14 (random weights) at 224 x 224, batch 64, under bf16 autocast as the evaluation runs
   it: images/s and peak memory with full / local / performer / sblocal token attentions at the 1/32
   budgets (model/t2tattn_cfg), kernel path and PyTorch path, and the logits' max difference between the
@@ -242,7 +242,7 @@ def timing(args, dev, rows, budget, causal):
             row = dict(part="causal" if causal else "timing", kind=kind, impl=impl, causal=causal, B=B, H=H,
                        T=T, E=E, w=w if kind in ("local", "sblocal") else "",
                        m=m if kind in ("performer", "sblocal") else "",
-                       dtype=str(dtype).replace("torch.", ""), bwd=backward_kind(kind, impl, causal))
+                       dtype=str(dtype).replace("torch.", ""), bwd=backward_kind(kind, impl))
             try:
                 attn = variant(kind, impl, causal, w, m)
                 if attn is not None:
@@ -285,15 +285,13 @@ def timing(args, dev, rows, budget, causal):
             log(f"{row['part']} {fmt(row)}")
 
 
-def backward_kind(kind, impl, causal):
-    """How the backward of a row is computed: a Triton kernel, or autograd through a PyTorch path."""
+def backward_kind(kind, impl):
+    """How the backward of a row is computed: Triton kernels, or autograd through a PyTorch path."""
     if kind == "sdpa":
         return "sdpa"
     if impl == "torch":
         return "torch autograd"
-    if kind in ("local", "performer") or not causal:
-        return "triton kernel"
-    return "torch recompute"
+    return "triton kernel"
 
 
 def fmt(row):

@@ -229,9 +229,13 @@ def test_causal_lowrank_kernels_match_dense(T, pad):
         torch.testing.assert_close(g, r, **TOL)
     sb = make_attention("sblocal", window_size=9, nb_features=16, seed=4, causal=True, impl="triton")
     sb.redraw_features(4, head_dim=16)
-    ref = dense_sblocal(q, k, v, sb.features.double(), temp, 9, kpm, causal=True)
-    out, _ = run(sb, q, k, v, temp, kpm)
+    W = sb.features.double()
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_sblocal(q, k, v, W, temp, 9, kpm, causal=True),
+                                 q, k, v, go)
+    out, grads = run(sb, q, k, v, temp, kpm, grad_out=go)
     torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
 
 
 # ---- causal PyTorch variants (references for the causal kernels) ----------------------------------------

@@ -3,7 +3,7 @@
 ``causal=True``: query i sums over keys j <= i only (chunked prefix sums, ``causal_feature_sums``).
 On CUDA fp16/bf16 (``impl="auto"``) fused Triton kernels compute it, forward and backward: non-causal
 (flyweight.kernels.feature_attention / performer_backward) and causal (causal_feature_attention /
-causal_performer_backward). ``impl="torch"`` forces the PyTorch path.
+causal_lowrank_backward). ``impl="torch"`` forces the PyTorch path.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class PerformerAttention(RandomFeatureAttention):
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
         if self._use_kernel(q, k, v):
-            from flyweight.kernels.causal_performer_backward import causal_performer_attention
+            from flyweight.kernels.causal_lowrank_backward import causal_performer_attention
             from flyweight.kernels.performer_backward import performer_attention
 
             fn = causal_performer_attention if self.causal else performer_attention

@@ -8,10 +8,9 @@ stays. Every exponent is shifted by a per-query offset M_i >= all of the row's l
 overflows in any dtype. Memory O(T * (w + m)); never a T x T matrix.
 
 ``causal=True``: the window is the w keys i-w+1 .. i and the low-rank sums run over j <= i.
-On CUDA fp16/bf16 (``impl="auto"``) Triton kernels compute it: non-causal forward (one pass,
-flyweight.kernels.scatterbrain_attention) and backward (sblocal_backward); causal forward
-(causal_feature_attention), whose backward recomputes this PyTorch path. ``impl="torch"`` forces the
-PyTorch path.
+On CUDA fp16/bf16 (``impl="auto"``) Triton kernels compute it, forward and backward: non-causal
+(flyweight.kernels.scatterbrain_attention, one pass / sblocal_backward) and causal
+(causal_feature_attention / causal_lowrank_backward). ``impl="torch"`` forces the PyTorch path.
 """
 
 from __future__ import annotations
@@ -54,19 +53,13 @@ class SBLocalAttention(RandomFeatureAttention):
         proj = self._projection(E, q.device)
         w = min(self.window_size, 2 * T)
         if self._use_kernel(q, k, v):
-            from flyweight.kernels.causal_feature_attention import causal_lowrank_forward
-            from flyweight.kernels.feature_attention import with_torch_backward
+            from flyweight.kernels.causal_lowrank_backward import causal_sblocal_attention
             from flyweight.kernels.sblocal_backward import sblocal_attention
 
             left, right = window_bounds(w, self.causal)
-            if not self.causal:  # forward and backward kernels
-                return sblocal_attention(q, k, v, proj, temp, left, right, key_padding_mask)
-            return with_torch_backward(  # causal: forward kernel, backward by recomputing the PyTorch path
-                lambda q, k, v: causal_lowrank_forward(q, k, v, proj, temp, cosh=True, window_left=left,
-                                                       key_padding_mask=key_padding_mask),
-                lambda q, k, v: self._torch_forward(q, k, v, proj, temp, w, key_padding_mask),
-                q, k, v,
-            )
+            if self.causal:  # forward and backward kernels
+                return causal_sblocal_attention(q, k, v, proj, temp, left, key_padding_mask)
+            return sblocal_attention(q, k, v, proj, temp, left, right, key_padding_mask)
         return self._torch_forward(q, k, v, proj, temp, w, key_padding_mask)
 
     def _torch_forward(self, q, k, v, proj, temp, w, key_padding_mask):

@@ -11,8 +11,7 @@ S_c = sum_{j < start of chunk c} fk_j v_j^T. One program per query block then ad
 and, for Scatterbrain, the exact causal window i-w+1 .. i with its low-rank estimate swapped out, in
 the same key loop and under the same running offset M_i = max(g_i, scores) as the non-causal kernel
 (``scatterbrain_attention``). Memory: T / CHUNK states of m x Ev fp32 per head, never T x m.
-Backward: Performer's kernels are in ``causal_performer_backward`` (they re-use the saved chunk states and
-per-row denominators); causal sblocal recomputes the PyTorch path (``feature_attention.TorchBackward``).
+Backward: ``causal_lowrank_backward`` (it re-uses the saved chunk states and per-row statistics).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of every B
 
 @triton.jit
 def _causal_lowrank_kernel(
-    Q, K, V, WHI, WLO, KVS, KSS, CK, O, PAD, DEN,
+    Q, K, V, WHI, WLO, KVS, KSS, CK, O, PAD, STATS,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot, stride_pb,
     H, T, E, EV, M, NCHUNK, CHUNK, LEFT, scale, sqrt_temp, half_temp, log_m, log_eps_m,
@@ -126,14 +125,19 @@ def _causal_lowrank_kernel(
         lowrank_scale = tl.math.exp(g - m_i)
         floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
         lowrank_mass = lr_mass * lowrank_scale + prefix_sum
-        z = exact_sum + tl.maximum(lowrank_mass - window_lowrank_sum, floor)
+        outside = lowrank_mass - window_lowrank_sum
+        z = exact_sum + tl.maximum(outside, floor)
         out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
+        stats = STATS + bh64 * 3 * T + offs_m  # for the backward: M, z, floor inactive
+        tl.store(stats, m_i, mask=offs_m < T)
+        tl.store(stats + T, z, mask=offs_m < T)
+        tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=offs_m < T)
     else:
         den = lr_mass + prefix_sum
         if HAS_EPS:
             den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
         out = (acc + lr_num) / tl.maximum(den, 1e-30)[:, None]
-        tl.store(DEN + bh64 * T + offs_m, den, mask=offs_m < T)  # for the backward
+        tl.store(STATS + bh64 * 3 * T + offs_m, den, mask=offs_m < T)  # for the backward
     tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
              out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
 
@@ -167,7 +171,8 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
                            return_state=False):
     """Causal Performer (window_left None, exp features, eps) or causal sblocal (window_left = w - 1,
     cosh features) forward through the kernels (no autograd; the modules wrap it).
-    return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row denominators) (Performer)."""
+    return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
+    denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"
     check_kernel_inputs(name, q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
@@ -176,14 +181,14 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
     o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
-    den = torch.empty((B * H, T), device=q.device, dtype=torch.float32)
+    stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
-        q, k, v, w_hi, w_lo, kvs, kss, ck, o, pad_t, den, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        q, k, v, w_hi, w_lo, kvs, kss, ck, o, pad_t, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *o.stride()[:3], pad_stride, H, T, E, EV, m, kvs.shape[1], CHUNK,
         int(window_left or 0), float(temp), math.sqrt(temp), 0.5 * temp, math.log(m),
         math.log(eps * m) if eps > 0 else 0.0,
         D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
         WINDOW=window_left is not None, HAS_EPS=eps > 0,
         F32_DOT=F32_DOT)
-    return (o, (w_hi, w_lo, m, ck, kvs, kss, den)) if return_state else o
+    return (o, (w_hi, w_lo, m, ck, kvs, kss, stats)) if return_state else o

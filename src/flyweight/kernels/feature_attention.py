@@ -18,9 +18,9 @@ The projection W is applied in two operand-precision halves (W = W_hi + W_lo, bo
 dtype), so the feature exponents are as exact as fp32 while the GEMMs run on bf16/fp16 tensor cores.
 Products of fp32 operands (fk^T V, fq KV) use ``F32_DOT`` precision (tf32x3 on CUDA: about fp32).
 
-Performer (``performer_backward``, ``causal_performer_backward``) and non-causal sblocal
-(``sblocal_backward``) have backward kernels too; causal sblocal recomputes the PyTorch path under autograd
-in its backward (``TorchBackward``): exact gradients with that path's memory.
+Backward kernels: ``performer_backward``, ``sblocal_backward``, ``causal_lowrank_backward``.
+``TorchBackward`` / ``with_torch_backward`` (a forward kernel differentiated through a recomputation of a
+PyTorch path) remain for experiments; no variant uses them.
 """
 
 from __future__ import annotations

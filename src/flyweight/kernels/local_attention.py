@@ -14,7 +14,8 @@ Kernels (exp2 throughout; scores prescaled by ``scale * log2(e)``):
   the backward's recomputed probabilities are exactly 0 there).
 * dK/dV, one program per key block, over the query blocks whose windows contain it; dQ, one program
   per query block (no atomics, deterministic). dS = P (dP - delta) enters its two GEMMs in fp32
-  (tf32x3), as precise as the PyTorch path's fp32 softmax backward. ``delta = rowsum(dO * O)`` is a PyTorch reduction.
+  (tf32x3), as precise as the PyTorch path's fp32 softmax backward. ``delta = rowsum(dO * O)`` is a
+  PyTorch reduction.
 
 Tiles are autotuned on CUDA per (T, head dims, padding) over a few Hopper-friendly shapes (``_tiles``;
 16 x 16 under ``TRITON_INTERPRET=1``); every tile carries the band mask (a window of 256 keys spans 4-6

@@ -99,8 +99,8 @@ def _performer_bwd_query_kernel(
         dfq = tl.dot(g, tl.trans(kv), input_precision=F32_DOT) + h[:, None] * ks[None, :]
         dlq = fq * dfq
         dq = _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
-        dq_ptrs = DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=dmask)
+        dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
+        tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=dmask)
         dkv = tl.dot(tl.trans(fq), g, dkv, input_precision=F32_DOT)
         dks += tl.sum(fq * h[:, None], 0)
     part = bh64 * nsplit + split

@@ -132,7 +132,8 @@ def _sblocal_bwd_query_kernel(
         dlq = fq * ls[:, None] * dfq
         dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
         dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
-        tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
+        tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
     part = bh64 * nsplit + split
     tl.store(DKVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], dkv)
     tl.store(DKSP + part * MF + offs_f, dks)
