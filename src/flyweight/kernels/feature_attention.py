@@ -19,8 +19,6 @@ dtype), so the feature exponents are as exact as fp32 while the GEMMs run on bf1
 Products of fp32 operands (fk^T V, fq KV) use ``F32_DOT`` precision (tf32x3 on CUDA: about fp32).
 
 Backward kernels: ``performer_backward``, ``sblocal_backward``, ``causal_lowrank_backward``.
-``TorchBackward`` / ``with_torch_backward`` (a forward kernel differentiated through a recomputation of a
-PyTorch path) remain for experiments; no variant uses them.
 """
 
 from __future__ import annotations
@@ -253,30 +251,3 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
            H, T, E, EV, m, math.sqrt(temp), 0.5 * temp, log_eps_m,
            D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0, F32_DOT=F32_DOT)
     return (o, (w_hi, w_lo, m, ck, kv, ksum)) if return_state else o
-
-
-class TorchBackward(torch.autograd.Function):
-    """Forward by ``kernel_fn(q, k, v)``; backward by differentiating ``torch_fn(q, k, v)`` (recomputed)."""
-
-    @staticmethod
-    def forward(ctx, kernel_fn, torch_fn, q, k, v):
-        ctx.torch_fn = torch_fn
-        ctx.save_for_backward(q, k, v)
-        return kernel_fn(q, k, v)
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v = ctx.saved_tensors
-        with torch.enable_grad():
-            inputs = [x.detach().requires_grad_(need) for x, need in zip((q, k, v), ctx.needs_input_grad[2:])]
-            out = ctx.torch_fn(*inputs)
-            wanted = [x for x in inputs if x.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, do))
-        return None, None, *(next(grads) if x.requires_grad else None for x in inputs)
-
-
-def with_torch_backward(kernel_fn, torch_fn, q, k, v):
-    """kernel_fn's output, differentiable through a recomputation of torch_fn when a grad is needed."""
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
-        return TorchBackward.apply(kernel_fn, torch_fn, q, k, v)
-    return kernel_fn(q, k, v)
