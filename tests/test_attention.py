@@ -41,7 +41,7 @@ def test_registry_and_errors():
     assert set(KINDS) <= set(ATTENTION_KINDS)
     with pytest.raises(ValueError, match="unknown attention 'nope'; valid: .*sblocal"):
         make_attention("nope")
-    with pytest.raises(TypeError, match="accepted: \\('window_size',\\)"):
+    with pytest.raises(TypeError, match="accepted: \\('window_size', 'causal', 'impl'\\)"):
         make_attention("local", nb_features=3)
     with pytest.raises(ValueError, match="nb_features must be a positive even"):
         make_attention("sblocal", window_size=4, nb_features=3)

@@ -110,10 +110,12 @@ def no_queries(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
     return v.new_empty(v.shape) if q.shape[2] == 0 else None
 
 
-def window_bounds(window_size: int) -> tuple[int, int]:
-    """Query i sees keys j with -left <= j - i <= right; left + right + 1 == window_size."""
+def window_bounds(window_size: int, causal: bool = False) -> tuple[int, int]:
+    """Query i sees keys j with -left <= j - i <= right; left + right + 1 == window_size.
+
+    Centred (left = floor(w/2)) by default; causal: the w keys up to and including the query."""
     window_size = check_window_size(window_size)
-    left = window_size // 2
+    left = window_size - 1 if causal else window_size // 2
     return left, window_size - left - 1
 
 
@@ -130,18 +132,19 @@ def blocked_queries(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.view(B, H, nb, block, D)
 
 
-def windowed_keys(x: torch.Tensor, window_size: int, block: int) -> torch.Tensor:
+def windowed_keys(x: torch.Tensor, window_size: int, block: int, causal: bool = False) -> torch.Tensor:
     """(B, H, T, D) -> (B, H, nb, span, D): the keys each query block can see (a strided view)."""
-    left, right = window_bounds(window_size)
+    left, right = window_bounds(window_size, causal)
     B, H, T, D = x.shape
     nb = math.ceil(T / block)
     x = nn.functional.pad(x, (0, 0, left, nb * block - T + right))
     return x.unfold(2, block + left + right, block).transpose(-1, -2)
 
 
-def window_mask(T: int, window_size: int, block: int, device, key_padding_mask=None) -> torch.Tensor:
+def window_mask(T: int, window_size: int, block: int, device, key_padding_mask=None,
+                causal: bool = False) -> torch.Tensor:
     """Bool (B or 1, 1, nb, block, span): True where query row r of block n may attend key c of its span."""
-    left, right = window_bounds(window_size)
+    left, right = window_bounds(window_size, causal)
     nb = math.ceil(T / block)
     span = block + left + right
     r = torch.arange(block, device=device)[:, None]
@@ -153,7 +156,7 @@ def window_mask(T: int, window_size: int, block: int, device, key_padding_mask=N
     mask = mask[None, None]
     if key_padding_mask is not None:
         keep = ~key_padding_mask  # (B, T)
-        keep = windowed_keys(keep[:, None, :, None].to(torch.uint8), window_size, block)[
+        keep = windowed_keys(keep[:, None, :, None].to(torch.uint8), window_size, block, causal)[
             ..., 0
         ].bool()  # (B,1,nb,span)
         mask = mask & keep[:, :, :, None, :]
@@ -164,3 +167,32 @@ def unblock(x: torch.Tensor, T: int) -> torch.Tensor:
     """(B, H, nb, block, D) -> (B, H, T, D)."""
     B, H, nb, block, D = x.shape
     return x.reshape(B, H, nb * block, D)[:, :, :T]
+
+
+# ---- implementation choice: the PyTorch path or the Triton kernels -----------------------------------------
+IMPLS = ("auto", "torch", "triton")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(
+            f"impl must be one of {IMPLS} (auto: Triton kernels on CUDA fp16/bf16), got {impl!r}"
+        )
+    return impl
+
+
+def use_kernel(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """impl 'triton': always (the kernel reports what it cannot take); 'auto': CUDA fp16/bf16 inputs
+    with head dims <= 256; 'torch': never."""
+    if impl == "torch":
+        return False
+    if impl == "triton":
+        return True
+    return (
+        q.is_cuda
+        and q.dtype in KERNEL_DTYPES
+        and k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and max(q.shape[-1], v.shape[-1]) <= 256
+    )

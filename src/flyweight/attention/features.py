@@ -40,3 +40,29 @@ def log_features(x: torch.Tensor, proj: torch.Tensor, temp: float, cosh: bool) -
     if cosh:
         wx = torch.cat([wx, -wx], dim=-1)
     return wx - 0.5 * (x * x).sum(-1, keepdim=True)
+
+
+def causal_feature_sums(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, chunk: int = 64):
+    """Prefix low-rank sums, chunk by chunk: (sum_{j<=i} (fq_i.fk_j) v_j, sum_{j<=i} fq_i.fk_j) per query.
+
+    fq, fk (B, H, T, m), v (B, H, T, E), one dtype. Each chunk adds the state of the chunks before it
+    (m x E per chunk) and its own causal (chunk x chunk) block: never a T x m x E prefix tensor.
+    Returns ((B, H, T, E), (B, H, T, 1)).
+    """
+    B, H, T, m = fq.shape
+    nb = math.ceil(T / chunk)
+    pad = nb * chunk - T
+
+    def blocks(x):
+        return torch.nn.functional.pad(x, (0, 0, 0, pad)).view(B, H, nb, chunk, x.shape[-1])
+
+    fqb, fkb, vb = blocks(fq), blocks(fk), blocks(v)
+    kv = torch.einsum("bhncm,bhnce->bhnme", fkb, vb)
+    ks = fkb.sum(-2)
+    # exclusive prefix over chunks (a shifted cumsum, not cumsum - self: no cancellation)
+    kv_prev = torch.cat([torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(2)], dim=2)
+    ks_prev = torch.cat([torch.zeros_like(ks[:, :, :1]), ks[:, :, :-1].cumsum(2)], dim=2)
+    intra = torch.einsum("bhncm,bhndm->bhncd", fqb, fkb).tril()  # j <= i inside the chunk
+    num = torch.einsum("bhncm,bhnme->bhnce", fqb, kv_prev) + torch.einsum("bhncd,bhnde->bhnce", intra, vb)
+    mass = torch.einsum("bhncm,bhnm->bhnc", fqb, ks_prev) + intra.sum(-1)
+    return num.reshape(B, H, nb * chunk, -1)[:, :, :T], mass.reshape(B, H, nb * chunk, 1)[:, :, :T]

@@ -1,4 +1,10 @@
-"""FAVOR+ (Performer): softmax attention through positive orthogonal random features, O(T * m) memory."""
+"""FAVOR+ (Performer): softmax attention through positive orthogonal random features, O(T * m) memory.
+
+``causal=True``: query i sums over keys j <= i only (chunked prefix sums, ``causal_feature_sums``).
+On CUDA fp16/bf16 (``impl="auto"``) fused Triton kernels compute it, forward and backward: non-causal
+(flyweight.kernels.feature_attention / performer_backward) and causal (causal_feature_attention /
+causal_lowrank_backward). ``impl="torch"`` forces the PyTorch path.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ import numbers
 
 import torch
 
-from flyweight.attention.base import Attention, AttentionCost, no_queries, register_attention
-from flyweight.attention.features import gaussian_orthogonal_matrix, log_features
+from flyweight.attention.base import Attention, AttentionCost, check_impl, no_queries, register_attention, use_kernel
+from flyweight.attention.features import causal_feature_sums, gaussian_orthogonal_matrix, log_features
 
 
 class RandomFeatureAttention(Attention):
@@ -16,8 +22,10 @@ class RandomFeatureAttention(Attention):
 
     cosh = False
 
-    def __init__(self, nb_features: int = 256, seed: int = 0):
+    def __init__(self, nb_features: int = 256, seed: int = 0, causal: bool = False, impl: str = "auto"):
         super().__init__()
+        self.causal = bool(causal)
+        self.impl = check_impl(impl)
         if (isinstance(nb_features, bool) or not isinstance(nb_features, numbers.Integral) or nb_features < 1
                 or (self.cosh and nb_features % 2)):
             raise ValueError(
@@ -62,18 +70,22 @@ class RandomFeatureAttention(Attention):
             self.features = torch.empty_like(state_dict[key], device=self.features.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _use_kernel(self, q, k, v) -> bool:
+        return use_kernel(self.impl, q, k, v)
+
     def extra_repr(self):
-        return f"nb_features={self.nb_features}, seed={self.seed}"
+        return f"nb_features={self.nb_features}, seed={self.seed}, causal={self.causal}, impl={self.impl}"
 
 
 @register_attention("performer")
 class PerformerAttention(RandomFeatureAttention):
     """out_i = phi(q_i).(sum_j phi(k_j) v_j^T) / phi(q_i).(sum_j phi(k_j)), phi the positive "exp" map."""
 
-    ACCEPTS = ("nb_features", "seed", "eps")
+    ACCEPTS = ("nb_features", "seed", "eps", "causal", "impl")
 
-    def __init__(self, nb_features: int = 256, seed: int = 0, eps: float = 0.0):
-        super().__init__(nb_features=nb_features, seed=seed)
+    def __init__(self, nb_features: int = 256, seed: int = 0, eps: float = 0.0, causal: bool = False,
+                 impl: str = "auto"):
+        super().__init__(nb_features=nb_features, seed=seed, causal=causal, impl=impl)
         # eps > 0: out = num / (den + eps) on the unshifted features (the official T2T token performer's 1e-8)
         self.eps = float(eps)
 
@@ -84,6 +96,15 @@ class PerformerAttention(RandomFeatureAttention):
         E = q.shape[-1]
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
+        if self._use_kernel(q, k, v):
+            from flyweight.kernels.causal_lowrank_backward import causal_performer_attention
+            from flyweight.kernels.performer_backward import performer_attention
+
+            fn = causal_performer_attention if self.causal else performer_attention
+            return fn(q, k, v, proj, temp, self.eps, key_padding_mask)  # forward and backward kernels
+        return self._torch_forward(q, k, v, proj, temp, key_padding_mask)
+
+    def _torch_forward(self, q, k, v, proj, temp, key_padding_mask):
         lq = log_features(q, proj, temp, self.cosh)
         lk = log_features(k, proj, temp, self.cosh)
         if key_padding_mask is not None:  # padded keys get zero features and do not set the offset
@@ -92,9 +113,12 @@ class PerformerAttention(RandomFeatureAttention):
         cq = lq.amax(-1, keepdim=True)
         ck = lk.amax((-2, -1), keepdim=True).clamp_min(torch.finfo(lk.dtype).min)
         fq, fk = torch.exp(lq - cq), torch.exp(lk - ck)
-        kv = torch.einsum("bhtm,bhte->bhme", fk, v.to(fk.dtype))
-        num = torch.einsum("bhtm,bhme->bhte", fq, kv)
-        den = torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None]
+        if self.causal:
+            num, den = causal_feature_sums(fq, fk, v.to(fk.dtype))
+        else:
+            kv = torch.einsum("bhtm,bhte->bhme", fk, v.to(fk.dtype))
+            num = torch.einsum("bhtm,bhme->bhte", fq, kv)
+            den = torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None]
         if self.eps > 0:  # eps on the unshifted scale: phi = exp(cq + ck) / m * (shifted phi)
             den = den + torch.exp((math.log(self.eps * self.nb_features) - cq - ck).clamp(max=80.0))
         return (num / den.clamp_min(1e-30)).to(v.dtype)

@@ -6,6 +6,11 @@ With s_ij = tau q_i.k_j, p_ij = phi(q_i).phi(k_j) ("cosh" features) and L(i) the
 Inside the window the low-rank estimate is swapped for the exact term (no double counting); outside it
 stays. Every exponent is shifted by a per-query offset M_i >= all of the row's log-terms, so nothing
 overflows in any dtype. Memory O(T * (w + m)); never a T x T matrix.
+
+``causal=True``: the window is the w keys i-w+1 .. i and the low-rank sums run over j <= i.
+On CUDA fp16/bf16 (``impl="auto"``) Triton kernels compute it, forward and backward: non-causal
+(flyweight.kernels.scatterbrain_attention, one pass / sblocal_backward) and causal
+(causal_feature_attention / causal_lowrank_backward). ``impl="torch"`` forces the PyTorch path.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from flyweight.attention.base import (
     AttentionCost,
     block_size_for,
     check_window_size,
+    window_bounds,
     blocked_queries,
     no_queries,
     register_attention,
@@ -25,7 +31,7 @@ from flyweight.attention.base import (
     window_mask,
     windowed_keys,
 )
-from flyweight.attention.features import log_features
+from flyweight.attention.features import causal_feature_sums, log_features
 from flyweight.attention.performer import RandomFeatureAttention
 
 _LOG_FLOOR = math.log(1e-24)
@@ -33,11 +39,12 @@ _LOG_FLOOR = math.log(1e-24)
 
 @register_attention("sblocal")
 class SBLocalAttention(RandomFeatureAttention):
-    ACCEPTS = ("window_size", "nb_features", "seed")
+    ACCEPTS = ("window_size", "nb_features", "seed", "causal", "impl")
     cosh = True
 
-    def __init__(self, window_size: int = 256, nb_features: int = 256, seed: int = 0):
-        super().__init__(nb_features=nb_features, seed=seed)
+    def __init__(self, window_size: int = 256, nb_features: int = 256, seed: int = 0, causal: bool = False,
+                 impl: str = "auto"):
+        super().__init__(nb_features=nb_features, seed=seed, causal=causal, impl=impl)
         self.window_size = check_window_size(window_size)
 
     def forward(self, q, k, v, softmax_temp=None, key_padding_mask=None):
@@ -48,7 +55,20 @@ class SBLocalAttention(RandomFeatureAttention):
         temp = self._temp(softmax_temp, E)
         proj = self._projection(E, q.device)
         w = min(self.window_size, 2 * T)
+        if self._use_kernel(q, k, v):
+            from flyweight.kernels.causal_lowrank_backward import causal_sblocal_attention
+            from flyweight.kernels.sblocal_backward import sblocal_attention
+
+            left, right = window_bounds(w, self.causal)
+            if self.causal:  # forward and backward kernels
+                return causal_sblocal_attention(q, k, v, proj, temp, left, key_padding_mask)
+            return sblocal_attention(q, k, v, proj, temp, left, right, key_padding_mask)
+        return self._torch_forward(q, k, v, proj, temp, w, key_padding_mask)
+
+    def _torch_forward(self, q, k, v, proj, temp, w, key_padding_mask):
+        B, H, T, E = q.shape
         block = block_size_for(w, T)
+        causal = self.causal
 
         # low-rank features in log space: log p_ij = cq_i + ck + log(fq_i . fk_j) - log m
         lq = log_features(q, proj, temp, cosh=True)
@@ -64,26 +84,30 @@ class SBLocalAttention(RandomFeatureAttention):
         log_scale = cq + ck - math.log(self.nb_features)  # (B, H, T, 1): p_ij = exp(log_scale_i) * fq_i.fk_j
 
         # exact scores and low-rank estimates inside the window, block by block
-        mask = window_mask(T, w, block, q.device, key_padding_mask)
+        mask = window_mask(T, w, block, q.device, key_padding_mask, causal)
         s = torch.einsum(
-            "bhnre,bhnce->bhnrc", blocked_queries(q.to(dt), block), windowed_keys(k.to(dt), w, block)
+            "bhnre,bhnce->bhnrc", blocked_queries(q.to(dt), block), windowed_keys(k.to(dt), w, block, causal)
         )
         s = (s * temp).masked_fill(~mask, float("-inf"))
-        p_win = torch.einsum("bhnrm,bhncm->bhnrc", blocked_queries(fq, block), windowed_keys(fk, w, block))
+        p_win = torch.einsum(
+            "bhnrm,bhncm->bhnrc", blocked_queries(fq, block), windowed_keys(fk, w, block, causal)
+        )
         p_win = p_win.masked_fill(~mask, 0.0)
         g = blocked_queries(log_scale, block)  # (B, H, nb, block, 1)
         offset = torch.maximum(g, s.amax(-1, keepdim=True))  # M_i: no exponent below is positive
         exact = torch.exp(s - offset)  # exp(-inf) = 0 outside the window
         lowrank_scale = torch.exp(g - offset)
         p_win = lowrank_scale * p_win
-        local_num = torch.einsum("bhnrc,bhnce->bhnre", exact - p_win, windowed_keys(vf, w, block))
+        local_num = torch.einsum("bhnrc,bhnce->bhnre", exact - p_win, windowed_keys(vf, w, block, causal))
 
-        # the low-rank sums over all keys
-        kv = torch.einsum("bhtm,bhte->bhme", fk, vf)
-        lr_num = blocked_queries(torch.einsum("bhtm,bhme->bhte", fq, kv), block) * lowrank_scale
-        lr_mass = (
-            blocked_queries(torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None], block) * lowrank_scale
-        )
+        # the low-rank sums over all keys (causal: over keys j <= i)
+        if causal:
+            lr_num, lr_mass = causal_feature_sums(fq, fk, vf)
+        else:
+            lr_num = torch.einsum("bhtm,bhme->bhte", fq, torch.einsum("bhtm,bhte->bhme", fk, vf))
+            lr_mass = torch.einsum("bhtm,bhm->bht", fq, fk.sum(-2))[..., None]
+        lr_num = blocked_queries(lr_num, block) * lowrank_scale
+        lr_mass = blocked_queries(lr_mass, block) * lowrank_scale
         floor = torch.exp((_LOG_FLOOR - offset).clamp(max=80.0))
         z = exact.sum(-1, keepdim=True) + torch.maximum(lr_mass - p_win.sum(-1, keepdim=True), floor)
         out = (local_num + lr_num) / z
@@ -97,4 +121,4 @@ class SBLocalAttention(RandomFeatureAttention):
         return AttentionCost(memory=T * w + 2 * T * m, flops=flops)
 
     def extra_repr(self):
-        return f"window_size={self.window_size}, nb_features={self.nb_features}, seed={self.seed}"
+        return f"window_size={self.window_size}, {super().extra_repr()}"

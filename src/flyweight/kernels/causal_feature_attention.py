@@ -1,0 +1,194 @@
+"""Causal Performer and causal Scatterbrain in Triton: the low-rank part through chunked prefix states.
+
+Query i sees keys j <= i. The keys are cut into chunks of ``CHUNK`` rows; ``key_feature_sums`` (one
+program per chunk) gives each chunk's sum of fk v^T and fk, and an exclusive prefix over the chunks
+(a cumsum over T / CHUNK small m x Ev matrices, rescaled to the head's offset ck) gives the state
+S_c = sum_{j < start of chunk c} fk_j v_j^T. One program per query block then adds
+
+    fq_i . S_c                                  (the keys before its chunk)
+  + sum_{start_c <= j <= i} (fq_i . fk_j) v_j   (the rest of its chunk, key tiles recomputed on chip)
+
+and, for Scatterbrain, the exact causal window i-w+1 .. i with its low-rank estimate swapped out, in
+the same key loop and under the same running offset M_i = max(g_i, scores) as the non-causal kernel
+(``scatterbrain_attention``). Memory: T / CHUNK states of m x Ev fp32 per head, never T x m.
+Backward: ``causal_lowrank_backward`` (it re-uses the saved chunk states and per-row statistics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from flyweight.kernels._tiles import TiledKernel, tile
+from flyweight.kernels._triton_env import INTERPRET
+from flyweight.kernels.feature_attention import (
+    F32_DOT,
+    feature_logs,
+    launch_key_feature_sums,
+    load_projection,
+    projection_halves,
+)
+from flyweight.kernels.local_attention import (
+    _load_tile,
+    check_kernel_inputs,
+    last_dim_contiguous,
+    pad_mask_arg,
+    padded_dim,
+)
+
+LOG_FLOOR = math.log(1e-24)
+CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of every BLOCK_M below
+
+
+@triton.jit
+def _causal_lowrank_kernel(
+    Q, K, V, WHI, WLO, KVS, KSS, CK, O, PAD, STATS,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot, stride_pb,
+    H, T, E, EV, M, NCHUNK, CHUNK, LEFT, scale, sqrt_temp, half_temp, log_m, log_eps_m,
+    D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
+    WINDOW: tl.constexpr, HAS_EPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_f = tl.arange(0, MF)
+    feat_ok = offs_f < M
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    pad_base = PAD + off_b * stride_pb
+    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    ck = tl.load(CK + bh64)
+
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
+    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    cq = tl.max(lq, 1)
+    fq = tl.math.exp(lq - cq[:, None])
+    chunk = start_m // CHUNK
+    chunk_start = chunk * CHUNK
+    state = (bh64 * NCHUNK + chunk)
+    kv = tl.load(KVS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
+    ks = tl.load(KSS + state * MF + offs_f)
+    lr_num = tl.dot(fq, kv, input_precision=F32_DOT)  # keys before the chunk
+    lr_mass = tl.sum(fq * ks[None, :], 1)
+
+    g = cq + ck - log_m
+    m_i = g
+    acc = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
+    prefix_sum = tl.zeros([BLOCK_M], dtype=tl.float32)  # low-rank mass of keys chunk_start .. i
+    exact_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    window_lowrank_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lo = chunk_start
+    if WINDOW:
+        lo = tl.minimum(lo, (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N)
+    hi = tl.minimum(start_m + BLOCK_M, T)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
+        rel = offs_n[None, :] - offs_m[:, None]
+        visible = (rel <= 0) & (offs_n < T)[None, :] & (offs_m < T)[:, None]
+        if HAS_PAD:
+            is_pad = tl.load(pad_base + offs_n, mask=offs_n < T, other=1)
+            visible = visible & (is_pad == 0)[None, :]
+        in_prefix = visible & (offs_n >= chunk_start)[None, :]
+        fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+        p = tl.dot(fq, tl.trans(fk))
+        v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
+        if WINDOW:
+            in_window = visible & (rel >= -LEFT)
+            s = tl.where(in_window, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.math.exp(m_i - m_new)
+            exact = tl.math.exp(s - m_new[:, None])
+            p = p * tl.math.exp(g - m_new)[:, None]
+            p_window = tl.where(in_window, p, 0.0)
+            p_prefix = tl.where(in_prefix, p, 0.0)
+            acc = tl.dot(exact - p_window + p_prefix, v, acc * alpha[:, None])
+            exact_sum = exact_sum * alpha + tl.sum(exact, 1)
+            window_lowrank_sum = window_lowrank_sum * alpha + tl.sum(p_window, 1)
+            prefix_sum = prefix_sum * alpha + tl.sum(p_prefix, 1)
+            m_i = m_new
+        else:
+            p_prefix = tl.where(in_prefix, p, 0.0)
+            acc = tl.dot(p_prefix, v, acc)
+            prefix_sum += tl.sum(p_prefix, 1)
+    if WINDOW:
+        lowrank_scale = tl.math.exp(g - m_i)
+        floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
+        lowrank_mass = lr_mass * lowrank_scale + prefix_sum
+        outside = lowrank_mass - window_lowrank_sum
+        z = exact_sum + tl.maximum(outside, floor)
+        out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
+        stats = STATS + bh64 * 3 * T + offs_m  # for the backward: M, z, floor inactive
+        tl.store(stats, m_i, mask=offs_m < T)
+        tl.store(stats + T, z, mask=offs_m < T)
+        tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=offs_m < T)
+    else:
+        den = lr_mass + prefix_sum
+        if HAS_EPS:
+            den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
+        out = (acc + lr_num) / tl.maximum(den, 1e-30)[:, None]
+        tl.store(STATS + bh64 * 3 * T + offs_m, den, mask=offs_m < T)  # for the backward
+    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
+             out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
+
+
+_FWD = TiledKernel("causal_lowrank_fwd", _causal_lowrank_kernel,
+                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2)],
+                   tile(16, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD", "WINDOW"])
+
+
+def chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask):
+    """(ck (BH,), S (BH, nchunk, MF, DVp), z (BH, nchunk, MF)): exclusive prefix sums at chunk starts."""
+    B, H, T, E = k.shape
+    EV = v.shape[-1]
+    MF = w_hi.shape[0]
+    nchunk = triton.cdiv(T, CHUNK)
+    cmax = torch.empty(B * H, nchunk, device=k.device, dtype=torch.float32)
+    kvp = torch.empty(B * H, nchunk, MF, padded_dim(EV), device=k.device, dtype=torch.float32)
+    ksp = torch.empty(B * H, nchunk, MF, device=k.device, dtype=torch.float32)
+    launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, CHUNK, cmax, kvp, ksp)
+    ck = cmax.amax(-1).clamp_min(torch.finfo(torch.float32).min)
+    weight = torch.exp(cmax - ck[:, None])
+    kvp.mul_(weight[:, :, None, None])
+    ksp.mul_(weight[:, :, None])
+    # exclusive prefix: state c = sum of chunks < c (in place: shift by one, then cumsum)
+    kvs = torch.cat([torch.zeros_like(kvp[:, :1]), kvp[:, :-1]], dim=1).cumsum_(1)
+    kss = torch.cat([torch.zeros_like(ksp[:, :1]), ksp[:, :-1]], dim=1).cumsum_(1)
+    return ck.contiguous(), kvs.contiguous(), kss.contiguous()
+
+
+def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0.0, key_padding_mask=None,
+                           return_state=False):
+    """Causal Performer (window_left None, exp features, eps) or causal sblocal (window_left = w - 1,
+    cosh features) forward through the kernels (no autograd; the modules wrap it).
+    return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
+    denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
+    name = "sblocal attention" if window_left is not None else "performer attention"
+    check_kernel_inputs(name, q, k, v, key_padding_mask)
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    B, H, T, E = q.shape
+    EV = v.shape[-1]
+    w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
+    ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
+    o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
+    pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
+    _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
+        q, k, v, w_hi, w_lo, kvs, kss, ck, o, pad_t, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *o.stride()[:3], pad_stride, H, T, E, EV, m, kvs.shape[1], CHUNK,
+        int(window_left or 0), float(temp), math.sqrt(temp), 0.5 * temp, math.log(m),
+        math.log(eps * m) if eps > 0 else 0.0,
+        D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
+        WINDOW=window_left is not None, HAS_EPS=eps > 0,
+        F32_DOT=F32_DOT)
+    return (o, (w_hi, w_lo, m, ck, kvs, kss, stats)) if return_state else o

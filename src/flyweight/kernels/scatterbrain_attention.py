@@ -1,0 +1,145 @@
+"""Scatterbrain ("sblocal") attention in Triton: the local window and the low-rank part in one pass.
+
+The function is ``SBLocalAttention``'s (see flyweight.attention.sblocal). With s_ij the scaled scores,
+fq/fk the shifted cosh features (``feature_attention``), g_i = cq_i + ck - log m the log-scale of the
+low-rank estimate p_ij = exp(g_i) fq_i . fk_j, and M_i = max(g_i, max_{j in L(i)} s_ij):
+
+    z_i = sum_L exp(s - M) + max(exp(g - M) (fq_i . ksum) - sum_L exp(g - M) fq_i . fk_j, 1e-24 e^-M)
+    o_i = [sum_L (exp(s - M) - exp(g - M) fq_i . fk_j) v_j + exp(g - M) fq_i . KV] / z_i
+
+One program per query block: it computes fq (kept on chip), the global low-rank terms fq . KV and
+fq . ksum (KV, ksum from ``key_feature_sums``, one pass over the keys), then streams the key tiles of
+its window span: exact scores, the key features of the tile (recomputed on chip: never a T x m
+matrix in HBM) and the in-window low-rank estimates, under an online maximum M that starts at g_i.
+Every exponent is <= 0 (log-space stabilisation), so fp16/bf16 inputs stay finite.
+The backward kernels are in ``sblocal_backward`` (they re-use the saved M_i, z_i and floor flags).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from flyweight.kernels._tiles import TiledKernel, tile
+from flyweight.kernels.feature_attention import (
+    F32_DOT,
+    feature_logs,
+    key_feature_sums,
+    load_projection,
+    projection_halves,
+)
+from flyweight.kernels.local_attention import (
+    _load_tile,
+    _window_keep,
+    check_kernel_inputs,
+    last_dim_contiguous,
+    pad_mask_arg,
+    padded_dim,
+)
+
+LOG_FLOOR = math.log(1e-24)
+
+
+@triton.jit
+def _sblocal_fwd_kernel(
+    Q, K, V, WHI, WLO, KV, KS, CK, O, PAD, STATS,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot, stride_pb,
+    H, T, E, EV, M, LEFT, RIGHT, scale, sqrt_temp, half_temp, log_m,
+    D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    bh64 = bh.to(tl.int64)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_f = tl.arange(0, MF)
+    feat_ok = offs_f < M
+    k_base = K + off_b * stride_kb + off_h * stride_kh
+    v_base = V + off_b * stride_vb + off_h * stride_vh
+    pad_base = PAD + off_b * stride_pb
+    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    ck = tl.load(CK + bh64)
+
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
+    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    cq = tl.max(lq, 1)
+    fq = tl.math.exp(lq - cq[:, None])
+    g = cq + ck - log_m  # log-scale of this row's low-rank estimates
+    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
+    ks = tl.load(KS + bh64 * MF + offs_f)
+    lr_num = tl.dot(fq, kv, input_precision=F32_DOT)  # (BLOCK_M, DV), scale exp(g)
+    lr_mass = tl.sum(fq * ks[None, :], 1)
+
+    m_i = g  # the running offset M_i: max(g_i, the scores seen so far)
+    acc = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
+    exact_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lowrank_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    lo = (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N
+    hi = tl.minimum(start_m + BLOCK_M + RIGHT, T)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
+        keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)
+        s = tl.where(keep, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp(m_i - m_new)
+        exact = tl.math.exp(s - m_new[:, None])  # 0 outside the window
+        # <= 0 for every real key (ck is their max); rows past T / padding (masked by keep) stay finite
+        fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+        p = tl.dot(fq, tl.trans(fk))  # tf32 on CUDA: the in-window estimates (BLOCK_M, BLOCK_N)
+        p = tl.where(keep, p * tl.math.exp(g - m_new)[:, None], 0.0)
+        v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
+        acc = tl.dot(exact - p, v, acc * alpha[:, None])  # tf32: v is exact in it, the weights lose 2^-11
+        exact_sum = exact_sum * alpha + tl.sum(exact, 1)
+        lowrank_sum = lowrank_sum * alpha + tl.sum(p, 1)
+        m_i = m_new
+    lowrank_scale = tl.math.exp(g - m_i)
+    floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
+    outside = lr_mass * lowrank_scale - lowrank_sum  # low-rank mass outside the window (floored below)
+    z = exact_sum + tl.maximum(outside, floor)
+    out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
+    row_ok = offs_m < T
+    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+    # per-row offset M, normaliser z and whether the floor is inactive: what the backward re-uses
+    stats = STATS + bh64 * 3 * T + offs_m
+    tl.store(stats, m_i, mask=row_ok)
+    tl.store(stats + T, z, mask=row_ok)
+    tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=row_ok)
+
+
+# fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live on chip: small tiles for large m; 128-row query
+# tiles halve the per-query cost of recomputing the window's key features, if the registers allow it
+_FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
+                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2), tile(128, 32, 8, 2)],
+                   tile(16, 16, 4, 1),
+                   ["T", "D", "DV", "MF", "HAS_PAD"])
+
+
+def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, return_state=False):
+    """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
+    return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
+    check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    B, H, T, E = q.shape
+    EV = v.shape[-1]
+    w_hi, w_lo, m = projection_halves(proj, True, q.dtype, E)
+    ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
+    o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
+    pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
+    _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
+        q, k, v, w_hi, w_lo, kv, ksum, ck, o, pad_t, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *o.stride()[:3], pad_stride, H, T, E, EV, m, int(left), int(right), float(temp),
+        math.sqrt(temp), 0.5 * temp, math.log(m),
+        D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
+        F32_DOT=F32_DOT)
+    return (o, (w_hi, w_lo, m, ck, kv, ksum, stats)) if return_state else o

@@ -1,0 +1,314 @@
+"""Triton kernels of local / Performer / Scatterbrain attention against float64 brute force and the
+PyTorch paths, and the causal PyTorch variants against dense references.
+
+Without CUDA the kernels run under TRITON_INTERPRET=1 (conftest.py) on float32 CPU tensors with small
+tiles (16 rows), so T of 30-70 crosses several query and key tiles and odd lengths leave partial tiles.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+from flyweight.attention import make_attention
+
+ON_GPU = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(
+    not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1", reason="needs CUDA or TRITON_INTERPRET=1"
+)
+DEVICE = "cuda" if ON_GPU else "cpu"
+KERNEL_DTYPE = torch.float16 if ON_GPU else torch.float32
+
+
+def inputs(B=2, H=2, T=37, E=16, EV=None, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    EV = E if EV is None else EV
+    return tuple(scale * torch.randn(B, H, T, d, generator=g, dtype=torch.float64) for d in (E, E, EV))
+
+
+def padding(B, T, seed=1, frac=0.3, all_padded_row=None):
+    g = torch.Generator().manual_seed(seed)
+    kpm = torch.rand(B, T, generator=g) < frac
+    if all_padded_row is not None:
+        kpm[all_padded_row] = True
+    return kpm
+
+
+def allowed_window(T, w, causal):
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None]
+    if causal:
+        return (j <= i) & (j > i - w)
+    return (j - i >= -(w // 2)) & (j - i <= math.ceil(w / 2) - 1)
+
+
+def dense_softmax(q, k, v, temp, allowed, kpm=None):
+    """softmax over the allowed keys (T x T, float64); rows with no allowed key give 0."""
+    s = temp * q @ k.transpose(-1, -2)
+    ok = allowed.expand(s.shape)
+    if kpm is not None:
+        ok = ok & ~kpm[:, None, None, :]
+    s = s.masked_fill(~ok, -math.inf)
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return p @ v
+
+
+def phi(x, W, temp, cosh):
+    """The explicit feature map m^-1/2 exp(w x' - |x'|^2 / 2) (cosh: also exp(-w x' - ...))."""
+    xs = x * temp**0.5
+    wx = xs @ W.T.to(x.dtype)
+    sq = (xs * xs).sum(-1, keepdim=True) / 2
+    feats = [torch.exp(wx - sq)] + ([torch.exp(-wx - sq)] if cosh else [])
+    f = torch.cat(feats, -1)
+    return f / f.shape[-1] ** 0.5
+
+
+def dense_performer(q, k, v, W, temp, kpm=None, causal=False, eps=0.0):
+    a = phi(q, W, temp, False) @ phi(k, W, temp, False).transpose(-1, -2)
+    T = q.shape[-2]
+    if causal:
+        a = a * torch.ones(T, T, dtype=torch.bool).tril()
+    if kpm is not None:
+        a = a.masked_fill(kpm[:, None, None, :], 0.0)
+    return a @ v / (a.sum(-1, keepdim=True) + eps).clamp_min(1e-300)
+
+
+def dense_sblocal(q, k, v, W, temp, w, kpm=None, causal=False):
+    """The Scatterbrain estimator with T x T matrices: exact in the window, low rank elsewhere."""
+    T = q.shape[-2]
+    s = torch.exp(temp * q @ k.transpose(-1, -2))
+    p = phi(q, W, temp, True) @ phi(k, W, temp, True).transpose(-1, -2)
+    visible = torch.ones(T, T, dtype=torch.bool).tril() if causal else torch.ones(T, T, dtype=torch.bool)
+    visible = visible.expand(s.shape)
+    if kpm is not None:
+        visible = visible & ~kpm[:, None, None, :]
+    L = allowed_window(T, min(w, 2 * T), causal) & visible
+    zero = torch.zeros((), dtype=q.dtype)
+    exact, p_in, p_vis = torch.where(L, s, zero), torch.where(L, p, zero), torch.where(visible, p, zero)
+    z = exact.sum(-1, keepdim=True) + torch.clamp(p_vis.sum(-1, keepdim=True) - p_in.sum(-1, keepdim=True),
+                                                  min=1e-24)
+    return ((exact - p_in) @ v + p_vis @ v) / z
+
+
+def run(attn, q, k, v, temp, kpm=None, dtype=KERNEL_DTYPE, grad_out=None):
+    """attn on (q, k, v) cast to dtype on DEVICE: (out, (dq, dk, dv)) in float64 on CPU."""
+    xs = [x.to(DEVICE, dtype).requires_grad_() for x in (q, k, v)]
+    out = attn.to(DEVICE)(*xs, softmax_temp=temp, key_padding_mask=None if kpm is None else kpm.to(DEVICE))
+    if grad_out is None:
+        return out.double().cpu(), None
+    out.backward(grad_out.to(DEVICE, dtype))
+    return out.double().cpu(), tuple(x.grad.double().cpu() for x in xs)
+
+
+def dense_grads(fn, q, k, v, grad_out):
+    xs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = fn(*xs)
+    out.backward(grad_out)
+    return out.detach(), tuple(x.grad for x in xs)
+
+
+TOL = dict(rtol=2e-4, atol=2e-5) if KERNEL_DTYPE == torch.float32 else dict(rtol=2e-2, atol=5e-3)
+
+
+# ---- local ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "T,w,causal,pad,EV",
+    [(37, 5, False, False, 16), (50, 16, False, True, 32), (20, 64, False, False, 16),
+     (33, 1, False, True, 16),
+     (45, 7, True, False, 16), (61, 20, True, True, 16), (64, 32, False, True, 16)],
+)
+def test_local_kernel_forward_and_backward_match_dense(T, w, causal, pad, EV):
+    q, k, v = inputs(T=T, EV=EV, seed=T)
+    kpm = padding(2, T, all_padded_row=1) if pad else None
+    temp = 0.3
+    go = torch.randn(2, 2, T, EV, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    allowed = allowed_window(T, w, causal)
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_softmax(q, k, v, temp, allowed, kpm), q, k, v, go)
+    attn = make_attention("local", window_size=w, causal=causal, impl="triton")
+    out, grads = run(attn, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+    # and the PyTorch path in the same dtype agrees with both
+    torch_path = make_attention("local", window_size=w, causal=causal, impl="torch")
+    torch_out, _ = run(torch_path, q, k, v, temp, kpm)
+    torch.testing.assert_close(out, torch_out, **TOL)
+
+
+def test_local_kernel_reads_strided_views():
+    """(B, T, 3, H, E) projections viewed as (B, H, T, E), as the models pass them."""
+    B, T, H, E = 2, 40, 2, 16
+    qkv = torch.randn(B, T, 3, H, E, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    ref = dense_softmax(q, k, v, E**-0.5, allowed_window(T, 9, False))
+    dev = qkv.to(DEVICE, KERNEL_DTYPE)
+    views = [dev[:, :, i].transpose(1, 2) for i in range(3)]
+    out = make_attention("local", window_size=9, impl="triton")(*views)
+    torch.testing.assert_close(out.double().cpu(), ref, **TOL)
+
+
+# ---- performer -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,m,pad,eps", [(37, 16, False, 0.0), (50, 24, True, 1e-3), (70, 6, True, 0.0),
+                                         (33, 40, False, 1e-8)])
+def test_performer_kernel_matches_dense_favor(T, m, pad, eps):
+    q, k, v = inputs(T=T, scale=0.8, seed=T)
+    kpm = padding(2, T, all_padded_row=1) if pad else None
+    temp = 0.3
+    attn = make_attention("performer", nb_features=m, eps=eps, seed=3, impl="triton")
+    attn.redraw_features(3, head_dim=16)
+    W = attn.features.double()
+    go = torch.randn(2, 2, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_performer(q, k, v, W, temp, kpm, eps=eps), q, k, v, go)
+    out, grads = run(attn, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):  # the backward recomputes the PyTorch path
+        torch.testing.assert_close(g, r, **TOL)
+
+
+def test_feature_sums_combine_splits_with_different_offsets():
+    """Key splits whose features differ by e^30 are rescaled to one offset before summing."""
+    from flyweight.kernels import feature_attention as FA
+
+    T, E = 48, 16
+    q, k, v = inputs(B=1, H=1, T=T, scale=0.5, seed=8)
+    k[..., 24:, :] *= 6.0  # the second split's log-features are much larger
+    attn = make_attention("performer", nb_features=16, seed=1, impl="triton")
+    attn.redraw_features(1, head_dim=E)
+    ref = dense_performer(q, k, v, attn.features.double(), 0.25)
+    out, _ = run(attn, q, k, v, 0.25)
+    assert FA._num_splits(T, 1, torch.device(DEVICE)) > 1 or ON_GPU
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+# ---- sblocal -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,w,m,pad", [(37, 5, 16, False), (50, 16, 24, True), (20, 64, 6, False),
+                                       (70, 9, 8, True), (45, 49, 24, False)])
+def test_sblocal_kernel_matches_dense_scatterbrain(T, w, m, pad):
+    q, k, v = inputs(T=T, scale=0.8, seed=T)
+    kpm = padding(2, T, all_padded_row=1) if pad else None
+    temp = 0.3
+    attn = make_attention("sblocal", window_size=w, nb_features=m, seed=5, impl="triton")
+    attn.redraw_features(5, head_dim=16)
+    W = attn.features.double()
+    go = torch.randn(2, 2, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_sblocal(q, k, v, W, temp, w, kpm), q, k, v, go)
+    out, grads = run(attn, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16] if ON_GPU else [torch.float16])
+def test_sblocal_kernel_large_logits_stay_finite(dtype):
+    """Scores of several hundred (exp overflows fp32 without the shared offset) stay finite."""
+    q, k, v = inputs(B=1, H=1, T=40, scale=6.0, seed=2)
+    attn = make_attention("sblocal", window_size=8, nb_features=16, seed=0, impl="triton")
+    out, _ = run(attn, q, k, v, 1.0, dtype=dtype)
+    assert torch.isfinite(out).all()
+    ref, _ = run(make_attention("sblocal", window_size=8, nb_features=16, seed=0, impl="torch"), q, k, v, 1.0,
+                 dtype=torch.float32)
+    torch.testing.assert_close(out, ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+
+
+# ---- causal kernels (chunked prefix states) -------------------------------------------------------------
+@pytest.mark.parametrize("T,pad", [(30, False), (77, True), (100, False)])
+def test_causal_lowrank_kernels_match_dense(T, pad):
+    """T > CHUNK (32 under the interpreter): queries use the prefix states of earlier chunks."""
+    q, k, v = inputs(T=T, scale=0.8, seed=T)
+    kpm = padding(2, T, all_padded_row=1) if pad else None
+    temp = 0.3
+    go = torch.randn(2, 2, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    perf = make_attention("performer", nb_features=24, seed=4, eps=1e-3 if pad else 0.0, causal=True,
+                          impl="triton")
+    perf.redraw_features(4, head_dim=16)
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_performer(q, k, v, perf.features.double(), temp, kpm,
+                                                                 causal=True, eps=perf.eps), q, k, v, go)
+    out, grads = run(perf, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+    sb = make_attention("sblocal", window_size=9, nb_features=16, seed=4, causal=True, impl="triton")
+    sb.redraw_features(4, head_dim=16)
+    W = sb.features.double()
+    ref, ref_grads = dense_grads(lambda q, k, v: dense_sblocal(q, k, v, W, temp, 9, kpm, causal=True),
+                                 q, k, v, go)
+    out, grads = run(sb, q, k, v, temp, kpm, grad_out=go)
+    torch.testing.assert_close(out, ref, **TOL)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **TOL)
+
+
+# ---- causal PyTorch variants (references for the causal kernels) ----------------------------------------
+@pytest.mark.parametrize("T", [1, 30, 130])
+def test_causal_torch_paths_match_dense(T):
+    q, k, v = inputs(T=T, scale=0.8, seed=T)
+    kpm = padding(2, T) if T > 1 else None
+    temp = 0.3
+    loc = make_attention("local", window_size=7, causal=True, impl="torch")
+    ref = dense_softmax(q, k, v, temp, allowed_window(T, 7, True), kpm)
+    torch.testing.assert_close(loc(q, k, v, temp, kpm), ref)
+    perf = make_attention("performer", nb_features=16, seed=2, causal=True, impl="torch")
+    out = perf(q, k, v, temp, kpm)
+    torch.testing.assert_close(out, dense_performer(q, k, v, perf.features.double(), temp, kpm, causal=True))
+    sb = make_attention("sblocal", window_size=7, nb_features=16, seed=2, causal=True, impl="torch")
+    out = sb(q, k, v, temp, kpm)
+    torch.testing.assert_close(out, dense_sblocal(q, k, v, sb.features.double(), temp, 7, kpm, causal=True))
+
+
+# ---- dispatch ------------------------------------------------------------------------------------------
+def test_auto_uses_the_kernel_only_for_cuda_half_precision(monkeypatch):
+    from flyweight.kernels import local_attention as LA
+
+    calls = []
+    monkeypatch.setattr(LA, "local_attention", lambda *a, **kw: calls.append(1) or a[2])
+    q, k, v = inputs(T=8)
+    make_attention("local", window_size=3)(q.float(), k.float(), v.float())  # CPU: PyTorch path
+    assert calls == []
+    make_attention("local", window_size=3, impl="triton")(q.float(), k.float(), v.float())
+    assert calls == [1]
+    with pytest.raises(ValueError, match="impl must be one of"):
+        make_attention("local", impl="cuda")
+
+
+def test_kernel_errors_name_the_fix(monkeypatch):
+    from flyweight.kernels import local_attention as LA
+
+    q, k, v = (x.float() for x in inputs(T=8))
+    monkeypatch.setattr(LA, "INTERPRET", False)
+    with pytest.raises(ValueError, match="needs CUDA tensors.*impl='torch'"):
+        make_attention("sblocal", window_size=3, nb_features=4, impl="triton")(q, k, v)
+
+
+def test_t2t_vit_token_attentions_run_the_kernels():
+    """The T2T-ViT token transformers (strided q, k, v views of one projection) give the same logits
+    through the kernels as through the PyTorch paths, for every approximate variant."""
+    from flyweight.models.t2t_vit import build_t2t_vit
+
+    torch.manual_seed(0)
+    model = build_t2t_vit("t2t_vit_t_7", img_size=32).eval()
+    images = torch.randn(2, 3, 32, 32)
+    specs = {"local": ({"name": "local", "window_size": 9}, {"name": "local", "window_size": 4}),
+             "performer": ({"name": "performer", "nb_features": 12}, {"name": "performer", "nb_features": 6}),
+             "sblocal": ({"name": "sblocal", "window_size": 7, "nb_features": 8},
+                         {"name": "sblocal", "window_size": 3, "nb_features": 4})}
+    for name, (s1, s2) in specs.items():
+        logits = {}
+        for impl in ("torch", "triton"):
+            model.set_t2t_attention({**s1, "impl": impl}, {**s2, "impl": impl})
+            with torch.no_grad():
+                logits[impl] = model(images)
+        torch.testing.assert_close(logits["triton"], logits["torch"], rtol=1e-4, atol=1e-4)
+
+
+def test_projection_cache_follows_redraws_and_loads():
+    """The kernels' cached projection halves are rebuilt after an in-place load or a redraw."""
+    q, k, v = inputs(T=20, scale=0.8, seed=1)
+    a = make_attention("performer", nb_features=16, seed=0, impl="triton")
+    b = make_attention("performer", nb_features=16, seed=7, impl="torch")
+    b.redraw_features(7, head_dim=16)
+    run(a, q, k, v, 0.3)  # caches seed 0's halves
+    a.load_state_dict(b.state_dict())  # in-place copy of seed 7's features
+    torch.testing.assert_close(run(a, q, k, v, 0.3)[0], run(b, q, k, v, 0.3, dtype=KERNEL_DTYPE)[0], **TOL)
+    a.redraw_features(3)
+    b.redraw_features(3)
+    torch.testing.assert_close(run(a, q, k, v, 0.3)[0], run(b, q, k, v, 0.3, dtype=KERNEL_DTYPE)[0], **TOL)
