@@ -231,3 +231,22 @@ def test_user_errors_reported_leaves_other_exceptions_alone():
     with pytest.raises(KeyError):  # a bug, not a user error: the traceback stays
         with user_errors_reported(stream):
             raise KeyError("n_tokens")
+
+
+def test_build_gpt2_checks_layer_settings_before_building(monkeypatch):
+    """compression=3 on an SS1 GPT-2 fails before the model (or any data) exists: the trainer can call
+    build_gpt2(..., device="meta") as its check of the model config."""
+    import transformers
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built before its layer settings were checked")
+
+    monkeypatch.setattr(transformers, "GPT2LMHeadModel", must_not_build)
+    with pytest.raises(ValueError, match=r"kind 'ss1' with settings \{'compression': 3\} cannot build mlp\.c_fc "
+                                         r"\(768->3072, role mlp\): compression must be a power of two"):
+        build_gpt2("small", kind="ss1", linear={"compression": 3}, device="meta")
+
+
+def test_lowrank_rank_replaces_the_default_compression():
+    model = build_gpt2("tiny", kind="lowrank", linear={"rank": 4}, device="meta")
+    assert model.transformer.h[0].mlp.c_fc.rank == 4
