@@ -24,7 +24,8 @@ def _raised_at(err: BaseException) -> str:
     if not frames:
         return "?"
     last = frames[-1]
-    return f"{os.path.relpath(last.filename) if not last.filename.startswith('<') else last.filename}:{last.lineno}"
+    where = last.filename if last.filename.startswith("<") else os.path.relpath(last.filename)
+    return f"{where}:{last.lineno}"
 
 
 @contextmanager
