@@ -198,3 +198,55 @@ def test_non_utf8_wikitext_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"wiki\.valid\.raw is not UTF-8 text: byte 0xff at offset 9"):
         corpus.documents("val")
     assert json.dumps(corpus.documents("train"))  # the other splits still load
+
+
+def test_command_line_user_error_prints_the_message_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo / "src"))
+    env.pop("FLYWEIGHT_TRACEBACK", None)
+    cmd = [sys.executable, str(repo / "run.py"), "task=nope", f"hydra.run.dir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("flyweight: error: unknown task 'nope'; valid tasks:")
+    assert "Traceback" not in out.stderr and "runner.py:" in out.stderr
+    debug = subprocess.run(cmd, capture_output=True, text=True, env={**env, "FLYWEIGHT_TRACEBACK": "1"}, cwd=tmp_path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_user_errors_reported_leaves_other_exceptions_alone():
+    import io
+
+    from flyweight.utils.errors import user_errors_reported
+
+    stream = io.StringIO()
+    with pytest.raises(SystemExit) as stop:
+        with user_errors_reported(stream):
+            raise FileNotFoundError("data.path: /x does not exist")
+    assert stop.value.code == 2 and stream.getvalue().startswith("flyweight: error: data.path: /x does not exist")
+    with pytest.raises(KeyError):  # a bug, not a user error: the traceback stays
+        with user_errors_reported(stream):
+            raise KeyError("n_tokens")
+
+
+def test_build_gpt2_checks_layer_settings_before_building(monkeypatch):
+    """compression=3 on an SS1 GPT-2 fails before the model (or any data) exists: the trainer can call
+    build_gpt2(..., device="meta") as its check of the model config."""
+    import transformers
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the model was built before its layer settings were checked")
+
+    monkeypatch.setattr(transformers, "GPT2LMHeadModel", must_not_build)
+    with pytest.raises(ValueError, match=r"kind 'ss1' with settings \{'compression': 3\} cannot build mlp\.c_fc "
+                                         r"\(768->3072, role mlp\): compression must be a power of two"):
+        build_gpt2("small", kind="ss1", linear={"compression": 3}, device="meta")
+
+
+def test_lowrank_rank_replaces_the_default_compression():
+    model = build_gpt2("tiny", kind="lowrank", linear={"rank": 4}, device="meta")
+    assert model.transformer.h[0].mlp.c_fc.rank == 4

@@ -52,6 +52,8 @@ tokenize_split(make_corpus("wikitext2", sys.argv[1]), "train", tok, sys.argv[3],
 def test_killed_tokenization_leaves_no_cache_and_its_temp_file_is_cleaned(wt_dir, tok_dir, tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, PYTHONPATH=str(SRC))
+    if Path("/dev/shm").is_dir():  # $TMPDIR on another filesystem (tmpfs) must not matter: temps sit beside
+        env["TMPDIR"] = "/dev/shm"
     proc = subprocess.Popen([sys.executable, "-c", _STALLING_TOKENIZER, str(wt_dir), str(tok_dir), str(cache)],
                             stdout=subprocess.PIPE, env=env)
     assert proc.stdout.readline().strip() == b"stalled"

@@ -7,8 +7,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from flyweight.runner import run_task
+from flyweight.utils.errors import user_errors_reported
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig):
-    return run_task(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors_reported():  # a bad value prints its message, not a traceback
+        return run_task(cfg, HydraConfig.get().runtime.output_dir)

@@ -101,7 +101,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def check_window_size(window_size) -> int:
     if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral) or window_size < 1:
-        raise ValueError(f"window_size must be an integer >= 1 (keys per query), got {window_size!r}; e.g. 256")
+        raise ValueError(
+            f"window_size must be an integer >= 1 (keys per query), got {window_size!r}; e.g. 256"
+        )
     return int(window_size)
 
 

@@ -136,7 +136,9 @@ def _wiki_offline(val_fraction: float, test_fraction: float, seed: int, path: st
         try:
             data = json.loads(read_text(Path(file)))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not the wiki_offline JSON ({{title: {{extract: ...}}}}): {err}") from None
+            raise ValueError(
+                f"{file} is not the wiki_offline JSON ({{title: {{extract: ...}}}}): {err}"
+            ) from None
         # sorted by title: the order (and so the split) does not depend on JSON key order
         return [data[t]["extract"].strip() + "\n\n" for t in sorted(data) if data[t].get("extract", "").strip()]
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from flyweight.utils.io import atomic_write_bytes, remove_stale_temps, sha256_file, temp_path_for
 
-__all__ = ["GPT2_MERGES", "GPT2_VOCAB", "WIKI_SUMMARIES", "RegistryFile", "cache_root", "fetch", "sha256_file"]
+__all__ = [
+    "GPT2_MERGES", "GPT2_VOCAB", "WIKI_SUMMARIES", "RegistryFile", "cache_root", "fetch", "sha256_file",
+]
 
 
 def cache_root() -> Path:

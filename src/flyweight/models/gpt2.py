@@ -36,7 +36,7 @@ from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
 from flyweight.convert.surgery import convert, get_structure, is_linear_like, mark_flyweight_checkpoint
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
-from flyweight.linear.base import check_positive_int
+from flyweight.linear.base import check_positive_int, validate_linear
 from flyweight.linear.config import make_config
 
 __all__ = [
@@ -87,12 +87,38 @@ def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
 def _settings_for(kind: str, main_kind: str, linear: dict | None) -> dict[str, Any]:
     """Per-kind layer settings: nested {kind: {...}} applies by kind, a flat dict to the main kind."""
     settings = dict(DEFAULT_LINEAR.get(kind, {}))
+    given: dict[str, Any] = {}
     if linear:
         if all(k in LINEAR_KINDS for k in linear):
-            settings.update(linear.get(kind, {}))
+            given = dict(linear.get(kind, {}))
         elif kind == main_kind:
-            settings.update(linear)
+            given = dict(linear)
+    if "rank" in given and "compression" not in given:
+        settings.pop("compression", None)  # a low-rank rank replaces the default compression, not joins it
+    settings.update(given)
     return settings
+
+
+def _role_shapes(role: str, n_embd: int, vocab_size: int) -> list[tuple[str, int, int]]:
+    """(module, in_features, out_features) of one block's layers of ``role`` (GPT-2's MLP is 4x wide)."""
+    return {
+        "attn_qkv": [("attn.c_attn", n_embd, 3 * n_embd)],
+        "attn_out": [("attn.c_proj", n_embd, n_embd)],
+        "mlp": [("mlp.c_fc", n_embd, 4 * n_embd), ("mlp.c_proj", 4 * n_embd, n_embd)],
+        "lm_head": [("lm_head", n_embd, vocab_size)],
+    }[role]
+
+
+def _check_layer_settings(kind: str, roles: list[str], settings: dict, n_embd: int, vocab_size: int) -> None:
+    """Every converted layer shape, checked on the meta device before anything is built: a bad setting
+    fails at once with the layer's own message instead of one warning per layer of the model."""
+    for role in roles:
+        for module, in_f, out_f in _role_shapes(role, n_embd, vocab_size):
+            try:
+                validate_linear(kind, in_f, out_f, **settings)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"build_gpt2: kind {kind!r} with settings {settings} cannot build {module} "
+                                f"({in_f}->{out_f}, role {role}): {err}") from None
 
 
 def build_gpt2(
@@ -164,6 +190,10 @@ def build_gpt2(
     if pad_vocab_to and pad_vocab_to > 1 and "lm_head" in role_list:
         raise ValueError("pad_vocab_to pads the tied dense lm_head; it cannot be combined with a structured "
                          "lm_head (lm_head=True or the lm_head role): set pad_vocab_to=None")
+
+    for k in {kinds.get(role, kind) for role in role_list} - {"dense"}:
+        k_roles = [role for role in role_list if kinds.get(role, kind) == k]
+        _check_layer_settings(k, k_roles, _settings_for(k, kind, linear), dims["n_embd"], vocab_size)
 
     config = GPT2Config(
         vocab_size=vocab_size,

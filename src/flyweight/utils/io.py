@@ -152,7 +152,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | Path, recursive: bool = False, max_age_s: float = 24 * 3600) -> list[Path]:
+def remove_stale_temps(folder: str | Path, recursive: bool = False,
+                       max_age_s: float = 24 * 3600) -> list[Path]:
     """Delete temporary files/directories in ``folder`` left by writers that are gone; return them.
 
     A name from :func:`temp_path_for` is stale when it was made on this machine by a process that no
