@@ -2,6 +2,7 @@
 
 ``flyweight [SUBCOMMAND] [key=value ...]``: a subcommand is a shorthand for ``experiment=SUBCOMMAND``
 (``flyweight layers layers.tokens=64``); with none, the embedded default runs.
+``flyweight data fetch corpus=english`` builds a named corpus and its token cache instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ SUBCOMMANDS: dict[str, str] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["data"]:  # flyweight data fetch corpus=NAME: the named corpora (flyweight.data.build)
+        from flyweight.data.build import main as data_main
+        return data_main(argv[1:])
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:
         name = argv.pop(0)
         if name not in SUBCOMMANDS:

@@ -188,6 +188,7 @@ def build_corpus(name: str, root: Path | str | None = None, tokenizer: str = "gp
         tokens[split] = _tokenize_split(splits[split], tok, bin_path, meta_path, meta, progress)
         files[split] = {**json.loads(meta_path.read_text()), "file": bin_path.name}
     manifest = make_manifest(rec, table, splits, tokens, dropped, stats, missing, fingerprint, tok, files)
+    manifest["tokenizer"]["spec"] = str(tokenizer)
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
     _write_atomic(folder / "manifest.json", text)
     _write_atomic(bin_path.parent / "manifest.json", text)
@@ -205,6 +206,7 @@ def built_manifest(name: str, root: Path | None = None) -> dict | None:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("recipe_fingerprint") != recipe(name).fingerprint() or manifest.get(
             "recipe_version") != RECIPE_VERSION:
+        _log(f"the build of corpus {name} in {path.parent} is of another recipe version; rebuilding")
         return None
     return manifest
 

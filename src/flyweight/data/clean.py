@@ -50,6 +50,8 @@ def join_paragraphs(paras: list[str], min_letters: float = 0.6) -> str:
 
 # ---- dictionaries (dictd: GCIDE, Jargon File, FOLDOC) ---------------------------------------------
 _PRONUNCIATION = re.compile(r"\\[^\\\n]{1,80}\\")           # \Ab`di*ca"tion\
+# ([a^]l"k[-o]*h[o^]l): GCIDE's other pronunciation form, a parenthesis holding accent codes or stress marks
+_PAREN_PRONUNCIATION = re.compile(r"\((?=[^()\n]*(?:\[[a-z-]{1,4}[\^~`:.]?\]|\w[*\"`]\w))[^()\n]{1,80}\)")
 _SOURCE_TAG = re.compile(r"\[(?:1913 Webster|PJC|Webster 1913 Suppl\.|Century Dict\.|WordNet 1\.5|"
                          r"Webster 1828|Chambers 1728|Websters 1913|RN|[A-Z][A-Za-z.]{0,20} \d{4})\]")
 _BRACES = re.compile(r"\{([^{}\n]*)\}")                     # {cross-reference} -> cross-reference
@@ -59,6 +61,7 @@ _SPACE_BEFORE_PUNCT = re.compile(r" +([,;:.])")
 
 def clean_dictionary_entry(entry: str) -> str:
     text = _PRONUNCIATION.sub("", entry)
+    text = _PAREN_PRONUNCIATION.sub("", text)
     text = _SOURCE_TAG.sub("", text)
     for _ in range(2):  # nested braces
         text = _BRACES.sub(r"\1", text)
@@ -169,7 +172,9 @@ def clean_pod(text: str) -> str:
     """Prose of a POD document: headings and =item texts kept, verbatim (indented) paragraphs dropped."""
     out: list[str] = []
     in_pod, skipping_begin = True, False
-    for para in text.replace("\r\n", "\n").split("\n\n"):
+    text = re.sub(r"(?<!\n)\n(=[a-z])", r"\n\n\1", text.replace("\r\n", "\n"))  # a command opens a paragraph
+    for para in text.split("\n\n"):
+        para = para.strip("\n")
         if not para.strip():
             continue
         if para.startswith("="):
