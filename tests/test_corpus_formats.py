@@ -192,8 +192,14 @@ HOWTO do things
 This is the *first* paragraph, with a :func:`~os.path.join` role, ``literal``
 text and a `link <https://example.org>`_ in it.
 
-.. note::
-   A directive body that must go.
+.. code-block:: python
+
+   a_code_body = "that must go"
+
+.. function:: double(x)
+   :noindex:
+
+   Return *x* twice; an API description that stays.
 
 Example::
 
@@ -215,7 +221,8 @@ def test_rst_keeps_prose_drops_markup_code_tables_directives(tmp_path):
     path.write_bytes(gzip.compress(RST.encode()))
     (doc_id, text), = formats.parse_rst([path], {})
     assert text == ("HOWTO do things\n\nThis is the first paragraph, with a os.path.join role, literal text and a "
-                    "link in it.\n\nExample:\n\nA list item that stays.\n\nLast words.\n\n")
+                    "link in it.\n\nReturn x twice; an API description that stays.\n\nExample:\n\nA list item that stays.\n\n"
+                    "Last words.\n\n")
 
 
 POD = """\

@@ -57,6 +57,19 @@ def corpus_fingerprint(rec: Recipe, table: dict[str, Source], missing: list[str]
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def drop_repeated_paragraphs(items: list[tuple[str, str]], min_docs: int) -> list[tuple[str, str]]:
+    """Drop a source's boilerplate: paragraphs (of any length) found in ``min_docs`` or more of its documents."""
+    from collections import Counter
+
+    counts = Counter(p for _, text in items for p in set(text.split("\n\n")) if p)
+    out = []
+    for doc_id, text in items:
+        kept = "".join(p + "\n\n" for p in text.split("\n\n") if p and counts[p] < min_docs)
+        if kept:
+            out.append((doc_id, kept))
+    return out
+
+
 def collect_documents(rec: Recipe, table: dict[str, Source], root: Path | None, strict: bool):
     """{source: [(doc_id, text), ...]} for the sources that could be fetched, and the missing ones."""
     docs: dict[str, list[tuple[str, str]]] = {}
@@ -73,6 +86,8 @@ def collect_documents(rec: Recipe, table: dict[str, Source], root: Path | None, 
             missing[name] = str(err).split("\n")[0]
             continue
         items = list(parse_source(folder, src.parser, src.members, src.options))
+        if src.options.get("drop_repeated"):
+            items = drop_repeated_paragraphs(items, src.options["drop_repeated"])
         cap = rec.max_chars.get(name)
         if cap:
             kept, total = [], 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 
 PARAGRAPH_BREAK = "\n\n"
 
@@ -110,6 +111,19 @@ def _rst_inline(line: str) -> str:
     return line.replace("\\", "")
 
 
+_DIRECTIVE = re.compile(r"\.\.\s+(?:[\w-]+:)?([\w-]+)::")
+_DIRECTIVE_OPTION = re.compile(r"^:[\w-]+:(?:\s+\S.*)?$")
+# Directives whose body is prose (API descriptions, admonitions); every other directive's body
+# (code, tables, toctrees, images, kernel-doc options, ...) is dropped with it.
+RST_PROSE_DIRECTIVES = frozenset({
+    "function", "method", "class", "attribute", "data", "exception", "decorator", "decoratormethod",
+    "classmethod", "staticmethod", "property", "module", "describe", "option", "cmdoption", "envvar",
+    "opcode", "pdbcommand", "macro", "member", "type", "var", "struct", "enum", "enumerator", "union",
+    "note", "warning", "tip", "important", "attention", "caution", "danger", "error", "hint", "seealso",
+    "admonition", "topic", "sidebar", "versionadded", "versionchanged", "deprecated", "deprecated-removed",
+    "glossary", "only", "impl-detail", "rubric", "container"})
+
+
 def clean_rst(text: str) -> str:
     """Prose of an rst document: no directives, comments, literal blocks, tables or section adornments.
 
@@ -119,6 +133,7 @@ def clean_rst(text: str) -> str:
     out: list[str] = []
     skip_indent: int | None = None   # dropping lines indented more than this
     pending_literal, out_indent = False, 0
+    option_indent: int | None = None   # just after a kept directive: its :option: lines are dropped
     for raw in text.replace("\t", "    ").split("\n"):
         line = raw.rstrip()
         indent = len(line) - len(line.lstrip())
@@ -136,8 +151,16 @@ def clean_rst(text: str) -> str:
             out.append("")
             continue
         if stripped.startswith(".."):            # directive, comment, target, substitution
-            skip_indent = indent
+            m = _DIRECTIVE.match(stripped)
+            if m and m.group(1) in RST_PROSE_DIRECTIVES:
+                option_indent = indent           # keep the body, drop the directive line and its options
+            else:
+                skip_indent = indent
             continue
+        if option_indent is not None:
+            if indent > option_indent and _DIRECTIVE_OPTION.match(stripped):
+                continue
+            option_indent = None
         if _ADORNMENT.match(stripped) or stripped.startswith(("+--", "+==", "|")):
             out.append("")
             continue
@@ -232,3 +255,67 @@ def strip_gutenberg(text: str) -> str:
     if end:
         text = text[:end.start()]
     return normalize(text)
+
+
+# ---- HTML ------------------------------------------------------------------------------------------------
+HTML_SKIP_TAGS = frozenset({"script", "style", "pre", "head", "nav", "header", "footer", "noscript", "svg",
+                            "math", "form", "button", "select", "textarea"})
+HTML_BLOCK_TAGS = frozenset({"p", "div", "br", "li", "dt", "dd", "tr", "h1", "h2", "h3", "h4", "h5", "h6",
+                             "blockquote", "table", "ul", "ol", "dl", "section", "article", "td", "th",
+                             "figcaption", "caption", "hr"})
+HTML_VOID_TAGS = frozenset({"br", "img", "wbr", "hr", "meta", "link", "input", "area", "base", "col", "embed",
+                            "source", "track", "param"})
+
+
+class _HTMLText(HTMLParser):
+    def __init__(self, skip_classes: frozenset[str]):
+        super().__init__(convert_charrefs=True)
+        self.skip_classes = skip_classes
+        self.parts: list[str] = []
+        self.skip_tag: str | None = None   # tag of the outermost skipped element
+        self.skip_depth = 0                # its nesting depth (same tag inside it)
+
+    def _skipped(self, tag: str, attrs) -> bool:
+        if tag in HTML_SKIP_TAGS:
+            return True
+        a = dict(attrs)
+        names = set((a.get("class") or "").split()) | {a.get("id") or "", a.get("role") or ""}
+        return bool(names & self.skip_classes)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in HTML_VOID_TAGS:
+            if self.skip_tag is None and tag in HTML_BLOCK_TAGS:
+                self.parts.append("\n\n")
+            return
+        if self.skip_tag is not None:
+            if tag == self.skip_tag:
+                self.skip_depth += 1
+            return
+        if self._skipped(tag, attrs):
+            self.skip_tag, self.skip_depth = tag, 1
+            return
+        if tag in HTML_BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag):
+        if self.skip_tag is not None:
+            if tag == self.skip_tag:
+                self.skip_depth -= 1
+                if self.skip_depth == 0:
+                    self.skip_tag = None
+            return
+        if tag in HTML_BLOCK_TAGS:
+            self.parts.append("\n\n")
+
+    def handle_data(self, data):
+        if self.skip_tag is None:
+            self.parts.append(data.replace("\n", " "))
+
+
+def html_text(text: str, skip_classes=()) -> str:
+    """Readable text of an HTML page: scripts, styles, code blocks, navigation and the elements whose
+    class, id or role is in ``skip_classes`` dropped; block elements become paragraph breaks."""
+    parser = _HTMLText(frozenset(skip_classes))
+    parser.feed(text)
+    parser.close()
+    return normalize("".join(parser.parts))

@@ -12,7 +12,7 @@ paragraphs, each ending in a blank line (empty documents are dropped). Formats:
 * ``wordnet``: WordNet ``data.*`` files: the licence header lines start with two spaces; each
   synset line has its words and, after ``|``, the gloss with example sentences; one synset per document.
 * ``wiki_json`` (``{title: {title, extract}}``), ``factbook_json`` (every ``text`` value that is a
-  sentence), ``plain_text``, ``gutenberg_text``, ``brown_tagged``, ``fortune``, ``rst``, ``pod``.
+  sentence), ``plain_text``, ``gutenberg_text``, ``brown_tagged``, ``fortune``, ``rst``, ``pod``, ``html``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 from flyweight.data import clean
@@ -184,11 +185,16 @@ def parse_plain_text(files: list[Path], options: dict) -> Iterator[Document]:
             yield f.name, text
 
 
+_ACT_HEADING = re.compile(r"^(?=ACT [IVX]+\b)", re.M)
+
+
 def parse_gutenberg_text(files: list[Path], options: dict) -> Iterator[Document]:
+    """Project Gutenberg texts; a play is one document per act (a whole play would weigh on val/test)."""
     for f in files:
-        text = _doc(clean.paragraphs(clean.strip_gutenberg(read_text(f))), min_letters=0.5)
-        if text:
-            yield f.name, text
+        for a, act in enumerate(_ACT_HEADING.split(clean.strip_gutenberg(read_text(f)))):
+            text = _doc(clean.paragraphs(act), min_letters=0.5)
+            if text:
+                yield f"{f.name}:{a}", text
 
 
 def parse_brown_tagged(files: list[Path], options: dict) -> Iterator[Document]:
@@ -221,20 +227,139 @@ def parse_pod(files: list[Path], options: dict) -> Iterator[Document]:
             yield f.name, text
 
 
+# ---- R lazy-load databases (Rdata.rdb / Rdata.rdx) ----------------------------------------------------
+class RReader:
+    """Just enough of R's XDR serialization (format 2 and 3) to read character vectors and lists."""
+
+    def __init__(self, data: bytes):
+        if data[:2] != b"X\n":
+            raise ValueError("not an R XDR serialization (expected 'X\\n')")
+        self.data, self.pos, self.refs = data, 2, []
+        version = self._int()
+        self._int(), self._int()              # writer's and minimal reader's R versions
+        if version == 3:
+            n = self._int()                   # native encoding name: skipped
+            self.pos += n
+
+    def _int(self) -> int:
+        (v,) = struct.unpack_from(">i", self.data, self.pos)
+        self.pos += 4
+        return v
+
+    def _attributes_names(self, attrs) -> list[str] | None:
+        return attrs.get("names") if isinstance(attrs, dict) else None
+
+    def item(self):
+        flags = self._int()
+        kind, has_attr, has_tag = flags & 0xFF, flags & (1 << 9), flags & (1 << 10)
+        if kind in (254, 242, 253, 241, 251):     # NULL, empty/global/base env, missing arg
+            return None
+        if kind == 255:                           # reference to an earlier symbol
+            index = flags >> 8 or self._int()
+            return self.refs[index - 1]
+        if kind == 1:                             # symbol
+            name = self.item()
+            self.refs.append(name)
+            return name
+        if kind == 9:                             # CHARSXP
+            n = self._int()
+            if n == -1:
+                return None
+            text = self.data[self.pos:self.pos + n].decode("utf-8", errors="replace")
+            self.pos += n
+            return text
+        if kind == 2:                             # pairlist: attributes, tag, car, cdr
+            attrs = self.item() if has_attr else None
+            del attrs
+            out = {}
+            tag = self.item() if has_tag else None
+            out[tag] = self.item()
+            rest = self.item()
+            if isinstance(rest, dict):
+                out.update(rest)
+            return out
+        if kind in (10, 13):                      # logical, integer
+            n = self._int()
+            values = list(struct.unpack_from(f">{n}i", self.data, self.pos))
+            self.pos += 4 * n
+        elif kind == 14:                          # double
+            n = self._int()
+            values = list(struct.unpack_from(f">{n}d", self.data, self.pos))
+            self.pos += 8 * n
+        elif kind in (16, 19, 20):                # character vector, list, expression
+            values = [self.item() for _ in range(self._int())]
+        else:
+            raise ValueError(f"R serialization type {kind} is not supported by this reader")
+        if has_attr:
+            names = self._attributes_names(self.item())
+            if names is not None and len(names) == len(values):
+                return dict(zip(names, values, strict=True))
+        return values
+
+
+def _r_blob(data: bytes) -> bytes:
+    """One lazy-load record: 4-byte big-endian uncompressed length, then zlib (type 1) data."""
+    (n,) = struct.unpack_from(">I", data, 0)
+    out = zlib.decompress(data[4:])
+    if len(out) != n:
+        raise ValueError(f"R lazy-load record decompressed to {len(out)} bytes, header says {n}")
+    return out
+
+
+def r_lazyload(rdb: Path) -> dict[str, object]:
+    """The objects of an R package's ``data/Rdata.rdb`` (index: ``Rdata.rdx`` beside it), by name."""
+    index = RReader(gzip.decompress(rdb.with_suffix(".rdx").read_bytes())).item()
+    variables = index["variables"] if isinstance(index, dict) else index[0]
+    blob = rdb.read_bytes()
+    return {name: RReader(_r_blob(blob[off:off + length])).item()
+            for name, (off, length) in sorted(variables.items())}
+
+
+_CHAPTER_HEADING = re.compile(r"^(?=(?:CHAPTER|Chapter) [0-9IVXLC]+\.?\s*$)", re.M)
+
+
+def parse_r_text(files: list[Path], options: dict) -> Iterator[Document]:
+    """Character vectors of lines in an R lazy-load database (e.g. janeaustenr's novels); one per document."""
+    for f in files:
+        for name, value in r_lazyload(f).items():
+            if not (isinstance(value, list) and value and all(isinstance(v, str) or v is None for v in value)):
+                continue
+            # one document per chapter: a whole novel in one split would make it a large part of val/test
+            for c, chapter in enumerate(_CHAPTER_HEADING.split("\n".join(v or "" for v in value))):
+                text = _doc(clean.paragraphs(clean.reflow(chapter)))
+                if text:
+                    yield f"{name}:{c}", text
+
+
+def parse_html(files: list[Path], options: dict) -> Iterator[Document]:
+    """HTML pages; ``options['skip']``: classes/ids/roles of navigation and code elements to drop."""
+    skip = tuple(options.get("skip", ()))
+    for f in files:
+        text = _doc(clean.paragraphs(clean.html_text(read_text(f), skip)))
+        if text:
+            yield f.as_posix().rsplit("/", 2)[-2] + "/" + f.name, text
+
+
 PARSERS: dict[str, Callable[[list[Path], dict], Iterator[Document]]] = {
     "dictd": parse_dictd, "sword_osis": parse_sword_osis, "wordnet": parse_wordnet,
     "wiki_json": parse_wiki_json, "factbook_json": parse_factbook_json, "plain_text": parse_plain_text,
     "gutenberg_text": parse_gutenberg_text, "brown_tagged": parse_brown_tagged, "fortune": parse_fortune,
-    "rst": parse_rst, "pod": parse_pod,
+    "rst": parse_rst, "pod": parse_pod, "html": parse_html,
+    "r_text": parse_r_text,
 }
 
 
 def source_files(root: Path, members: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[Path]:
-    """Regular files (not links: packages link duplicates) matching the member globs, sorted."""
+    """Regular files (not links: packages link duplicates) matching the member globs, sorted.
+
+    ``exclude``: shell patterns matched against the path relative to ``root`` and against the name.
+    """
     files: set[Path] = set()
     for pattern in members:
         for p in root.glob(pattern):
-            if p.is_file() and not p.is_symlink() and not any(p.match(x) for x in exclude):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not p.is_symlink() and not any(fnmatch(rel, x) or fnmatch(p.name, x)
+                                                               for x in exclude):
                 files.add(p)
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 

