@@ -276,3 +276,40 @@ def test_cli_data_fetch_arguments(capsys):
     assert "named corpora: english" in capsys.readouterr().err
     assert main(["data", "fetch", "corpus=nope"]) == 2
     assert main(["data", "fetch", "corpus=english", "bogus=1"]) == 2
+
+
+def test_experiments_accept_the_named_corpora():
+    from hydra import compose, initialize_config_module
+
+    for name in ("english", "english_small"):
+        with initialize_config_module(config_module="flyweight.configs", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=["experiment=tiny-lm", f"data={name}"])
+        assert cfg.data.corpus == name and cfg.data.tokenizer == "gpt2" and cfg.data.max_length == 128
+
+
+def test_the_data_module_reads_a_named_corpus_and_its_manifest(tiny, tok_dir):
+    from flyweight.data.datamodule import DataConfig, LMDataModule
+
+    rec, root = tiny
+    manifest = build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    dm = LMDataModule(DataConfig(corpus="tiny", path=str(root), tokenizer=str(tok_dir), max_length=8,
+                                 cache_dir=str(root / "tokens"), progress=False)).load()
+    assert len(dm.windows["train"].tokens) == manifest["splits"]["train"]["tokens"]
+    assert dm.manifest()["fingerprint"] == manifest["fingerprint"]
+
+
+def test_committed_manifests_describe_the_recipes():
+    from flyweight.data.manifest import committed_manifest, manifest_rows
+
+    for name, rec in sources.RECIPES.items():
+        if name not in ("english", "english_small"):
+            continue
+        m = committed_manifest(name)
+        assert m is not None, f"flyweight/data/manifests/{name}.json is missing"
+        assert m["recipe_fingerprint"] == rec.fingerprint(), f"{name}.json is stale: rebuild and commit it"
+        assert [r["source"] for r in m["sources"]] == list(rec.sources)
+        rows = manifest_rows(m)
+        for split in SPLITS:
+            assert sum(r[f"tokens_{split}"] for r in rows[:-1]) == m["splits"][split]["tokens"] == \
+                m["token_files"][split]["n_tokens"]
+        assert all(r["licence"] and len(r["sha256"]) == 64 for r in m["sources"])

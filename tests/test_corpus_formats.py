@@ -341,3 +341,89 @@ def test_mostly_text_drops_ascii_art_and_tables():
     assert clean.mostly_text("A plain sentence of English words.")
     assert not clean.mostly_text("|---+---|\n| 1 | 2 |")
     assert not clean.mostly_text("0x1f 0x2e 0x3d 0x4c")
+
+
+# ---- HTML ----------------------------------------------------------------------------------------------------
+PAGE = """<html><head><title>T</title><script>var x = 1;</script><style>p {}</style></head><body>
+<div class="navheader"><a href="a.html">Prev</a> <a href="b.html">Next</a></div>
+<h1>21.11. RADIUS&nbsp;Authentication</h1>
+<div class="para">This method operates
+similarly to <code>password</code> &amp; uses RADIUS.<br>Second line.</div>
+<pre class="programlisting">SELECT * FROM code_that_must_go;</pre>
+<div class="SCodeFlow"><div><span>(define x 1)</span></div></div>
+<ul><li>First item.</li><li>Second item.</li></ul>
+<div class="navfooter">Home | Up</div></body></html>"""
+
+
+def test_html_text_drops_scripts_code_navigation_keeps_blocks(tmp_path):
+    f = tmp_path / "html" / "auth.html"
+    f.parent.mkdir()
+    f.write_text(PAGE)
+    (doc_id, text), = formats.parse_html([f], {"skip": ("navheader", "navfooter", "SCodeFlow")})
+    assert doc_id == "html/auth.html"
+    assert text == ("21.11. RADIUS Authentication\n\nThis method operates similarly to password & uses RADIUS.\n\n"
+                    "Second line.\n\nFirst item.\n\nSecond item.\n\n")
+
+
+def test_repeated_boilerplate_paragraphs_are_dropped_per_source():
+    from flyweight.data.build import drop_repeated_paragraphs
+
+    items = [(f"d{i}", f"Download the ebook\n\nPage {i} has its own words.\n\n") for i in range(6)]
+    items.append(("last", "Download the ebook\n\n"))
+    out = drop_repeated_paragraphs(items, 5)
+    assert out == [(f"d{i}", f"Page {i} has its own words.\n\n") for i in range(6)]   # emptied doc dropped
+
+
+# ---- R lazy-load database (janeaustenr) ----------------------------------------------------------------------
+def _r_int(n: int) -> bytes:
+    return struct.pack(">i", n)
+
+
+def _r_chars(s: str) -> bytes:
+    data = s.encode()
+    return _r_int(9 | (64 << 12)) + _r_int(len(data)) + data
+
+
+def _r_strings(values: list[str], names: list[str] | None = None) -> bytes:
+    return _r_int(16) + _r_int(len(values)) + b"".join(_r_chars(v) for v in values)
+
+
+def _r_named_list(items: list[bytes], names: list[str]) -> bytes:
+    """VECSXP with a names attribute: data first, then the attribute pairlist (tag 'names')."""
+    attr = _r_int(2 | (1 << 10)) + _r_int(1) + _r_chars("names") + _r_strings(names) + _r_int(254)
+    return _r_int(19 | (1 << 9)) + _r_int(len(items)) + b"".join(items) + attr
+
+
+def _r_serialize(body: bytes) -> bytes:
+    return b"X\n" + _r_int(3) + _r_int(0x040201) + _r_int(0x030500) + _r_int(5) + b"UTF-8" + body
+
+
+def write_r_lazyload(folder: Path, objects: dict[str, list[str]]) -> Path:
+    rdb, offsets = b"", {}
+    for name, lines in objects.items():
+        raw = _r_serialize(_r_strings(lines))
+        blob = struct.pack(">I", len(raw)) + zlib.compress(raw)
+        offsets[name] = (len(rdb), len(blob))
+        rdb += blob
+    ints = [_r_int(13) + _r_int(2) + _r_int(o) + _r_int(n) for o, n in offsets.values()]
+    index = _r_named_list([_r_named_list(ints, list(offsets)), _r_int(19) + _r_int(0),
+                           _r_int(10) + _r_int(1) + _r_int(1)], ["variables", "references", "compressed"])
+    (folder / "Rdata.rdx").write_bytes(gzip.compress(_r_serialize(index)))
+    (folder / "Rdata.rdb").write_bytes(rdb)
+    return folder / "Rdata.rdb"
+
+
+def test_r_lazyload_novels_one_document_per_chapter(tmp_path):
+    emma = ["EMMA", "", "CHAPTER I", "", "Emma Woodhouse, handsome, clever,", "and rich.", "",
+            "She was the youngest.", "", "CHAPTER II", "", "Mr. Weston was a native", "of Highbury."]
+    rdb = write_r_lazyload(tmp_path, {"emma": emma, "persuasion": ["Sir Walter Elliot, of Kellynch Hall."]})
+    objects = formats.r_lazyload(rdb)
+    assert objects == {"emma": emma, "persuasion": ["Sir Walter Elliot, of Kellynch Hall."]}
+    docs = list(formats.parse_r_text([rdb], {}))
+    assert docs == [("emma:0", "EMMA\n\n"),
+                    ("emma:1", "CHAPTER I\n\nEmma Woodhouse, handsome, clever, and rich.\n\nShe was the youngest.\n\n"),
+                    ("emma:2", "CHAPTER II\n\nMr. Weston was a native of Highbury.\n\n"),
+                    ("persuasion:0", "Sir Walter Elliot, of Kellynch Hall.\n\n")]
+    (tmp_path / "Rdata.rdb").write_bytes(b"\x00\x00\x00\x09" + zlib.compress(b"X\n" + b"\x00" * 40))
+    with pytest.raises(ValueError, match="header says 9"):
+        formats.r_lazyload(rdb)
