@@ -2,6 +2,7 @@
 
 ``flyweight [SUBCOMMAND] [key=value ...]``: a subcommand is a shorthand for ``experiment=SUBCOMMAND``
 (``flyweight layers layers.tokens=64``); with none, the embedded default runs.
+``flyweight data fetch corpus=english`` builds a named corpus and its token cache instead.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ DESCRIPTIONS: dict[str, str] = {
     "bench": "layers + models in one run",
     "fmnist-t2t": "the Fashion-MNIST stand-in: T2T-ViT with approximate attention",
     "imagenet-eval": "ImageNet top-1/top-5 of a T2T-ViT checkpoint",
+    "data": "data fetch corpus=NAME: build a named English corpus and its token cache (english, english_small)",
 }
 
 
 def usage() -> str:
     lines = ["usage: flyweight [SUBCOMMAND] [key=value ...]   (the same Hydra overrides as python run.py)", "",
              "subcommands:"]
-    lines += [f"  {name:<14} {DESCRIPTIONS.get(name, '')}" for name in SUBCOMMANDS]
+    lines += [f"  {name:<14} {DESCRIPTIONS.get(name, '')}" for name in [*SUBCOMMANDS, "data"]]
     lines += ["", "with no subcommand the default comparison runs; experiment=NAME selects any experiment",
               "(tiny-lm, wt103/gpt2, wt103/gpt2-ss1, ...); --cfg job prints the resolved config;",
               "--hydra-help shows Hydra's own options."]
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if argv[:1] == ["data"]:  # flyweight data fetch corpus=NAME: the named corpora (flyweight.data.build)
+        from flyweight.data.build import main as data_main
+        return data_main(argv[1:])
     if argv and not argv[0].startswith("-") and "=" not in argv[0]:
         name = argv.pop(0)
         if name not in SUBCOMMANDS:

@@ -214,7 +214,7 @@ def _text(path, val_fraction: float, test_fraction: float, seed: int) -> Corpus:
     return Corpus(name="text", fingerprint=fp, loader=load_split)
 
 
-CORPORA = ("wikitext103", "wikitext2", "wiki_offline", "text")
+CORPORA = ("wikitext103", "wikitext2", "wiki_offline", "text")  # and the named recipes of sources.RECIPES
 
 
 def make_corpus(kind: str, path=None, val_fraction: float = 0.05, test_fraction: float = 0.05,
@@ -225,4 +225,10 @@ def make_corpus(kind: str, path=None, val_fraction: float = 0.05, test_fraction:
         return _wiki_offline(val_fraction, test_fraction, split_seed, path)
     if kind == "text":
         return _text(path, val_fraction, test_fraction, split_seed)
-    raise ValueError(f"unknown corpus {kind!r}; valid corpora: {', '.join(CORPORA)}")
+    from flyweight.data.sources import RECIPES
+
+    if kind in RECIPES:
+        # named registry corpora (english, english_small): the recipe fixes their splits; path = cache root
+        from flyweight.data.build import named_corpus
+        return named_corpus(kind, path)
+    raise ValueError(f"unknown corpus {kind!r}; valid corpora: {', '.join(CORPORA)}, {', '.join(RECIPES)}")

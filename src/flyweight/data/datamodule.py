@@ -17,7 +17,7 @@ from flyweight.data.windows import ResumableLoader, TokenWindows, TrainBatchSamp
 
 @dataclass
 class DataConfig:
-    corpus: str = "wiki_offline"   # wikitext103 | wikitext2 | wiki_offline | text
+    corpus: str = "wiki_offline"   # wikitext103 | wikitext2 | wiki_offline | text | english | english_small
     path: Any = None               # local folder/files of the corpus (see corpora.py)
     tokenizer: str = "gpt2"        # "gpt2" (registry copy), a local folder, "hub:NAME", or "bpe:N" (a byte-level
                                    # BPE of N tokens fitted on this corpus's train split, cached)
@@ -80,6 +80,15 @@ class LMDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.load(()).tokenizer.vocab_size
+
+    def manifest(self) -> dict | None:
+        """The corpus manifest (sources, licences, tokens per split) of a named corpus; None for the others."""
+        from flyweight.data.sources import RECIPES
+
+        if self.cfg.corpus not in RECIPES:
+            return None
+        from flyweight.data.manifest import corpus_manifest
+        return corpus_manifest(self.cfg.corpus, self.cfg.path)
 
     def describe(self) -> dict:
         return {s: {"windows": len(w), "tokens": len(w) * w.max_length, "stream_tokens": len(w.tokens)}

@@ -1,0 +1,1 @@
+"""Committed manifests of the named corpora (JSON, written by `flyweight data fetch`)."""
