@@ -99,7 +99,7 @@ CASES = [
      r"'ss1' has no argument 'compresion' \(did you mean 'compression'\?\); valid arguments: compression, seed"),
     ("misspelt-convert-kwarg", lambda tmp: convert(nn.Sequential(nn.Linear(8, 8)), "monarch", targets="0",
                                                    nblock=2),
-     TypeError, r"'monarch' has no argument 'nblock' \(did you mean 'nblocks'\?\)"),
+     ValueError, r"'monarch'\) has no setting 'nblock' \(did you mean 'nblocks'\?\)"),
     ("ss1-compression-3-validated-up-front", lambda tmp: validate_linear("ss1", 768, 768, compression=3),
      ValueError, r"compression must be a power of two.*got 3"),
     ("validate-unknown-kind", lambda tmp: validate_linear("ss2", 768, 768), ValueError, r"unknown linear kind 'ss2'"),

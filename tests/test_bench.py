@@ -70,34 +70,11 @@ def test_autoselect_keeps_dense_where_slower_or_unmeasured(tmp_path):
     assert not unknown.use_structured and "no measurement" in unknown.reason
 
 
-def test_report_files_and_pareto(tmp_path):
-    import struct
-
-    from flyweight.bench.report import REPORT_COLUMNS, pareto_front, write_report
+def test_pareto_front():
+    """The report's own files are covered by tests/test_compare.py (the trainer's compare report)."""
+    from flyweight.bench.report import pareto_front
 
     assert pareto_front([1.0, 2.0, 3.0, 2.5], [10.0, 12.0, 20.0, 11.0]) == [0, 3, 2]
-    rows = []
-    for i, kind in enumerate(["dense", "ss1", "monarch"]):
-        rows.append({"variant": kind, "kind": kind, "settings": "-", "params": 1_000_000 * (3 - i),
-                     "flops_per_token": 2_000_000 * (3 - i), "val_ppl": 30.0 + i, "train_tokens_per_s": 1000.0 * (i + 1),
-                     "infer_tokens_per_s": 5000.0 * (i + 1), "decode_ms_per_token": 1.0 / (i + 1),
-                     "speedup_vs_dense": float(i + 1), "train_tokens": 10, "train_steps": 1, "train_seconds": 1.0,
-                     "corpus": "synthetic", "split": "validation", "device": "cpu"})
-    curves = {r["variant"]: [(0, 5.0), (10, 4.0 - 0.1 * j)] for j, r in enumerate(rows)}
-    paths = write_report(rows, curves, tmp_path, {"corpus": "synthetic"}, "flyweight compare")
-    text = paths["report"].read_text()
-    assert text.count("\n| ") == 1 + len(rows)  # header + one line per variant
-    for p in ("ppl_vs_throughput", "ppl_vs_params", "loss_curves"):
-        data = paths[p].read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        width, height = struct.unpack(">II", data[16:24])
-        assert width > 100 and height > 100
-    assert paths["series"] == {"ppl_vs_throughput": 3, "ppl_vs_params": 3, "loss_curves": 3}
-    import csv
-
-    with open(paths["csv"]) as f:
-        back = list(csv.DictReader(f))
-    assert list(back[0]) == REPORT_COLUMNS and [b["variant"] for b in back] == ["dense", "ss1", "monarch"]
 
 
 def test_convert_with_measured_auto_selection_keeps_slow_layers_dense():

@@ -89,8 +89,12 @@ def _checked_fields(cls: type[LinearConfig], data: dict[str, Any]) -> dict[str, 
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - valid)
     if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"{cls.__name__} (kind {cls.kind!r}) has no setting {', '.join(map(repr, unknown))}; "
+            f"{cls.__name__} (kind {cls.kind!r}) has no setting {', '.join(map(repr, unknown))}{hint}; "
             f"valid settings: {', '.join(sorted(valid)) or '(none)'}"
         )
     return data

@@ -112,6 +112,7 @@ def _role_shapes(role: str, n_embd: int, vocab_size: int) -> list[tuple[str, int
 def _check_layer_settings(kind: str, roles: list[str], settings: dict, n_embd: int, vocab_size: int) -> None:
     """Every converted layer shape, checked on the meta device before anything is built: a bad setting
     fails at once with the layer's own message instead of one warning per layer of the model."""
+    make_config(kind, **settings)  # an unknown setting names the kind's typed config and its valid keys
     for role in roles:
         for module, in_f, out_f in _role_shapes(role, n_embd, vocab_size):
             try:
