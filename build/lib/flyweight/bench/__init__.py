@@ -1,1 +1,0 @@
-"""Benchmarks: layer and model speed, and the comparison report."""

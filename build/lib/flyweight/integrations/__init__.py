@@ -1,1 +1,0 @@
-"""Bridges to other libraries: transformers' loading hook, peft's LoRA, torchao's quantize_."""
