@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from flyweight.data.fetch import cache_root
 from flyweight.data.formats import parse_source
 from flyweight.data.packages import PackageError, fetch_package
 from flyweight.data.sources import RECIPE_VERSION, SOURCES, Recipe, Source, recipe
+from flyweight.utils.io import atomic_write, atomic_write_text
 
 DEDUP_ORDER = ("val", "test", "train")   # evaluation splits keep their paragraphs
 
@@ -43,13 +43,6 @@ def corpus_dir(name: str, root: Path | None = None) -> Path:
 
 def _log(msg: str) -> None:
     print(f"[flyweight] {msg}", file=sys.stderr, flush=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def corpus_fingerprint(rec: Recipe, table: dict[str, Source], missing: list[str]) -> str:
@@ -145,12 +138,11 @@ def _tokenize_split(docs: list[tuple[str, str, str]], tokenizer, bin_path: Path,
 
     dtype = token_dtype(tokenizer.vocab_size)
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = bin_path.with_name(f"{bin_path.name}.{os.getpid()}.tmp")
     h = hashlib.sha256()
     n_tokens = 0
     per_source: dict[str, int] = {}
-    with open(tmp, "wb") as f, tqdm(total=len(docs), desc=f"tokenizing {meta['corpus']}/{meta['split']}",
-                                    unit="doc", disable=not progress, file=sys.stderr) as bar:
+    with atomic_write(bin_path) as f, tqdm(total=len(docs), desc=f"tokenizing {meta['corpus']}/{meta['split']}",
+                                           unit="doc", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(docs), BATCH_DOCS):
             batch = docs[start:start + BATCH_DOCS]
             encoded = tokenizer.encode_batch([text for _, _, text in batch])
@@ -164,9 +156,8 @@ def _tokenize_split(docs: list[tuple[str, str, str]], tokenizer, bin_path: Path,
             h.update(data)
             n_tokens += arr.size
             bar.update(len(batch))
-    tmp.replace(bin_path)
-    _write_atomic(meta_path, json.dumps({"version": CACHE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
-                                         "sha256": h.hexdigest(), **meta, "documents": len(docs)}, indent=1))
+    atomic_write_text(meta_path, json.dumps({"version": CACHE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
+                                            "sha256": h.hexdigest(), **meta, "documents": len(docs)}, indent=1))
     return per_source
 
 
@@ -188,7 +179,7 @@ def build_corpus(name: str, root: Path | str | None = None, tokenizer: str = "gp
     splits, dropped, stats = split_and_dedup(rec, docs)
     folder = corpus_dir(name, root)
     for split in SPLITS:
-        _write_atomic(folder / f"{split}.jsonl", "".join(
+        atomic_write_text(folder / f"{split}.jsonl", "".join(
             json.dumps({"source": s, "id": i, "text": t}, ensure_ascii=False) + "\n" for s, i, t in splits[split]))
     fingerprint = corpus_fingerprint(rec, table, list(missing))
     corpus = Corpus(name=name, fingerprint=fingerprint, loader=lambda split: [t for _, _, t in splits[split]])
@@ -205,8 +196,8 @@ def build_corpus(name: str, root: Path | str | None = None, tokenizer: str = "gp
     manifest = make_manifest(rec, table, splits, tokens, dropped, stats, missing, fingerprint, tok, files)
     manifest["tokenizer"]["spec"] = str(tokenizer)
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    _write_atomic(folder / "manifest.json", text)
-    _write_atomic(bin_path.parent / "manifest.json", text)
+    atomic_write_text(folder / "manifest.json", text)
+    atomic_write_text(bin_path.parent / "manifest.json", text)
     _log(f"corpus {name}: {manifest['splits']['train']['tokens'] / 1e6:.2f}M / "
          f"{manifest['splits']['val']['tokens'] / 1e6:.2f}M / {manifest['splits']['test']['tokens'] / 1e6:.2f}M "
          f"train/val/test tokens in {time.time() - t0:.0f} s -> {folder}")
