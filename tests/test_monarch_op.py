@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from _numerics import assert_matches
 
 from flyweight.kernels.monarch import monarch_meta, route, slot_table
 from flyweight.kernels.monarch import op as O
@@ -59,15 +60,6 @@ def run(layer, x, g):
     if layer.bias is not None:
         out["db"] = layer.bias.grad
     return out
-
-
-def assert_matches(got, want, tol):
-    assert set(got) == set(want)
-    for name, ref in want.items():
-        a = got[name]
-        assert a is not None and a.shape == ref.shape, name
-        err = (a.cpu().double() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
-        assert err <= tol, f"{name}: relative max error {err:.2e} > {tol:.0e}"
 
 
 CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, b not dividing r, odd M

@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from _numerics import assert_matches
 
 from flyweight.kernels.ss1 import check_backend, set_compiled_route, sketch_route
 from flyweight.kernels.ss1 import kernels as K
@@ -57,15 +58,6 @@ def run(layer: SS1Linear, x: torch.Tensor, g: torch.Tensor) -> dict:
     if layer.bias is not None:
         out["db"] = layer.bias.grad
     return out
-
-
-def assert_matches(got: dict, want: dict, tol: float) -> None:
-    assert set(got) == set(want)
-    for name, ref in want.items():
-        a = got[name]
-        assert a is not None and a.shape == ref.shape, name
-        err = (a.cpu().double() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
-        assert err <= tol, f"{name}: relative max error {err:.2e} > {tol:.0e}"
 
 
 CASES = [  # (R, M, bias, in_features): every R, odd M, bias on/off, padded widths (100, 200)
