@@ -28,14 +28,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import csv
 import json
 import math
 import os
 import platform
 import sys
 import time
-import traceback
 
 import torch
 
@@ -61,13 +59,13 @@ _early_autotune_flag()
 
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
+from gpu_harness import DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us  # noqa: E402
 
 import flyweight  # noqa: E402
 from flyweight.kernels.monarch import monarch_meta, tuning  # noqa: E402
 from flyweight.kernels.monarch import op as monarch_op  # noqa: E402
 from flyweight.linear import MonarchLinear  # noqa: E402
 
-DEV = torch.device("cuda" if CUDA else "cpu")
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
 L2_BYTES = 60 * 2**20
 PARTS = ("numerics", "compile", "host", "layers", "sweep", "train")
@@ -81,109 +79,17 @@ TOY_MS = (33,)
 VARIANTS = ("dense", "monarch", "monarch-strided", "monarch-fused", "monarch-torch", "fly")
 
 
-class Run:
-    """Output folder, wall-clock budget, CSV rows appended as they come, one log."""
-
-    def __init__(self, out: str, budget_s: float, smoke: bool):
-        self.out, self.budget_s, self.smoke, self.t0 = out, budget_s, smoke, time.time()
-        os.makedirs(out, exist_ok=True)
-        self.logf = open(os.path.join(out, "run.log"), "a")
-        self.summary: list[str] = []
-
-    def log(self, msg: str) -> None:
-        line = f"[{time.time() - self.t0:6.1f}s] {msg}"
-        print(line, flush=True)
-        self.logf.write(line + "\n")
-        self.logf.flush()
-
-    def left(self) -> float:
-        return self.budget_s - (time.time() - self.t0)
-
-    def row(self, name: str, row: dict) -> None:
-        path = os.path.join(self.out, f"{name}.csv")
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row), restval="")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    @contextlib.contextmanager
-    def part(self, name: str, need_s: float):
-        if self.left() < need_s:
-            self.log(f"== {name}: skipped, {self.left():.0f} s of budget left (needs about {need_s:.0f} s)")
-            self.summary.append(f"{name}: skipped (budget)")
-            yield False
-            return
-        self.log(f"== {name}")
-        t = time.time()
-        try:
-            yield True
-        except Exception:
-            self.log(f"{name} FAILED:\n{traceback.format_exc()}")
-            self.summary.append(f"{name}: FAILED (traceback in run.log)")
-        self.log(f"== {name} done in {time.time() - t:.0f} s")
 
 
 # ---- timing -------------------------------------------------------------------------------
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
 
 
-def time_us(fn) -> float:
-    """Median time of fn() (CUDA events via do_bench on GPU; a short timed loop on CPU)."""
-    if CUDA:
-        return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median") * 1e3
-    fn()
-    ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[1] * 1e6
 
 
-def graph_us(fns: list) -> float:
-    """GPU time per call without launch cost: the calls captured in one CUDA graph, replayed."""
-    if not CUDA:
-        return time_us(lambda: [f() for f in fns]) / len(fns)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            for f in fns:
-                f()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in fns:
-            f()
-    us = triton.testing.do_bench(graph.replay, warmup=5, rep=40, return_mode="median") * 1e3 / len(fns)
-    del graph
-    return us
 
 
-def host_us(fn, n: int = 200) -> float:
-    """CPU time to issue one fn() while the GPU is kept busy (the clock cannot wait on the GPU)."""
-    for _ in range(10):
-        fn()
-    sync()
-    if CUDA:
-        torch.cuda._sleep(int(3e8))
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - t
-    sync()
-    return elapsed / n * 1e6
 
 
-def poison() -> None:
-    """Fill the allocator's free blocks with NaN, so an output element a kernel never writes shows."""
-    if CUDA:
-        free = torch.cuda.mem_get_info()[0]
-        torch.empty(min(free // 4, 4 * 2**30) // 2, dtype=torch.float16, device=DEV).fill_(float("nan"))
 
 
 # ---- fly's formulation, written here from its description --------------------------------------
@@ -306,8 +212,6 @@ def peak_mib(variant, k, n, m, nblocks=4) -> float:
 
 
 # ---- numerics ---------------------------------------------------------------------------------
-def rel_err(a, ref) -> float:
-    return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def grads(layer, x, g) -> dict:

@@ -30,7 +30,6 @@ with the aot_eager backend): a dry run that catches mistakes before GPU time is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import csv
 import json
@@ -40,7 +39,6 @@ import platform
 import shutil
 import sys
 import time
-import traceback
 
 import torch
 
@@ -49,6 +47,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before flyweight's kernels are imported
 
 import triton  # noqa: E402
+from gpu_harness import CUDA, DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us  # noqa: E402
 
 import flyweight  # noqa: E402
 from flyweight.bench.autoselect import user_table_path  # noqa: E402
@@ -59,8 +58,6 @@ from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
 from flyweight.kernels.ss1.tuning import CANDIDATES, config_for  # noqa: E402
 from flyweight.linear import SS1Linear  # noqa: E402
 
-CUDA = torch.cuda.is_available()
-DEV = torch.device("cuda" if CUDA else "cpu")
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
 L2_BYTES = 60 * 2**20
 PARTS = ("numerics", "layers", "host", "tuning", "routes", "train", "prefill", "decode", "table")
@@ -71,110 +68,17 @@ MODEL_COLUMNS = ["part", "model", "kind", "batch", "seq", "new_tokens", "loop", 
                  "first_calls_s"]
 
 
-class Run:
-    """Output folder, wall-clock budget, CSV rows appended as they come, one log."""
-
-    def __init__(self, out: str, budget_s: float, smoke: bool):
-        self.out, self.budget_s, self.smoke, self.t0 = out, budget_s, smoke, time.time()
-        os.makedirs(out, exist_ok=True)
-        self.logf = open(os.path.join(out, "run.log"), "a")
-        self.summary: list[str] = []
-
-    def log(self, msg: str) -> None:
-        line = f"[{time.time() - self.t0:6.1f}s] {msg}"
-        print(line, flush=True)
-        self.logf.write(line + "\n")
-        self.logf.flush()
-
-    def left(self) -> float:
-        return self.budget_s - (time.time() - self.t0)
-
-    def row(self, name: str, row: dict) -> None:
-        """Append to OUT/name.csv; the first row of a file fixes its columns (MODEL_COLUMNS for models)."""
-        path = os.path.join(self.out, f"{name}.csv")
-        new = not os.path.exists(path)
-        columns = MODEL_COLUMNS if name == "models" else list(row)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns, restval="")
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    @contextlib.contextmanager
-    def part(self, name: str, need_s: float):
-        if self.left() < need_s:
-            self.log(f"== {name}: skipped, {self.left():.0f} s of budget left (needs about {need_s:.0f} s)")
-            self.summary.append(f"{name}: skipped (budget)")
-            yield False
-            return
-        self.log(f"== {name}")
-        t = time.time()
-        try:
-            yield True
-        except Exception:
-            self.log(f"{name} FAILED:\n{traceback.format_exc()}")
-            self.summary.append(f"{name}: FAILED (traceback in run.log)")
-        self.log(f"== {name} done in {time.time() - t:.0f} s")
 
 
 # ---- timing -------------------------------------------------------------------------------
-def sync() -> None:
-    if CUDA:
-        torch.cuda.synchronize()
 
 
-def time_us(fn, reps: int = 20) -> float:
-    """Median time of fn() (CUDA events via do_bench on GPU; a timed loop on CPU)."""
-    if CUDA:
-        return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median") * 1e3
-    fn()
-    ts = []
-    for _ in range(max(3, reps // 5)):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2] * 1e6
 
 
-def graph_us(fns: list) -> float:
-    """GPU time per call with launch overhead excluded: the calls captured in one CUDA graph, replayed."""
-    if not CUDA:
-        return time_us(lambda: [f() for f in fns]) / len(fns)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for f in fns:
-            f()
-    us = triton.testing.do_bench(graph.replay, warmup=5, rep=50, return_mode="median") * 1e3 / len(fns)
-    del graph
-    return us
 
 
-def host_us(fn, n: int = 200) -> float:
-    """CPU time to issue one fn() while the GPU is kept busy (the clock cannot wait on the GPU)."""
-    for _ in range(10):
-        fn()
-    sync()
-    if CUDA:
-        torch.cuda._sleep(int(3e8))  # ~0.2 s of GPU spin: the loop's kernels queue behind it
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - t
-    sync()
-    return elapsed / n * 1e6
 
 
-def poison() -> None:
-    """Fill the allocator's free blocks with NaN, so an output element a kernel never writes shows."""
-    if CUDA:
-        free = torch.cuda.mem_get_info()[0]
-        torch.empty(min(free // 4, 4 * 2**30) // 2, dtype=torch.float16, device=DEV).fill_(float("nan"))
 
 
 # ---- layers ---------------------------------------------------------------------------------
@@ -204,8 +108,6 @@ def fwd_fns(kind, k, n, m, r=4, grad=False):
     return [lambda l=l, x=x, g=g: l(x).backward(g) for l, x, g in zip(layers, xs, gs)]
 
 
-def rel_err(a, ref) -> float:
-    return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
 def numerics(run: Run) -> None:
@@ -582,7 +484,7 @@ def main() -> None:
     unknown = set(parts) - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; valid: {','.join(PARTS)}")
-    run = Run(args.out, args.budget_s, args.smoke)
+    run = Run(args.out, args.budget_s, args.smoke, columns={"models": MODEL_COLUMNS})
     import transformers
 
     env = {"gpu": torch.cuda.get_device_name() if CUDA else f"cpu ({platform.processor() or platform.machine()})",

@@ -1,0 +1,139 @@
+"""What every GPU benchmark script here shares: the output folder and budget, and the timers.
+
+    from gpu_harness import CUDA, DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us
+
+Import it after setting ``TRITON_INTERPRET`` (it imports triton). Without CUDA the timers fall back to
+short wall-clock loops, so a script's CPU dry run exercises the same code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+import traceback
+
+import torch
+import triton
+
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+
+
+class Run:
+    """Output folder, wall-clock budget, CSV rows appended as they come, one log.
+
+    ``columns``: fixed columns for some CSVs (by name); any other CSV takes its first row's keys.
+    """
+
+    def __init__(self, out: str, budget_s: float, smoke: bool, columns: dict[str, list[str]] | None = None):
+        self.out, self.budget_s, self.smoke, self.t0 = out, budget_s, smoke, time.time()
+        self.columns = columns or {}
+        os.makedirs(out, exist_ok=True)
+        self.logf = open(os.path.join(out, "run.log"), "a")
+        self.summary: list[str] = []
+
+    def log(self, msg: str) -> None:
+        line = f"[{time.time() - self.t0:6.1f}s] {msg}"
+        print(line, flush=True)
+        self.logf.write(line + "\n")
+        self.logf.flush()
+
+    def left(self) -> float:
+        return self.budget_s - (time.time() - self.t0)
+
+    def row(self, name: str, row: dict) -> None:
+        """Append to OUT/name.csv; the first row of a file fixes its columns (or ``columns[name]``)."""
+        path = os.path.join(self.out, f"{name}.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns.get(name, list(row)), restval="")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    @contextlib.contextmanager
+    def part(self, name: str, need_s: float):
+        """``with run.part(name, seconds) as go: if go: ...``: skipped when the budget is short, and a
+        failure is logged with its traceback instead of ending the run."""
+        if self.left() < need_s:
+            self.log(f"== {name}: skipped, {self.left():.0f} s of budget left (needs about {need_s:.0f} s)")
+            self.summary.append(f"{name}: skipped (budget)")
+            yield False
+            return
+        self.log(f"== {name}")
+        t = time.time()
+        try:
+            yield True
+        except Exception:
+            self.log(f"{name} FAILED:\n{traceback.format_exc()}")
+            self.summary.append(f"{name}: FAILED (traceback in run.log)")
+        self.log(f"== {name} done in {time.time() - t:.0f} s")
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def time_us(fn, rep_ms: int = 50, cpu_reps: int = 3) -> float:
+    """Median time of fn() (CUDA events via do_bench on GPU; ``cpu_reps`` timed calls on CPU)."""
+    if CUDA:
+        return triton.testing.do_bench(fn, warmup=10, rep=rep_ms, return_mode="median") * 1e3
+    fn()
+    ts = []
+    for _ in range(cpu_reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2] * 1e6
+
+
+def graph_us(fns: list, warmup_passes: int = 2, rep_ms: int = 50) -> float:
+    """GPU time per call with launch overhead excluded: the calls captured in one CUDA graph, replayed.
+
+    ``warmup_passes`` run first on a side stream, outside the capture (first calls compile and tune)."""
+    if not CUDA:
+        return time_us(lambda: [f() for f in fns]) / len(fns)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup_passes):
+            for f in fns:
+                f()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for f in fns:
+            f()
+    us = triton.testing.do_bench(graph.replay, warmup=5, rep=rep_ms, return_mode="median") * 1e3 / len(fns)
+    del graph
+    return us
+
+
+def host_us(fn, n: int = 200) -> float:
+    """CPU time to issue one fn() while the GPU is kept busy (the clock cannot wait on the GPU)."""
+    for _ in range(10):
+        fn()
+    sync()
+    if CUDA:
+        torch.cuda._sleep(int(3e8))  # ~0.2 s of GPU spin: the loop's kernels queue behind it
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    elapsed = time.perf_counter() - t
+    sync()
+    return elapsed / n * 1e6
+
+
+def poison() -> None:
+    """Fill the allocator's free blocks with NaN, so an output element a kernel never writes shows."""
+    if CUDA:
+        free = torch.cuda.mem_get_info()[0]
+        torch.empty(min(free // 4, 4 * 2**30) // 2, dtype=torch.float16, device=DEV).fill_(float("nan"))
+
+
+def rel_err(a, ref) -> float:
+    """max |a - ref| / max |ref|, in float64."""
+    return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
