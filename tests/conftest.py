@@ -8,7 +8,23 @@ test module imports it.
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# the language-modelling tests' tiny tokenizer and WikiText-layout corpus, built once per test module
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    from _lm_helpers import make_tokenizer
+
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def wt_dir(tmp_path_factory):
+    from _lm_helpers import write_wikitext
+
+    return write_wikitext(tmp_path_factory.mktemp("wikitext"))

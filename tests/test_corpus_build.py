@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _lm_helpers import make_tokenizer, synthetic_articles
+from _lm_helpers import synthetic_articles
 from test_corpus_formats import OSIS_BLOCK, write_dictd, write_sword, write_wordnet
 
 from flyweight.data import artifact, build, dedup, packages, sources, tokens
@@ -57,11 +57,6 @@ def write_packages(root: Path) -> dict[str, sources.Source]:
         _local("t_sword", sword, "sword_osis", ["*.czs"]),
         _local("t_wordnet", wn, "wordnet", ["data.*"], kind="technical"),
     ]}
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 @pytest.fixture

@@ -10,23 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import pytest
-from _lm_helpers import make_tokenizer, write_wikitext
 
 from flyweight.data import load_tokenizer, make_corpus, tokenize_split
 from flyweight.data import fetch as fetch_mod
 from flyweight.data import tokens as tokens_mod
 
 SRC = Path(__file__).parents[1] / "src"
-
-
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def wt_dir(tmp_path_factory):
-    return write_wikitext(tmp_path_factory.mktemp("wikitext"))
 
 
 # tokenizes one document per batch and stalls in the second batch, after the first was written

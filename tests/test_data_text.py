@@ -24,16 +24,6 @@ from flyweight.data import fetch as fetch_mod
 from flyweight.data import tokens as tokens_mod
 
 
-@pytest.fixture(scope="module")
-def tok_dir(tmp_path_factory):
-    return make_tokenizer(tmp_path_factory.mktemp("tok"))
-
-
-@pytest.fixture(scope="module")
-def wt_dir(tmp_path_factory):
-    return write_wikitext(tmp_path_factory.mktemp("wikitext"))
-
-
 def test_wikitext_folder_tokens_windows_and_exact_count(wt_dir, tok_dir, tmp_path):
     tok = load_tokenizer(str(tok_dir))
     corpus = make_corpus("wikitext103", wt_dir)
