@@ -25,7 +25,6 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.feature_attention import (
-    F32_DOT,
     feature_logs,
     launch_key_feature_sums,
     load_projection,
@@ -36,10 +35,11 @@ from flyweight.kernels.local_attention import (
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 
-LOG_FLOOR = math.log(1e-24)
+LOG_FLOOR = tl.constexpr(math.log(1e-24))  # globals read inside @triton.jit must be constexpr (Triton 3.6 compiler)
 CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of every BLOCK_M below
 
 
@@ -51,7 +51,7 @@ def _causal_lowrank_kernel(
     H, T, E, EV, M, NCHUNK, CHUNK, LEFT, scale, sqrt_temp, half_temp, log_m, log_eps_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
     WINDOW: tl.constexpr, HAS_EPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -78,7 +78,7 @@ def _causal_lowrank_kernel(
     state = (bh64 * NCHUNK + chunk)
     kv = tl.load(KVS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     ks = tl.load(KSS + state * MF + offs_f)
-    lr_num = tl.dot(fq, kv, input_precision=F32_DOT)  # keys before the chunk
+    lr_num = dot_f32(fq, kv)  # keys before the chunk
     lr_mass = tl.sum(fq * ks[None, :], 1)
 
     g = cq + ck - log_m
@@ -101,7 +101,7 @@ def _causal_lowrank_kernel(
             visible = visible & (is_pad == 0)[None, :]
         in_prefix = visible & (offs_n >= chunk_start)[None, :]
         fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-        p = tl.dot(fq, tl.trans(fk))
+        p = dot_f32(fq, tl.trans(fk))
         v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
         if WINDOW:
             in_window = visible & (rel >= -LEFT)
@@ -112,14 +112,14 @@ def _causal_lowrank_kernel(
             p = p * tl.math.exp(g - m_new)[:, None]
             p_window = tl.where(in_window, p, 0.0)
             p_prefix = tl.where(in_prefix, p, 0.0)
-            acc = tl.dot(exact - p_window + p_prefix, v, acc * alpha[:, None])
+            acc = dot_f32(exact - p_window + p_prefix, v, acc * alpha[:, None])
             exact_sum = exact_sum * alpha + tl.sum(exact, 1)
             window_lowrank_sum = window_lowrank_sum * alpha + tl.sum(p_window, 1)
             prefix_sum = prefix_sum * alpha + tl.sum(p_prefix, 1)
             m_i = m_new
         else:
             p_prefix = tl.where(in_prefix, p, 0.0)
-            acc = tl.dot(p_prefix, v, acc)
+            acc = dot_f32(p_prefix, v, acc)
             prefix_sum += tl.sum(p_prefix, 1)
     if WINDOW:
         lowrank_scale = tl.math.exp(g - m_i)
@@ -189,6 +189,5 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
         int(window_left or 0), float(temp), math.sqrt(temp), 0.5 * temp, math.log(m),
         math.log(eps * m) if eps > 0 else 0.0,
         D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
-        WINDOW=window_left is not None, HAS_EPS=eps > 0,
-        F32_DOT=F32_DOT)
+        WINDOW=window_left is not None, HAS_EPS=eps > 0)
     return (o, (w_hi, w_lo, m, ck, kvs, kss, stats)) if return_state else o

@@ -30,13 +30,14 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.causal_feature_attention import CHUNK, causal_lowrank_forward
-from flyweight.kernels.feature_attention import F32_DOT, feature_logs, load_projection
+from flyweight.kernels.feature_attention import dot_f32, feature_logs, load_projection
 from flyweight.kernels.local_attention import (
     _load_tile,
     _window_keep,
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 from flyweight.kernels.performer_backward import _feature_grad_to_input
@@ -82,7 +83,7 @@ def _suffix_sums_kernel(
     stride_qb, stride_qh, stride_qt, stride_dob, stride_doh, stride_dot, stride_ob, stride_oh, stride_ot,
     H, T, E, EV, M, CHUNK, sqrt_temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """Per chunk c: sum_{i in c} fq_i g_i^T (MF x DV) and sum_{i in c} h_i fq_i (MF)."""
     chunk = tl.program_id(0)
@@ -107,7 +108,7 @@ def _suffix_sums_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m,
             WINDOW)
-        acc = tl.dot(tl.trans(fq), g, acc, input_precision=F32_DOT)
+        acc = dot_f32(tl.trans(fq), g, acc)
         acc_h += tl.sum(fq * h[:, None], 0)
     part = bh64 * nchunk + chunk
     tl.store(RP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], acc)
@@ -122,7 +123,7 @@ def _causal_lowrank_dq_kernel(
     stride_dqb, stride_dqh, stride_dqt,
     H, T, E, EV, M, NCHUNK, CHUNK, LEFT, scale, sqrt_temp, temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr, WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -145,7 +146,7 @@ def _causal_lowrank_dq_kernel(
     state = bh64 * NCHUNK + chunk
     kv = tl.load(KVS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     ks = tl.load(KSS + state * MF + offs_f)
-    dfq = tl.dot(g, tl.trans(kv), input_precision=F32_DOT) + h[:, None] * ks[None, :]
+    dfq = dot_f32(g, tl.trans(kv)) + h[:, None] * ks[None, :]
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     for start_n in range(chunk_start, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
@@ -157,8 +158,8 @@ def _causal_lowrank_dq_kernel(
             is_pad = tl.load(PAD + off_b * stride_pb + offs_n, mask=offs_n < T, other=1)
             seen = seen & (is_pad == 0)[None, :]
         fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-        dp = tl.where(seen, tl.dot(g, tl.trans(v), input_precision=F32_DOT) + h[:, None], 0.0)
-        dfq = tl.dot(dp, fk, dfq, input_precision=F32_DOT)
+        dp = tl.where(seen, dot_f32(g, tl.trans(v)) + h[:, None], 0.0)
+        dfq = dot_f32(dp, fk, dfq)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     if WINDOW:  # the exact causal window, its low-rank estimates swapped out
         pad_base = PAD + off_b * stride_pb
@@ -171,13 +172,13 @@ def _causal_lowrank_dq_kernel(
             s = tl.dot(q, tl.trans(k)) * scale
             e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
             fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-            uv = tl.dot(u, tl.trans(v), input_precision=F32_DOT)
+            uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
-            dq = tl.dot(ds, k.to(tl.float32), dq, input_precision=F32_DOT)
-            dfq -= tl.dot(dp_window, fk, input_precision=F32_DOT)
+            dq = dot_f32(ds, k.to(tl.float32), dq)
+            dfq -= dot_f32(dp_window, fk)
         dq = dq * scale
-    dq += _feature_grad_to_input(fq * dfq, q, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+    dq += _feature_grad_to_input(fq * dfq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
 
@@ -190,7 +191,7 @@ def _causal_lowrank_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, T, E, EV, M, NCHUNK, CHUNK, LEFT, scale, sqrt_temp, temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr, WINDOW: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -217,8 +218,8 @@ def _causal_lowrank_dkdv_kernel(
     state = bh64 * NCHUNK + chunk
     r = tl.load(RS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])  # queries after the chunk
     rs = tl.load(RSS + state * MF + offs_f)
-    dv = tl.dot(fk, r, input_precision=F32_DOT)
-    dfk = tl.dot(v, tl.trans(r), input_precision=F32_DOT) + rs[None, :]
+    dv = dot_f32(fk, r)
+    dfk = dot_f32(v, tl.trans(r)) + rs[None, :]
     for start_m in range((start_n // BLOCK_M) * BLOCK_M, chunk_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, g, h, u, dz, live, m_row, ls = _query_terms(
@@ -227,10 +228,10 @@ def _causal_lowrank_dkdv_kernel(
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m,
             WINDOW)
         seen_t = (offs_m[None, :] >= offs_n[:, None]) & (offs_m < chunk_end)[None, :]  # (BLOCK_N, BLOCK_M)
-        p_t = tl.where(seen_t, tl.dot(fk, tl.trans(fq), input_precision=F32_DOT), 0.0)
-        dv = tl.dot(p_t, g, dv, input_precision=F32_DOT)
-        dp_t = tl.where(seen_t, tl.dot(v, tl.trans(g), input_precision=F32_DOT) + h[None, :], 0.0)
-        dfk = tl.dot(dp_t, fq, dfk, input_precision=F32_DOT)
+        p_t = tl.where(seen_t, dot_f32(fk, tl.trans(fq)), 0.0)
+        dv = dot_f32(p_t, g, dv)
+        dp_t = tl.where(seen_t, dot_f32(v, tl.trans(g)) + h[None, :], 0.0)
+        dfk = dot_f32(dp_t, fq, dfk)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     if WINDOW:  # queries i = j .. j + LEFT see key j exactly, with its low-rank estimate swapped out
         pad_base = PAD + off_b * stride_pb
@@ -245,15 +246,15 @@ def _causal_lowrank_dkdv_kernel(
             keep = _window_keep(offs_m, offs_n, T, LEFT, 0, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
             s = tl.dot(q, tl.trans(k)) * scale
             e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
-            p = tl.where(keep, ls[:, None] * tl.dot(fq, tl.trans(fk), input_precision=F32_DOT), 0.0)
-            uv = tl.dot(u, tl.trans(v), input_precision=F32_DOT)
+            p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
+            uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
-            dv = tl.dot(tl.trans(e - p), u, dv, input_precision=F32_DOT)
-            dk = tl.dot(tl.trans(ds), q.to(tl.float32), dk, input_precision=F32_DOT)
-            dfk -= tl.dot(tl.trans(dp_window), fq, input_precision=F32_DOT)
+            dv = dot_f32(tl.trans(e - p), u, dv)
+            dk = dot_f32(tl.trans(ds), q.to(tl.float32), dk)
+            dfk -= dot_f32(tl.trans(dp_window), fq)
         dk = dk * scale
-    dk += _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+    dk += _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     rows = offs_n < T
     tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=rows[:, None] & (offs_d < E)[None, :])
@@ -291,15 +292,14 @@ def causal_lowrank_backward(do, q, k, v, o, state, temp, window_left, key_paddin
     rp = torch.empty(B * H, nchunk, MF, DVP, device=q.device, dtype=torch.float32)
     rsp = torch.empty(B * H, nchunk, MF, device=q.device, dtype=torch.float32)
     _SUFFIX(lambda _: (nchunk, B * H), q, do, o, stats, w_hi, w_lo, ck, rp, rsp, *_s3(q), *_s3(do), *_s3(o),
-            H, T, E, EV, m, CHUNK, consts[0], consts[2], consts[3], D=DP, DV=DVP, MF=MF, WINDOW=window,
-            F32_DOT=F32_DOT)
+            H, T, E, EV, m, CHUNK, consts[0], consts[2], consts[3], D=DP, DV=DVP, MF=MF, WINDOW=window)
     # exclusive suffix: state c = sum of chunks > c
     rs = torch.cat([rp[:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(rp[:, :1])], dim=1).contiguous()
     rss = torch.cat([rsp[:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(rsp[:, :1])], dim=1).contiguous()
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(o), pad_stride)
-    meta = dict(D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad, WINDOW=window, F32_DOT=F32_DOT)
+    meta = dict(D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad, WINDOW=window)
     scalars = (H, T, E, EV, m, nchunk, CHUNK, int(window_left or 0), float(temp), *consts)
     _DQ(lambda cfg: (triton.cdiv(T, cfg["BLOCK_M"]), B * H),
         q, k, v, do, o, stats, w_hi, w_lo, w32, kvs, kss, ck, pad_t, dq, *common, *_s3(dq), *scalars, **meta)

@@ -16,7 +16,7 @@ Two kernels, no T x m feature matrix in HBM:
 
 The projection W is applied in two operand-precision halves (W = W_hi + W_lo, both in the input
 dtype), so the feature exponents are as exact as fp32 while the GEMMs run on bf16/fp16 tensor cores.
-Products of fp32 operands (fk^T V, fq KV) use ``F32_DOT`` precision (tf32x3 on CUDA: about fp32).
+Products of fp32 operands (fk^T V, fq KV) go through ``dot_f32`` (three bf16 products on CUDA, about 2^-16).
 
 Backward kernels: ``performer_backward``, ``sblocal_backward``, ``causal_lowrank_backward``.
 """
@@ -31,11 +31,11 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
-from flyweight.kernels.local_attention import (  # noqa: F401  (F32_DOT is re-exported)
-    F32_DOT,
+from flyweight.kernels.local_attention import (  # noqa: F401  (dot_f32 is re-exported)
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 
@@ -72,7 +72,7 @@ def _key_feature_sums_kernel(
     stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_pb,
     H, T, E, EV, M, keys_per_split, sqrt_temp, half_temp,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
@@ -108,7 +108,7 @@ def _key_feature_sums_kernel(
         fk = tl.math.exp(lk - c_shift)
         v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_dv[None, :],
                     mask=key_ok[:, None] & (offs_dv < EV)[None, :], other=0.0).to(tl.float32)
-        kv = tl.dot(tl.trans(fk), v, kv * alpha, input_precision=F32_DOT)
+        kv = dot_f32(tl.trans(fk), v, kv * alpha)
         ks = ks * alpha + tl.sum(fk, 0)
         c = c_new
     part = bh.to(tl.int64) * nsplit + split
@@ -123,7 +123,7 @@ def _performer_apply_kernel(
     stride_qb, stride_qh, stride_qt, stride_ob, stride_oh, stride_ot,
     H, T, E, EV, M, sqrt_temp, half_temp, log_eps_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_EPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -143,7 +143,7 @@ def _performer_apply_kernel(
     bh64 = bh.to(tl.int64)
     kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     ks = tl.load(KS + bh64 * MF + offs_f)
-    num = tl.dot(fq, kv, input_precision=F32_DOT)
+    num = dot_f32(fq, kv)
     den = tl.sum(fq * ks[None, :], 1)
     if HAS_EPS:  # eps on the unshifted scale (PerformerAttention's eps)
         ck = tl.load(CK + bh64)
@@ -213,7 +213,7 @@ def launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, keys_pe
     _SUMS(lambda meta: (cmax.shape[1], B * H),
           k, v, w_hi, w_lo, pad_t, cmax, kvp, ksp, *k.stride()[:3], *v.stride()[:3], pad_stride,
           H, T, E, v.shape[-1], m, keys_per_split, math.sqrt(temp), 0.5 * temp,
-          D=w_hi.shape[1], DV=padded_dim(v.shape[-1]), MF=w_hi.shape[0], HAS_PAD=has_pad, F32_DOT=F32_DOT)
+          D=w_hi.shape[1], DV=padded_dim(v.shape[-1]), MF=w_hi.shape[0], HAS_PAD=has_pad)
 
 
 def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
@@ -249,5 +249,5 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],
            H, T, E, EV, m, math.sqrt(temp), 0.5 * temp, log_eps_m,
-           D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0, F32_DOT=F32_DOT)
+           D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_EPS=eps > 0)
     return (o, (w_hi, w_lo, m, ck, kv, ksum)) if return_state else o

@@ -14,7 +14,7 @@ Kernels (exp2 throughout; scores prescaled by ``scale * log2(e)``):
   the backward's recomputed probabilities are exactly 0 there).
 * dK/dV, one program per key block, over the query blocks whose windows contain it; dQ, one program
   per query block (no atomics, deterministic). dS = P (dP - delta) enters its two GEMMs in fp32
-  (tf32x3), as precise as the PyTorch path's fp32 softmax backward. ``delta = rowsum(dO * O)`` is a
+  (``dot_f32``), about as precise as the PyTorch path's fp32 softmax backward. ``delta = rowsum(dO * O)`` is a
   PyTorch reduction.
 
 Tiles are autotuned on CUDA per (T, head dims, padding) over a few Hopper-friendly shapes (``_tiles``;
@@ -32,7 +32,30 @@ from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 
 LOG2E = 1.4426950408889634
-F32_DOT = "ieee" if INTERPRET else "tf32x3"  # precision of tl.dot on fp32 operands (about fp32 on CUDA)
+EXACT_DOT = tl.constexpr(INTERPRET)  # under the interpreter fp32 products are exact (numpy)
+
+
+@triton.jit
+def dot_f32(a, b, acc=None):
+    """``acc + a @ b`` for fp32 operands (fp32 result), to about 2^-16 relative on CUDA.
+
+    On CUDA as three bf16 tensor-core products, a_hi b_hi + a_hi b_lo + a_lo b_hi with x_hi = bf16(x) and
+    x_lo = bf16(x - x_hi): the bf16 analogue of tf32x3, at twice tf32's rate. Triton 3.6 miscompiles
+    some fp32-operand (tf32 / tf32x3) products on Hopper, e.g. (16 x 16) @ (16 x 64) with the
+    right-hand operand row-major: an illegal shared-memory read at run time. bf16 operands avoid it.
+    Under ``TRITON_INTERPRET=1`` an exact fp32 product.
+    """
+    if EXACT_DOT:
+        out = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        a_hi = a.to(tl.bfloat16)
+        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
+        b_hi = b.to(tl.bfloat16)
+        b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
+        out = tl.dot(a_hi, b_lo, acc)
+        out = tl.dot(a_lo, b_hi, out)
+        out = tl.dot(a_hi, b_hi, out)
+    return out
 
 
 def padded_dim(n: int) -> int:
@@ -117,7 +140,7 @@ def _local_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt, stride_pb,
     H, T, E, EV, LEFT, RIGHT, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one block of BLOCK_N keys: the queries i with j - RIGHT <= i <= j + LEFT stream past."""
     start_n = tl.program_id(0) * BLOCK_N
@@ -150,8 +173,8 @@ def _local_bwd_dkdv_kernel(
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
-        # dS stays fp32 (tf32x3): the PyTorch path's dS is fp32, rounding it to bf16 costs ~4x its error
-        dk = tl.dot(ds_t, q.to(tl.float32), dk, input_precision=F32_DOT)
+        # dS stays fp32 (dot_f32): the PyTorch path's dS is fp32, rounding it to bf16 costs ~4x its error
+        dk = dot_f32(ds_t, q.to(tl.float32), dk)
     key_ok = (offs_n < T)[:, None]
     tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=key_ok & (offs_d < E)[None, :])
@@ -167,7 +190,7 @@ def _local_bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqt, stride_pb,
     H, T, E, EV, LEFT, RIGHT, qk_scale, scale,
     D: tl.constexpr, DV: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one block of BLOCK_M queries, over the key blocks of its window span."""
     start_m = tl.program_id(0) * BLOCK_M
@@ -196,7 +219,7 @@ def _local_bwd_dq_kernel(
         p = tl.where(keep, tl.math.exp2(s), 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds, k.to(tl.float32), dq, input_precision=F32_DOT)
+        dq = dot_f32(ds, k.to(tl.float32), dq)
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
 
@@ -277,7 +300,7 @@ def _bwd(do, q, k, v, o, lse, pad, left, right, scale):
     delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, T): the row term of dS = P (dP - delta)
     pad_t, pad_stride, has_pad = pad
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    meta = dict(D=padded_dim(E), DV=padded_dim(EV), HAS_PAD=has_pad, F32_DOT=F32_DOT)
+    meta = dict(D=padded_dim(E), DV=padded_dim(EV), HAS_PAD=has_pad)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do))
     _DKDV(_grid(T, B * H, "BLOCK_N"), q, k, v, do, lse, delta, dk, dv, pad_t, *common,
             *_s3(dk), *_s3(dv), pad_stride, H, T, E, EV, left, right, scale * LOG2E, scale, **meta)

@@ -23,7 +23,6 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    F32_DOT,
     SPLIT_GRANULE,
     _num_splits,
     feature_logs,
@@ -34,16 +33,17 @@ from flyweight.kernels.local_attention import (
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 
 
 @triton.jit
 def _feature_grad_to_input(dl, x, W32, offs_f, offs_d, sqrt_temp, temp,
-                           D: tl.constexpr, F32_DOT: tl.constexpr):
+                           D: tl.constexpr):
     """d(input) from d(log-features) dl (rows, MF): sqrt(tau) dl W - tau rowsum(dl) x."""
     w = tl.load(W32 + offs_f[:, None] * D + offs_d[None, :])
-    dx = tl.dot(dl, w, input_precision=F32_DOT) * sqrt_temp
+    dx = dot_f32(dl, w) * sqrt_temp
     return dx - temp * tl.sum(dl, 1)[:, None] * x.to(tl.float32)
 
 
@@ -54,7 +54,7 @@ def _performer_bwd_query_kernel(
     stride_ob, stride_oh, stride_ot, stride_dqb, stride_dqh, stride_dqt,
     H, T, E, EV, M, rows_per_split, sqrt_temp, temp, half_temp, log_eps_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_EPS: tl.constexpr,
-    BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
@@ -96,12 +96,12 @@ def _performer_bwd_query_kernel(
         o = tl.load(o_base + offs_m[:, None] * stride_ot + offs_dv[None, :], mask=vmask, other=0.0)
         g = do * inv[:, None]
         h = tl.where(live, -tl.sum(do * o.to(tl.float32), 1) * inv, 0.0)
-        dfq = tl.dot(g, tl.trans(kv), input_precision=F32_DOT) + h[:, None] * ks[None, :]
+        dfq = dot_f32(g, tl.trans(kv)) + h[:, None] * ks[None, :]
         dlq = fq * dfq
-        dq = _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+        dq = _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
         dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
         tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=dmask)
-        dkv = tl.dot(tl.trans(fq), g, dkv, input_precision=F32_DOT)
+        dkv = dot_f32(tl.trans(fq), g, dkv)
         dks += tl.sum(fq * h[:, None], 0)
     part = bh64 * nsplit + split
     tl.store(DKVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], dkv)
@@ -115,7 +115,7 @@ def _performer_bwd_key_kernel(
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, T, E, EV, M, sqrt_temp, temp, half_temp,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -143,9 +143,9 @@ def _performer_bwd_key_kernel(
     fk = tl.where(live[:, None], tl.math.exp(tl.minimum(lk - ck, 0.0)), 0.0)
     dkv = tl.load(DKV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     dks = tl.load(DKS + bh64 * MF + offs_f)
-    dfk = tl.dot(v, tl.trans(dkv), input_precision=F32_DOT) + dks[None, :]
-    dv = tl.dot(fk, dkv, input_precision=F32_DOT)
-    dk = _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+    dfk = dot_f32(v, tl.trans(dkv)) + dks[None, :]
+    dv = dot_f32(fk, dkv)
+    dk = _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=dmask)
     tl.store(DV_ + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_dv[None, :],
@@ -182,14 +182,14 @@ def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
     _QUERY(lambda meta: (nsplit, B * H),
            q, do, o, w_hi, w_lo, w32, kv, ksum, ck, dq, dkvp, dksp, *_s3(q), *_s3(do), *_s3(o), *_s3(dq),
            H, T, E, EV, m, rows_per_split, math.sqrt(temp), temp, 0.5 * temp, log_eps_m,
-           D=DP, DV=DVP, MF=MF, HAS_EPS=eps > 0, F32_DOT=F32_DOT)
+           D=DP, DV=DVP, MF=MF, HAS_EPS=eps > 0)
     dkv = dkvp.sum(1).contiguous()
     dks = dksp.sum(1).contiguous()
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, k)
     _KEY(lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H),
          k, v, w_hi, w_lo, w32, dkv, dks, ck, pad_t, dk, dv, *_s3(k), *_s3(v), pad_stride, *_s3(dk), *_s3(dv),
          H, T, E, EV, m, math.sqrt(temp), temp, 0.5 * temp,
-         D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad, F32_DOT=F32_DOT)
+         D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad)
     return dq, dk, dv
 
 

@@ -19,7 +19,7 @@ constant: exact. With u_i = dO_i / z_i and dz_i = -(dO_i . O_i) / z_i:
 Two kernels: a query pass (programs over splits of T) writes dq and per-split partials of dKV / dksum;
 a key pass (one program per key tile, over the query tiles whose windows contain it) writes dk, dv.
 Window-tile features are recomputed on chip in both (nothing T x m or T x w in HBM). All fp32-operand
-products use ``F32_DOT`` (tf32x3 on CUDA).
+products go through ``dot_f32`` (three bf16 products on CUDA).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    F32_DOT,
     SPLIT_GRANULE,
     _num_splits,
     feature_logs,
@@ -44,6 +43,7 @@ from flyweight.kernels.local_attention import (
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 from flyweight.kernels.performer_backward import _feature_grad_to_input
@@ -78,7 +78,7 @@ def _sblocal_bwd_query_kernel(
     stride_dqb, stride_dqh, stride_dqt,
     H, T, E, EV, M, LEFT, RIGHT, rows_per_split, scale, sqrt_temp, temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
@@ -108,9 +108,9 @@ def _sblocal_bwd_query_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m)
         # the global low-rank terms
-        dfq = tl.dot(u, tl.trans(kv), input_precision=F32_DOT) + (live * dz)[:, None] * ks[None, :]
+        dfq = dot_f32(u, tl.trans(kv)) + (live * dz)[:, None] * ks[None, :]
         lsfq = ls[:, None] * fq
-        dkv = tl.dot(tl.trans(lsfq), u, dkv, input_precision=F32_DOT)
+        dkv = dot_f32(tl.trans(lsfq), u, dkv)
         dks += tl.sum(lsfq * (live * dz)[:, None], 0)
         # the window
         dq_s = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -124,13 +124,13 @@ def _sblocal_bwd_query_kernel(
             s = tl.dot(q, tl.trans(k)) * scale
             e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
             fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-            uv = tl.dot(u, tl.trans(v), input_precision=F32_DOT)
+            uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
-            dq_s = tl.dot(ds, k.to(tl.float32), dq_s, input_precision=F32_DOT)
-            dfq = tl.dot(dp, fk, dfq, input_precision=F32_DOT)
+            dq_s = dot_f32(ds, k.to(tl.float32), dq_s)
+            dfq = dot_f32(dp, fk, dfq)
         dlq = fq * ls[:, None] * dfq
-        dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+        dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
         dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
         tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
@@ -147,7 +147,7 @@ def _sblocal_bwd_key_kernel(
     stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
     H, T, E, EV, M, LEFT, RIGHT, scale, sqrt_temp, temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -174,8 +174,8 @@ def _sblocal_bwd_key_kernel(
     dkv = tl.load(DKV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     dks = tl.load(DKS + bh64 * MF + offs_f)
     # the global low-rank terms
-    dv = tl.dot(fk, dkv, input_precision=F32_DOT)
-    dfk = tl.dot(v, tl.trans(dkv), input_precision=F32_DOT) + dks[None, :]
+    dv = dot_f32(fk, dkv)
+    dfk = dot_f32(v, tl.trans(dkv)) + dks[None, :]
     dk_s = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # the queries whose windows contain this key tile: i in [j - RIGHT, j + LEFT]
     lo = (tl.maximum(start_n - RIGHT, 0) // BLOCK_M) * BLOCK_M
@@ -189,14 +189,14 @@ def _sblocal_bwd_key_kernel(
         keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
         s = tl.dot(q, tl.trans(k)) * scale
         e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
-        p = tl.where(keep, ls[:, None] * tl.dot(fq, tl.trans(fk), input_precision=F32_DOT), 0.0)
-        uv = tl.dot(u, tl.trans(v), input_precision=F32_DOT)
+        p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
+        uv = dot_f32(u, tl.trans(v))
         ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
         dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
-        dv = tl.dot(tl.trans(e - p), u, dv, input_precision=F32_DOT)
-        dk_s = tl.dot(tl.trans(ds), q.to(tl.float32), dk_s, input_precision=F32_DOT)
-        dfk = tl.dot(tl.trans(dp * ls[:, None]), fq, dfk, input_precision=F32_DOT)
-    dk = scale * dk_s + _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D, F32_DOT)
+        dv = dot_f32(tl.trans(e - p), u, dv)
+        dk_s = dot_f32(tl.trans(ds), q.to(tl.float32), dk_s)
+        dfk = dot_f32(tl.trans(dp * ls[:, None]), fq, dfk)
+    dk = scale * dk_s + _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     rows = offs_n < T
     tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=rows[:, None] & (offs_d < E)[None, :])
@@ -234,7 +234,7 @@ def sblocal_backward(do, q, k, v, o, state, temp, left, right, key_padding_mask)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(o), pad_stride)
     consts = (math.sqrt(temp), temp, 0.5 * temp, math.log(m))
-    meta = dict(D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad, F32_DOT=F32_DOT)
+    meta = dict(D=DP, DV=DVP, MF=MF, HAS_PAD=has_pad)
     _QUERY(lambda _: (nsplit, B * H),
            q, k, v, do, o, stats, w_hi, w_lo, w32, kv, ksum, ck, pad_t, dq, dkvp, dksp, *common, *_s3(dq),
            H, T, E, EV, m, int(left), int(right), rows_per_split, float(temp), *consts, **meta)

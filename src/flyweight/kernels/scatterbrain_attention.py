@@ -25,7 +25,6 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    F32_DOT,
     feature_logs,
     key_feature_sums,
     load_projection,
@@ -37,10 +36,11 @@ from flyweight.kernels.local_attention import (
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
+    dot_f32,
     padded_dim,
 )
 
-LOG_FLOOR = math.log(1e-24)
+LOG_FLOOR = tl.constexpr(math.log(1e-24))  # globals read inside @triton.jit must be constexpr (Triton 3.6 compiler)
 
 
 @triton.jit
@@ -50,7 +50,7 @@ def _sblocal_fwd_kernel(
     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot, stride_pb,
     H, T, E, EV, M, LEFT, RIGHT, scale, sqrt_temp, half_temp, log_m,
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -75,7 +75,7 @@ def _sblocal_fwd_kernel(
     g = cq + ck - log_m  # log-scale of this row's low-rank estimates
     kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
     ks = tl.load(KS + bh64 * MF + offs_f)
-    lr_num = tl.dot(fq, kv, input_precision=F32_DOT)  # (BLOCK_M, DV), scale exp(g)
+    lr_num = dot_f32(fq, kv)  # (BLOCK_M, DV), scale exp(g)
     lr_mass = tl.sum(fq * ks[None, :], 1)
 
     m_i = g  # the running offset M_i: max(g_i, the scores seen so far)
@@ -94,10 +94,10 @@ def _sblocal_fwd_kernel(
         exact = tl.math.exp(s - m_new[:, None])  # 0 outside the window
         # <= 0 for every real key (ck is their max); rows past T / padding (masked by keep) stay finite
         fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-        p = tl.dot(fq, tl.trans(fk))  # tf32 on CUDA: the in-window estimates (BLOCK_M, BLOCK_N)
+        p = dot_f32(fq, tl.trans(fk))  # the in-window estimates (BLOCK_M, BLOCK_N)
         p = tl.where(keep, p * tl.math.exp(g - m_new)[:, None], 0.0)
         v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
-        acc = tl.dot(exact - p, v, acc * alpha[:, None])  # tf32: v is exact in it, the weights lose 2^-11
+        acc = dot_f32(exact - p, v, acc * alpha[:, None])
         exact_sum = exact_sum * alpha + tl.sum(exact, 1)
         lowrank_sum = lowrank_sum * alpha + tl.sum(p, 1)
         m_i = m_new
@@ -140,6 +140,5 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, ret
         q, k, v, w_hi, w_lo, kv, ksum, ck, o, pad_t, stats, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *o.stride()[:3], pad_stride, H, T, E, EV, m, int(left), int(right), float(temp),
         math.sqrt(temp), 0.5 * temp, math.log(m),
-        D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad,
-        F32_DOT=F32_DOT)
+        D=w_hi.shape[1], DV=padded_dim(EV), MF=w_hi.shape[0], HAS_PAD=has_pad)
     return (o, (w_hi, w_lo, m, ck, kv, ksum, stats)) if return_state else o
