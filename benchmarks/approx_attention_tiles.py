@@ -7,7 +7,8 @@ its forward+backward launches, then, for every such kernel and every tile in its
 kind's forward+backward with that kernel forced to that tile (all others at their default), without
 autotuning, and compares it with ``approx_attention_gpu.numerics_case``'s rule (kernel error <= 2x
 the PyTorch path's in the same dtype + 1e-4 max|ref|, against float64). Two shapes: a small one
-(T = 37, E = 16, m = 16, w = 8, a padding mask) and a GPT-2-head one (T = 1031, E = 64, m = 256, w = 256).
+(T = 37, E = 16, m = 16, w = 8, a padding mask) and a GPT-2-head one (T = 4096, E = 64, m = 256,
+w = 256; T a multiple of 16, so Triton specialises the loads as aligned).
 
 A tile that faults (illegal memory access) kills the CUDA context: the work runs in a child process
 that appends one JSON line per case to ``tiles.jsonl``; the parent restarts it after the faulting
@@ -17,7 +18,7 @@ case, which is recorded as ``crash``. Cases already in ``tiles.jsonl`` are not r
         [--dtypes bfloat16,float16] [--budget-s 240]
 
 -> OUTDIR/tiles.jsonl (one line per case) and OUTDIR/tiles.csv (the same as a table).
-CPU dry run (interpreter, one tile per kernel there): TRITON_INTERPRET=1 ... --device cpu --small-only
+CPU check of every tile's logic (interpreter, where masks and tails are exact): TRITON_INTERPRET=1 ... --device cpu --small-only
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from flyweight.kernels import _tiles  # noqa: E402
 
 SHAPES = {
     "small": (dict(T=37, B=2, H=2, scale=1.0, pad=True), 8, 16, 16),  # case, w, m, E
-    "gpt2": (dict(T=1031, B=1, H=4, scale=1.0, pad=False), 256, 256, 64),
+    "gpt2": (dict(T=4096, B=1, H=2, scale=1.0, pad=False), 256, 256, 64),  # T % 16 == 0: aligned loads
 }
 KINDS = [(k, c) for c in (False, True) for k in ("local", "performer", "sblocal")]
 
@@ -58,13 +59,20 @@ def kernels_used(kind, causal, shape, dtype, dev):
     try:
         case, w, m, E = SHAPES[shape]
         aa.numerics_case(kind, causal, dtype, case, w, m, E, dev, smoke=False)
+    except Exception as e:  # noqa: BLE001  (a default tile that does not fit: the kernels seen so far)
+        print(f"{shape} {kind} causal={causal}: default tiles failed ({type(e).__name__}: {str(e)[:120]}); "
+              f"kernels seen before it: {seen}", flush=True)
     finally:
         _tiles.TiledKernel.__call__ = original
     return seen
 
 
-def plan(dtypes, shapes, dev):
-    """Every (shape, dtype, kind, causal, kernel, tile index) case, in a fixed order."""
+def plan(dtypes, shapes, dev, out):
+    """Every (shape, dtype, kind, causal, kernel, tile index) case, in a fixed order (cached in OUT)."""
+    path = os.path.join(out, "plan.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
     cases = []
     for shape in shapes:
         for dname in dtypes:
@@ -74,6 +82,8 @@ def plan(dtypes, shapes, dev):
                     for i in range(len(_tiles.REGISTRY[name].tiles)):
                         cases.append(dict(shape=shape, dtype=dname, kind=kind, causal=causal,
                                           kernel=name, tile_index=i))
+    with open(path, "w") as f:
+        json.dump(cases, f)
     return cases
 
 
@@ -86,22 +96,34 @@ def run_case(c, dev):
     default = list(tk.tiles)
     forced = default[c["tile_index"]]
     tk.tiles = [forced] + [t for j, t in enumerate(default) if j != c["tile_index"]]
+    interpret_tile = tk.interpret_tile
+    if _tiles.INTERPRET:  # the interpreter launches interpret_tile: force that too (a logic check of the tile)
+        tk.interpret_tile = forced
     try:
         case, w, m, E = SHAPES[c["shape"]]
         row = aa.numerics_case(c["kind"], c["causal"], getattr(torch, c["dtype"]), case, w, m, E, dev,
                                smoke=False)
         aa.sync(dev)
     finally:
-        tk.tiles = default
+        tk.tiles, tk.interpret_tile = default, interpret_tile
     keep = {k: v for k, v in row.items() if k.endswith("_err") or k == "status"}
     return dict(c, tile=json.dumps(forced, sort_keys=True), **keep)
 
 
 def child(args, dev):
+    import flyweight.kernels.causal_lowrank_backward  # noqa: F401  (fill _tiles.REGISTRY: a restarted
+    import flyweight.kernels.performer_backward  # noqa: F401  child reads the plan before any kernel
+    import flyweight.kernels.sblocal_backward  # noqa: F401  module is imported by a forward)
+
+    if _tiles.INTERPRET:  # CUDA's key chunk (512) holds every tile; the interpreter's (32) does not
+        import flyweight.kernels.causal_feature_attention as cfa
+        import flyweight.kernels.causal_lowrank_backward as clb
+
+        cfa.CHUNK = clb.CHUNK = 128
     _tiles.set_autotune(False)
     done = load_done(args.out)
     path = os.path.join(args.out, "tiles.jsonl")
-    cases = plan(args.dtypes.split(","), args.shapes.split(","), dev)
+    cases = plan(args.dtypes.split(","), args.shapes.split(","), dev, args.out)
     end = time.time() + args.budget_s
     for c in cases:
         cid = case_id(c)
@@ -146,6 +168,9 @@ def parent(args):
         if rc == 0:
             break
         cur = os.path.join(args.out, "current.txt")
+        if not os.path.exists(cur):
+            print(f"child failed (rc {rc}) before its first case; see the log above", flush=True)
+            break
         with open(cur) as f:
             cid = f.read().strip()
         shape, dtype, kind, causal, kernel, idx = cid.split("|")
