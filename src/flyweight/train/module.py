@@ -18,6 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from flyweight.train.finite import check_finite_loss
 from flyweight.train.metrics import NextTokenNLL, mfu, perplexity
 from flyweight.train.optim import OptimConfig, make_optimizer, make_scheduler
 
@@ -71,7 +72,8 @@ class LMModule(L.LightningModule):
                  steps_csv: str | Path | None = None, record_indices: bool = False, compile_mode: str | None = None,
                  loss_chunk: int | None = None, fused_loss: bool = False, tokens_per_step: int | None = None,
                  evals_csv: str | Path | None = None, deadline: float | None = None, label: str | None = None,
-                 deadline_ckpt: str | Path | None = None):
+                 deadline_ckpt: str | Path | None = None, precision: str | None = None,
+                 ckpt_dir: str | Path | None = None):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
@@ -87,6 +89,9 @@ class LMModule(L.LightningModule):
         self.deadline = deadline
         self.deadline_ckpt = Path(deadline_ckpt) if deadline_ckpt else None
         self.label = label  # the progress bar's name for this run (e.g. the comparison variant)
+        # for the message when the loss stops being finite (finite.py)
+        self.precision_name = precision
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.stopped_by_deadline = False
         # training seconds so far (steps only: no validation, no compilation), carried across resumes
         self.train_seconds = 0.0
@@ -144,6 +149,12 @@ class LMModule(L.LightningModule):
         # one optimizer step = all micro-batches of the accumulation: report their mean loss
         step = self.global_step + 1
         loss = (self._loss_sum / max(1, self._loss_batches)).item()
+        bad = not math.isfinite(loss)
+        if self.trainer.world_size > 1:  # every rank stops together (one rank raising alone would hang the rest)
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            check_finite_loss(loss if not math.isfinite(loss) else float("nan"), step, self.precision_name,
+                              self.ckpt_dir, optimizer.param_groups[0]["lr"])
         tokens = self._step_tokens * self.trainer.world_size
         now = time.perf_counter()
         if self._last_step_time is not None:
