@@ -27,6 +27,7 @@ from flyweight.train.logs import trim_csv
 from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
 from flyweight.train.progress import StepProgressBar
+from flyweight.train.validate import check_lm_config
 from flyweight.train.module import LMModule, build_model, seed_all
 from flyweight.train.optim import OptimConfig
 from flyweight.utils.io import remove_stale_temps
@@ -169,6 +170,12 @@ def _setup(cfg: dict, out_dir: Path, splits: tuple[str, ...]):
     world = devices * int(tcfg.num_nodes)
     seed = int(cfg.get("seed", 1111))
     dm = LMDataModule(dcfg, seed=seed).load(splits + (("test",) if tcfg.eval_test else ()))
+    for split, windows in dm.windows.items():  # an evaluation of no window used to report "val": null
+        if len(windows) == 0:
+            raise ValueError(
+                f"the {split} split of data.corpus={dcfg.corpus} has {len(windows.tokens)} tokens, fewer than one "
+                f"window of data.max_length={dcfg.max_length}; lower data.max_length or give the split more text"
+                + (" (data.val_fraction / data.test_fraction)" if split != "train" else ""))
     return tcfg, dcfg, accelerator, devices, world, seed, dm
 
 
@@ -244,6 +251,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     from flyweight.models.gpt2 import model_flops_per_token, save_structured
 
     cfg = _plain(cfg)
+    check_lm_config(cfg, "train")  # the whole config, before any data is read or model built
     _quiet_lightning()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -438,6 +446,7 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
     out = Path(out_dir)
     if not cfg.get("ckpt"):
         raise ValueError("mode=eval needs ckpt=PATH (a run's checkpoints/*.ckpt or its model/ folder)")
+    check_lm_config(cfg, "eval")
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("val",))
     if dcfg.micro_batch_size in ("auto", None) and not dcfg.eval_batch_size:
         dcfg.eval_batch_size = 16  # evaluation holds no gradients: no probe needed for a safe batch
