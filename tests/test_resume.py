@@ -145,3 +145,14 @@ def test_a_named_damaged_checkpoint_is_an_error_naming_it_and_a_readable_one(dat
         eval_lm({**config(data), "mode": "eval", "ckpt": str(half)}, tmp_path / "eval")
     path, step, skipped = newest_loadable(run / "checkpoints")
     assert (path, step) == (good, 4) and sorted(p.name for p, _ in skipped) == ["half.ckpt", "last.ckpt"]
+
+
+def test_resume_from_a_checkpoint_taken_just_before_an_evaluation_draws_the_same_dropout(data, reference, tmp_path):
+    """Step 6 is checkpointed and then evaluated; the resumed run does not repeat that evaluation, so the
+    evaluation must not move the training's RNG (its DataLoader drew a seed from the global RNG)."""
+    ref_run, ref = reference
+    run = tmp_path / "run"
+    train_lm(config(data), run)
+    (run / "checkpoints" / "last.ckpt").unlink()  # killed after step 6's checkpoint and evaluation
+    result = train_lm(config(data), run)
+    assert losses(run) == losses(ref_run) and result["val"]["ppl"] == ref["val"]["ppl"]

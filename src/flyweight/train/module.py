@@ -181,13 +181,19 @@ class LMModule(L.LightningModule):
         util = mfu(self.flops_per_token, tps, self.peak, self.trainer.world_size) if self.flops_per_token else None
         lr = optimizer.param_groups[0]["lr"]
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train/loss", loss, logger=True)
-        self.log("train/lr", lr, logger=True)
+        metrics = {"train/loss": loss, "train/lr": lr}
         if self._tps_ema is not None:
             self.log("tok/s", self._tps_ema, prog_bar=True, logger=False)
-            self.log("train/tokens_per_s", tps, logger=True)
+            metrics["train/tokens_per_s"] = tps
         if util is not None and math.isfinite(util):
-            self.log("mfu", util, prog_bar=True, logger=True)
+            self.log("mfu", util, prog_bar=True, logger=False)
+            metrics["mfu"] = util
+        # to the loggers now, not through self.log: Lightning hands logged values to the loggers only after
+        # the step's callbacks, i.e. after ModelCheckpoint has saved this step, so a kill in between lost the
+        # step's row for good (the resumed run starts after it). Step column as Lightning's: from 0.
+        if self.trainer.loggers and step % max(1, self.trainer.log_every_n_steps) == 0:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=step - 1)
         if self.steps_csv is not None and self.trainer.is_global_zero:
             new = not self.steps_csv.exists()
             with open(self.steps_csv, "a", newline="") as f:
