@@ -30,7 +30,7 @@ from flyweight.train.progress import StepProgressBar
 from flyweight.train.validate import check_lm_config
 from flyweight.train.module import LMModule, build_model, seed_all
 from flyweight.train.optim import OptimConfig
-from flyweight.utils.io import remove_stale_temps
+from flyweight.utils.io import atomic_write_text, remove_stale_temps
 
 MODES = ("train", "eval")
 
@@ -360,7 +360,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
 
     rank = trainer.global_rank
     if tcfg.record_indices:
-        (out / f"seen_indices_rank{rank}.json").write_text(json.dumps(
+        atomic_write_text(out / f"seen_indices_rank{rank}.json", json.dumps(
             {"rank": rank, "indices": module.seen_indices, "params_sha256": params_sha(module.model)}))
     peak_memory = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     if module.eval_results.get("val", {}).get("step") != trainer.global_step:  # not evaluated at the last step yet
