@@ -156,3 +156,28 @@ def test_resume_from_a_checkpoint_taken_just_before_an_evaluation_draws_the_same
     (run / "checkpoints" / "last.ckpt").unlink()  # killed after step 6's checkpoint and evaluation
     result = train_lm(config(data), run)
     assert losses(run) == losses(ref_run) and result["val"]["ppl"] == ref["val"]["ppl"]
+
+
+def test_under_hydra_the_command_that_continues_the_run_is_printed(tmp_path, monkeypatch):
+    """issue 15 item 10: a plain `python run.py experiment=tiny-lm`, killed and re-run, started over in a new
+    folder with no hint; the run now prints the command that continues it (resume=auto is the default)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from flyweight.train.lm import resume_command
+
+    with initialize_config_module(config_module="flyweight.configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=tiny-lm", "trainer.max_steps=5"],
+                      return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "outputs" / "run1")
+    monkeypatch.setattr("sys.argv", ["run.py", "experiment=tiny-lm", "trainer.max_steps=5"])
+    HydraConfig.instance().set_config(cfg)
+    try:
+        said = resume_command(tmp_path / "outputs" / "run1")
+        assert resume_command(tmp_path / "elsewhere") is None  # a compare variant's folder: the report says
+    finally:
+        HydraConfig.instance().cfg = None
+    assert said == f"python run.py experiment=tiny-lm trainer.max_steps=5 hydra.run.dir={tmp_path / 'outputs' / 'run1'}"
+    assert resume_command(tmp_path) is None  # no Hydra run
