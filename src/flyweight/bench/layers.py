@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from flyweight.bench.timing import device_name, env_tag, peak_memory_bytes, resolve_device, time_us
 from flyweight.linear import make_linear
+from flyweight.utils.io import atomic_write
 
 LAYER_COLUMNS = [
     "device", "torch", "kind", "settings", "in_features", "out_features", "tokens", "dtype", "pass",
@@ -122,7 +123,7 @@ def run_layer_grid(kinds: dict[str, list[dict]], shapes: list[tuple[int, int]], 
 
 def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
