@@ -293,6 +293,21 @@ def test_the_data_module_reads_a_named_corpus_and_its_manifest(tiny, tok_dir):
     assert dm.manifest()["fingerprint"] == manifest["fingerprint"]
 
 
+
+def test_a_named_corpus_given_as_a_cache_root_reads_that_roots_token_cache(tiny, tok_dir):
+    from flyweight.data.datamodule import DataConfig, LMDataModule
+
+    rec, root = tiny
+    manifest = build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    for split in SPLITS:   # as on the GPU machine: only the token cache, no documents to tokenize again
+        (build.corpus_dir("tiny", root) / f"{split}.jsonl").unlink()
+    dm = LMDataModule(DataConfig(corpus="tiny", path=str(root), tokenizer=str(tok_dir), max_length=8,
+                                 progress=False)).load()
+    assert dm.token_cache_dir() == str(root / "tokens")
+    for split in SPLITS:
+        assert tokens.sha256_file(dm.windows[split].tokens.filename) == manifest["token_files"][split]["sha256"]
+
+
 def test_committed_manifests_describe_the_recipes():
     from flyweight.data.manifest import committed_manifest, manifest_rows
 
