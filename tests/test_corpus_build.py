@@ -315,9 +315,9 @@ def test_committed_manifests_describe_the_recipes():
         if name not in ("english", "english_small"):
             continue
         m = committed_manifest(name)
-        if m is None:  # built by `flyweight data fetch corpus=NAME`; not committed yet for this recipe
-            pytest.skip(f"flyweight/data/manifests/{name}.json is not committed yet")
+        assert m is not None, f"flyweight/data/manifests/{name}.json is missing: flyweight data fetch corpus={name}"
         assert m["recipe_fingerprint"] == rec.fingerprint(), f"{name}.json is stale: rebuild and commit it"
+        assert m["recipe_version"] == sources.RECIPE_VERSION and not m["missing"]
         assert [r["source"] for r in m["sources"]] == list(rec.sources)
         rows = manifest_rows(m)
         for split in SPLITS:
