@@ -308,6 +308,23 @@ def test_a_named_corpus_given_as_a_cache_root_reads_that_roots_token_cache(tiny,
         assert tokens.sha256_file(dm.windows[split].tokens.filename) == manifest["token_files"][split]["sha256"]
 
 
+def test_a_training_run_on_a_named_corpus_reports_its_manifest(tiny, tok_dir, tmp_path):
+    import json as _json
+
+    from _lm_helpers import tiny_lm_cfg
+
+    from flyweight.train.lm import train_lm
+
+    rec, root = tiny
+    manifest = build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    cfg = tiny_lm_cfg(root, tok_dir, root / "tokens", corpus="tiny", data={"max_length": 8},
+                      trainer={"max_steps": 2})
+    res = train_lm(cfg, tmp_path / "run")
+    assert res["corpus_manifest"]["fingerprint"] == manifest["fingerprint"]
+    assert [r["source"] for r in res["corpus_manifest"]["sources"]] == list(rec.sources)
+    assert _json.loads(_json.dumps(res, default=str))["corpus_manifest"]["splits"] == manifest["splits"]
+
+
 def test_committed_manifests_describe_the_recipes():
     from flyweight.data.manifest import committed_manifest, manifest_rows
 
