@@ -264,6 +264,15 @@ def test_artifact_tampered_or_missing_is_refused(tiny, tok_dir, tmp_path):
         artifact.unpack(bad, tmp_path / "c2")
 
 
+def test_an_artifact_over_the_carry_limit_is_refused_and_not_left_behind(tiny, tok_dir, tmp_path, monkeypatch):
+    rec, root = tiny
+    build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    monkeypatch.setattr(artifact, "MAX_ARTIFACT_MIB", 0.001)
+    with pytest.raises(artifact.ArtifactError, match="over the 0.001 MiB.*max_chars"):
+        artifact.pack("tiny", tmp_path / "gpu", root)
+    assert list((tmp_path / "gpu").iterdir()) == []
+
+
 def test_cli_data_fetch_arguments(capsys):
     from flyweight.cli import main
 

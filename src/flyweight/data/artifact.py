@@ -31,6 +31,9 @@ from flyweight.data.corpora import SPLITS, Corpus
 from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, cache_root, fetch, sha256_file
 
 FORMAT = 1
+# At most 64 MiB of files travel to the GPU machine, the repository's working tree (~7 MiB) included;
+# 40 MiB leaves room for the tree, a second small artifact and carried wheels.
+MAX_ARTIFACT_MIB = 40
 # LZMA2 at preset 6 with 2-byte alignment (lp=1, pb=1: tokens are uint16): ~2.3x on GPT-2 token streams;
 # higher presets gain < 0.1% and take far longer on a busy 2-core machine.
 XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "lc": 0, "lp": 1, "pb": 1}]
@@ -130,6 +133,12 @@ def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
         info = tarfile.TarInfo("artifact.json")
         info.size, info.mtime = len(data), 0
         tf.addfile(info, io.BytesIO(data))
+    size_mib = tmp.stat().st_size / 2**20
+    if size_mib > MAX_ARTIFACT_MIB:
+        tmp.unlink()
+        raise ArtifactError(f"the artifact of corpus {name} would be {size_mib:.1f} MiB, over the {MAX_ARTIFACT_MIB} MiB "
+                            f"that can travel to the GPU machine with the working tree. Fix: cap the largest "
+                            f"technical sources with the recipe's max_chars (flyweight/data/sources.py) and rebuild")
     tmp.replace(target)
     digest = sha256_file(target)
     (out / f"{name}.tar.sha256").write_text(f"{digest}  {target.name}\n")
