@@ -264,6 +264,25 @@ def test_artifact_tampered_or_missing_is_refused(tiny, tok_dir, tmp_path):
         artifact.unpack(bad, tmp_path / "c2")
 
 
+def test_an_artifact_of_another_recipe_is_refused_on_arrival_and_never_rebuilt(tiny, tok_dir, tmp_path,
+                                                                               monkeypatch):
+    rec, root = tiny
+    build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    tar = artifact.pack("tiny", tmp_path / "gpu", root)
+    fresh = tmp_path / "fresh"
+    artifact.unpack(tar, fresh)
+    # this checkout's recipe changes (another source, other cleaning, ...): the carried tokens are not its corpus
+    monkeypatch.setitem(sources.RECIPES, "tiny", sources.Recipe("tiny", rec.sources, 0.25, 0.2))
+    monkeypatch.setattr(build, "build_corpus", lambda *a, **k: pytest.fail("tried to rebuild from the registries"))
+    with pytest.raises(ValueError, match=r"artifact was built by recipe .* Fix: .*flyweight data fetch corpus=tiny"):
+        make_corpus("tiny", str(fresh))
+    with pytest.raises(artifact.ArtifactError, match="this checkout's recipe is"):
+        artifact.unpack(tar, tmp_path / "again")
+    monkeypatch.delitem(sources.RECIPES, "tiny")
+    with pytest.raises(artifact.ArtifactError, match="does not know"):
+        artifact.unpack(tar, tmp_path / "again")
+
+
 def test_an_artifact_over_the_carry_limit_is_refused_and_not_left_behind(tiny, tok_dir, tmp_path, monkeypatch):
     rec, root = tiny
     build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)

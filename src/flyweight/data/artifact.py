@@ -187,6 +187,14 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
         index = header["members"]
         manifest = json.loads(_member(tf, "manifest.json", index, file))
         name = manifest["name"]
+        from flyweight.data.build import stale_artifact_message
+        from flyweight.data.sources import RECIPES
+
+        if name not in RECIPES:
+            raise ArtifactError(f"{file} holds corpus {name!r}, which this checkout does not know (named corpora: "
+                                f"{', '.join(RECIPES)}). Fix: use the commit the artifact was made from")
+        if stale := stale_artifact_message(name, manifest):
+            raise ArtifactError(stale)
         info = header["tokenizer"]
         if info["registry_gpt2"]:   # where fetch() finds the GPT-2 files, so data.tokenizer=gpt2 works offline
             targets = {"vocab.json": _registry_path(GPT2_VOCAB, root),
