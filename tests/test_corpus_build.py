@@ -264,6 +264,34 @@ def test_artifact_tampered_or_missing_is_refused(tiny, tok_dir, tmp_path):
         artifact.unpack(bad, tmp_path / "c2")
 
 
+def test_an_artifact_of_another_recipe_is_refused_on_arrival_and_never_rebuilt(tiny, tok_dir, tmp_path,
+                                                                               monkeypatch):
+    rec, root = tiny
+    build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    tar = artifact.pack("tiny", tmp_path / "gpu", root)
+    fresh = tmp_path / "fresh"
+    artifact.unpack(tar, fresh)
+    # this checkout's recipe changes (another source, other cleaning, ...): the carried tokens are not its corpus
+    monkeypatch.setitem(sources.RECIPES, "tiny", sources.Recipe("tiny", rec.sources, 0.25, 0.2))
+    monkeypatch.setattr(build, "build_corpus", lambda *a, **k: pytest.fail("tried to rebuild from the registries"))
+    with pytest.raises(ValueError, match=r"artifact was built by recipe .* Fix: .*flyweight data fetch corpus=tiny"):
+        make_corpus("tiny", str(fresh))
+    with pytest.raises(artifact.ArtifactError, match="this checkout's recipe is"):
+        artifact.unpack(tar, tmp_path / "again")
+    monkeypatch.delitem(sources.RECIPES, "tiny")
+    with pytest.raises(artifact.ArtifactError, match="does not know"):
+        artifact.unpack(tar, tmp_path / "again")
+
+
+def test_an_artifact_over_the_carry_limit_is_refused_and_not_left_behind(tiny, tok_dir, tmp_path, monkeypatch):
+    rec, root = tiny
+    build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    monkeypatch.setattr(artifact, "MAX_ARTIFACT_MIB", 0.001)
+    with pytest.raises(artifact.ArtifactError, match="over the 0.001 MiB.*max_chars"):
+        artifact.pack("tiny", tmp_path / "gpu", root)
+    assert list((tmp_path / "gpu").iterdir()) == []
+
+
 def test_cli_data_fetch_arguments(capsys):
     from flyweight.cli import main
 
@@ -293,6 +321,38 @@ def test_the_data_module_reads_a_named_corpus_and_its_manifest(tiny, tok_dir):
     assert dm.manifest()["fingerprint"] == manifest["fingerprint"]
 
 
+
+def test_a_named_corpus_given_as_a_cache_root_reads_that_roots_token_cache(tiny, tok_dir):
+    from flyweight.data.datamodule import DataConfig, LMDataModule
+
+    rec, root = tiny
+    manifest = build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    for split in SPLITS:   # as on the GPU machine: only the token cache, no documents to tokenize again
+        (build.corpus_dir("tiny", root) / f"{split}.jsonl").unlink()
+    dm = LMDataModule(DataConfig(corpus="tiny", path=str(root), tokenizer=str(tok_dir), max_length=8,
+                                 progress=False)).load()
+    assert dm.token_cache_dir() == str(root / "tokens")
+    for split in SPLITS:
+        assert tokens.sha256_file(dm.windows[split].tokens.filename) == manifest["token_files"][split]["sha256"]
+
+
+def test_a_training_run_on_a_named_corpus_reports_its_manifest(tiny, tok_dir, tmp_path):
+    import json as _json
+
+    from _lm_helpers import tiny_lm_cfg
+
+    from flyweight.train.lm import train_lm
+
+    rec, root = tiny
+    manifest = build.build_corpus("tiny", root, tokenizer=str(tok_dir), progress=False)
+    cfg = tiny_lm_cfg(root, tok_dir, root / "tokens", corpus="tiny", data={"max_length": 8},
+                      trainer={"max_steps": 2})
+    res = train_lm(cfg, tmp_path / "run")
+    assert res["corpus_manifest"]["fingerprint"] == manifest["fingerprint"]
+    assert [r["source"] for r in res["corpus_manifest"]["sources"]] == list(rec.sources)
+    assert _json.loads(_json.dumps(res, default=str))["corpus_manifest"]["splits"] == manifest["splits"]
+
+
 def test_committed_manifests_describe_the_recipes():
     from flyweight.data.manifest import committed_manifest, manifest_rows
 
@@ -300,9 +360,9 @@ def test_committed_manifests_describe_the_recipes():
         if name not in ("english", "english_small"):
             continue
         m = committed_manifest(name)
-        if m is None:  # built by `flyweight data fetch corpus=NAME`; not committed yet for this recipe
-            pytest.skip(f"flyweight/data/manifests/{name}.json is not committed yet")
+        assert m is not None, f"flyweight/data/manifests/{name}.json is missing: flyweight data fetch corpus={name}"
         assert m["recipe_fingerprint"] == rec.fingerprint(), f"{name}.json is stale: rebuild and commit it"
+        assert m["recipe_version"] == sources.RECIPE_VERSION and not m["missing"]
         assert [r["source"] for r in m["sources"]] == list(rec.sources)
         rows = manifest_rows(m)
         for split in SPLITS:

@@ -102,6 +102,22 @@ def test_dictd_entries_metadata_skipped_duplicates_read_once_and_cleaned(tmp_pat
     assert alc == "Alcohol, n. The fluid essence obtained by distillation.\n\n"
 
 
+def test_dictd_wrapped_cross_references_foldoc_tags_and_dates_are_cleaned(tmp_path):
+    entries = [
+        (["Lief"], "Lief, adv. Gladly. See {Had as\n   lief}, {Had\n   rather}, under Had;; also\n   \\Lief\n"
+                   "   \"er\\ liefer.\n   [1913 Webster]\n"),
+        (["documentation"], "documentation\n\n   <programming> The multiple kilograms of pressed\n   trees that "
+                            "accompany most {software}.\n\n   See {drool-proof\n   paper}.\n\n   (2003-10-25)\n\n"),
+        (["spam"], "spam\n\n   <messaging, abuse> Mail sent to many. See also: spam,\n   { spamvertize}.\n"),
+    ]
+    dz = write_dictd(tmp_path, "mixed", entries)
+    docs = dict(formats.parse_dictd([dz], {}))
+    assert docs["mixed.dict.dz:Lief"] == "Lief, adv. Gladly. See Had as lief, Had rather, under Had; also liefer.\n\n"
+    assert docs["mixed.dict.dz:documentation"] == ("documentation\n\nThe multiple kilograms of pressed trees that "
+                                                   "accompany most software.\n\nSee drool-proof paper.\n\n")
+    assert docs["mixed.dict.dz:spam"] == "spam\n\nMail sent to many. See also: spam, spamvertize.\n\n"
+
+
 def test_dictd_without_index_names_the_missing_file(tmp_path):
     dz = write_dictd(tmp_path, "x", [(["A"], "A letter.\n")])
     (tmp_path / "x.index").unlink()
@@ -145,6 +161,13 @@ def test_sword_empty_part_and_bad_index_are_reported(tmp_path):
     (tmp_path / "ot.czs").write_bytes(struct.pack("<III", offset, size, usize + 1))
     with pytest.raises(ValueError, match="index says"):
         list(formats.sword_blocks(idx))
+
+
+def test_sword_index_without_its_data_file_names_it(tmp_path):
+    idx = write_sword(tmp_path, [OSIS_BLOCK])
+    (tmp_path / "ot.czz").unlink()
+    with pytest.raises(FileNotFoundError, match="ot.czz"):
+        list(formats.parse_sword_osis([idx], {}))
 
 
 # ---- WordNet -------------------------------------------------------------------------------------------------
@@ -225,6 +248,15 @@ def test_rst_keeps_prose_drops_markup_code_tables_directives(tmp_path):
                     "Last words.\n\n")
 
 
+def test_rst_roles_and_literals_wrapped_over_two_lines_are_resolved(tmp_path):
+    path = tmp_path / "c-api.rst.txt"
+    path.write_text("This format does not accept :term:`bytes-like\nobjects <bytes-like object>`; use\n"
+                    "``PyUnicode_\nFSConverter`` or :func:`os.fspath` instead.\n\nSecond `paragraph`.\n")
+    (_, text), = formats.parse_rst([path], {})
+    assert text == ("This format does not accept bytes-like objects; use PyUnicode_ FSConverter or os.fspath "
+                    "instead.\n\nSecond paragraph.\n\n")
+
+
 POD = """\
 =head1 NAME
 
@@ -262,6 +294,8 @@ def test_brown_tags_stripped_and_spacing_restored():
     tagged = ("\n\n\tThe/at Fulton/np-tl County/nn-tl said/vbd ``/`` no/at evidence/nn ''/'' ,/, that/cs "
               "it's/pps+bez over/rp ./.\n")
     assert clean.detag_brown(tagged) == 'The Fulton County said "no evidence", that it\'s over.'
+    doubled = "They/ppss came/vbd to/in Fred/np ;/. ;/.\nWhy/wrb can't/md* I/ppss ?/. ?/.\n"
+    assert clean.detag_brown(doubled) == "They came to Fred;\nWhy can't I?"
 
 
 def test_gutenberg_markers_and_fortunes(tmp_path):
@@ -363,6 +397,18 @@ def test_html_text_drops_scripts_code_navigation_keeps_blocks(tmp_path):
     assert doc_id == "html/auth.html"
     assert text == ("21.11. RADIUS Authentication\n\nThis method operates similarly to password & uses RADIUS.\n\n"
                     "Second line.\n\nFirst item.\n\nSecond item.\n\n")
+
+
+def test_html_with_crlf_line_ends_joins_wrapped_lines(tmp_path):
+    f = tmp_path / "git-doc" / "git-config.html"
+    f.parent.mkdir()
+    f.write_bytes(b'<?xml version="1.0" encoding="UTF-8"?>\r\n<html><body><div id="header">git-config(1)</div>\r\n'
+                  b'<dd>\r\n<p>\r\n        Maximum size in bytes of the buffer used by smart HTTP\r\n'
+                  b'        transports.\r\n</p>\r\n</dd>\r\n<div class="listingblock"><div>$ git config x'
+                  b'</div></div>\r\n<div id="footer">Last updated</div></body></html>\r\n')
+    (doc_id, text), = formats.parse_html([f], {"skip": ("header", "footer", "listingblock")})
+    assert doc_id == "git-doc/git-config.html"
+    assert text == "Maximum size in bytes of the buffer used by smart HTTP transports.\n\n"
 
 
 def test_repeated_boilerplate_paragraphs_are_dropped_per_source():

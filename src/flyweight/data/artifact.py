@@ -32,6 +32,9 @@ from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, cache_root, fetch, sha
 from flyweight.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FORMAT = 1
+# At most 64 MiB of files travel to the GPU machine, the repository's working tree (~7 MiB) included;
+# 40 MiB leaves room for the tree, a second small artifact and carried wheels.
+MAX_ARTIFACT_MIB = 40
 # LZMA2 at preset 6 with 2-byte alignment (lp=1, pb=1: tokens are uint16): ~2.3x on GPT-2 token streams;
 # higher presets gain < 0.1% and take far longer on a busy 2-core machine.
 XZ_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6, "lc": 0, "lp": 1, "pb": 1}]
@@ -109,27 +112,33 @@ def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.tar"
     index: dict[str, dict] = {}
-    with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-        _add_bytes(tf, "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode(), index)
-        for fname, path in tok_files.items():
-            _add_bytes(tf, f"tokenizer/{fname}", path.read_bytes(), index)
-        for split in SPLITS:
-            bin_path, _ = cache_paths(corpus, split, tok, (root / "tokens") if root else None)
-            expected = manifest["token_files"][split]["sha256"]
-            if not bin_path.exists() or sha256_file(bin_path) != expected:
-                raise ArtifactError(f"{bin_path}: missing or not the manifest's token stream. "
-                                    f"Fix: flyweight data fetch corpus={name}")
-            print(f"[flyweight] compressing {name}/{split} ({bin_path.stat().st_size / 2**20:.1f} MiB)",
-                  file=sys.stderr, flush=True)
-            _add_bytes(tf, f"tokens/{split}.bin.xz", lzma.compress(bin_path.read_bytes(), filters=XZ_FILTERS), index)
-        header = {"format": FORMAT, "corpus": name, "fingerprint": manifest["fingerprint"],
-                  "tokenizer": {**manifest["tokenizer"], "registry_gpt2": spec in GPT2_SPECS,
-                                "files": sorted(tok_files), "check": [[t, tok.encode(t)] for t in CHECK_TEXTS]},
-                  "members": index}
-        data = json.dumps(header, indent=1).encode()
-        info = tarfile.TarInfo("artifact.json")
-        info.size, info.mtime = len(data), 0
-        tf.addfile(info, io.BytesIO(data))
+    with atomic_path(target) as tmp:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            _add_bytes(tf, "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode(), index)
+            for fname, path in tok_files.items():
+                _add_bytes(tf, f"tokenizer/{fname}", path.read_bytes(), index)
+            for split in SPLITS:
+                bin_path, _ = cache_paths(corpus, split, tok, (root / "tokens") if root else None)
+                expected = manifest["token_files"][split]["sha256"]
+                if not bin_path.exists() or sha256_file(bin_path) != expected:
+                    raise ArtifactError(f"{bin_path}: missing or not the manifest's token stream. "
+                                        f"Fix: flyweight data fetch corpus={name}")
+                print(f"[flyweight] compressing {name}/{split} ({bin_path.stat().st_size / 2**20:.1f} MiB)",
+                      file=sys.stderr, flush=True)
+                _add_bytes(tf, f"tokens/{split}.bin.xz", lzma.compress(bin_path.read_bytes(), filters=XZ_FILTERS), index)
+            header = {"format": FORMAT, "corpus": name, "fingerprint": manifest["fingerprint"],
+                      "tokenizer": {**manifest["tokenizer"], "registry_gpt2": spec in GPT2_SPECS,
+                                    "files": sorted(tok_files), "check": [[t, tok.encode(t)] for t in CHECK_TEXTS]},
+                      "members": index}
+            data = json.dumps(header, indent=1).encode()
+            info = tarfile.TarInfo("artifact.json")
+            info.size, info.mtime = len(data), 0
+            tf.addfile(info, io.BytesIO(data))
+        size_mib = tmp.stat().st_size / 2**20
+        if size_mib > MAX_ARTIFACT_MIB:  # raising inside atomic_path removes the temporary file
+            raise ArtifactError(f"the artifact of corpus {name} would be {size_mib:.1f} MiB, over the {MAX_ARTIFACT_MIB} "
+                                f"MiB that can travel to the GPU machine with the working tree. Fix: cap the largest "
+                                f"technical sources with the recipe's max_chars (flyweight/data/sources.py) and rebuild")
     digest = sha256_file(target)
     atomic_write_text(out / f"{name}.tar.sha256", f"{digest}  {target.name}\n")
     print(f"[flyweight] wrote {target} ({target.stat().st_size / 2**20:.2f} MiB, sha256 {digest})", file=sys.stderr)
@@ -177,6 +186,14 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
         index = header["members"]
         manifest = json.loads(_member(tf, "manifest.json", index, file))
         name = manifest["name"]
+        from flyweight.data.build import stale_artifact_message
+        from flyweight.data.sources import RECIPES
+
+        if name not in RECIPES:
+            raise ArtifactError(f"{file} holds corpus {name!r}, which this checkout does not know (named corpora: "
+                                f"{', '.join(RECIPES)}). Fix: use the commit the artifact was made from")
+        if stale := stale_artifact_message(name, manifest):
+            raise ArtifactError(stale)
         info = header["tokenizer"]
         if info["registry_gpt2"]:   # where fetch() finds the GPT-2 files, so data.tokenizer=gpt2 works offline
             targets = {"vocab.json": _registry_path(GPT2_VOCAB, root),

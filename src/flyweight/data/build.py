@@ -212,9 +212,22 @@ def built_manifest(name: str, root: Path | None = None) -> dict | None:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("recipe_fingerprint") != recipe(name).fingerprint() or manifest.get(
             "recipe_version") != RECIPE_VERSION:
-        _log(f"the build of corpus {name} in {path.parent} is of another recipe version; rebuilding")
+        _log(f"the build of corpus {name} in {path.parent} is of another recipe version")
         return None
     return manifest
+
+
+def stale_artifact_message(name: str, manifest: dict) -> str | None:
+    """Why a manifest made by another recipe cannot serve this checkout's ``data=<name>`` (None if it can)."""
+    rec = recipe(name)
+    if manifest.get("recipe_fingerprint") == rec.fingerprint() and manifest.get("recipe_version") == RECIPE_VERSION:
+        return None
+    return (f"corpus {name}: the artifact was built by recipe {manifest.get('recipe_fingerprint')} (recipe version "
+            f"{manifest.get('recipe_version')}), this checkout's recipe is {rec.fingerprint()} (version "
+            f"{RECIPE_VERSION}): its sources or cleaning differ, so its tokens are not this checkout's corpus. "
+            f"Fix: where the registries are reachable, build and pack with this checkout (flyweight data fetch "
+            f"corpus={name}; python -m flyweight.data.artifact pack {name} --out .gpu) and copy the new artifact, "
+            f"or run the commit the artifact was made from")
 
 
 def named_corpus(name: str, root: Path | str | None = None) -> Corpus:
@@ -224,8 +237,16 @@ def named_corpus(name: str, root: Path | str | None = None) -> Corpus:
     fingerprint in the unpacked manifest and the documents are never needed.
     """
     root = Path(root).expanduser() if root else None
-    manifest = built_manifest(name, root) or build_corpus(name, root)
     folder = corpus_dir(name, root)
+    manifest = built_manifest(name, root)
+    if manifest is None:
+        installed = folder / "manifest.json"
+        if installed.exists() and not (folder / "train.jsonl").exists():
+            # only an unpacked artifact of another recipe here: rebuilding would need every registry,
+            # which a machine given an artifact usually cannot reach
+            raise ValueError(stale_artifact_message(name, json.loads(installed.read_text(encoding="utf-8"))))
+        _log(f"building corpus {name}")
+        manifest = build_corpus(name, root)
 
     def load(split: str) -> list[str]:
         path = folder / f"{split}.jsonl"

@@ -60,15 +60,27 @@ _EMPTY_PAREN = re.compile(r"\(\s*\)|\[\s*\]")
 _SPACE_BEFORE_PUNCT = re.compile(r" +([,;:.])")
 
 
+_CATEGORY_TAG = re.compile(r"<[a-z][a-z ,/-]{0,60}>\s*")     # FOLDOC's <programming>, <language, humour>
+_DATE_STAMP = re.compile(r"^\(\d{4}-\d{2}-\d{2}\)$", re.M)    # FOLDOC's (2003-10-25) revision dates
+_DOUBLED_PUNCT = re.compile(r"([;,?])\1+")                    # GCIDE's and Brown's "date;;" / "blood"??"
+_SPACE_RUN = re.compile(r" {2,}")
+
+
 def clean_dictionary_entry(entry: str) -> str:
-    text = _PRONUNCIATION.sub("", entry)
+    # reflow first: a cross-reference or pronunciation may be wrapped over two lines ("{Had as\n lief}")
+    text = reflow(entry)
+    text = _PRONUNCIATION.sub("", text)
     text = _PAREN_PRONUNCIATION.sub("", text)
     text = _SOURCE_TAG.sub("", text)
     for _ in range(2):  # nested braces
         text = _BRACES.sub(r"\1", text)
+    text = _CATEGORY_TAG.sub("", text)
+    text = _DATE_STAMP.sub("", text)
     text = _EMPTY_PAREN.sub("", text)
-    text = reflow(text)
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    text = _DOUBLED_PUNCT.sub(r"\1", text)
+    text = _SPACE_RUN.sub(" ", text)
+    text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+    return PARAGRAPH_BREAK.join(paragraphs(text))
 
 
 # ---- XML (OSIS) -----------------------------------------------------------------------------------
@@ -172,8 +184,9 @@ def clean_rst(text: str) -> str:
         if stripped.startswith((">>>", "$ ", "# ")):
             continue
         stripped = re.sub(r"^(?:[-*+•]|\d+[.)]|#\.)\s+", "", stripped)  # list bullets
-        out.append(_rst_inline(stripped))
-    return reflow("\n".join(out))
+        out.append(stripped)
+    # inline markup after reflow: a role or a literal is often wrapped over two lines
+    return PARAGRAPH_BREAK.join(_rst_inline(p) for p in paragraphs(reflow("\n".join(out))))
 
 
 # ---- POD (Perl documentation) -------------------------------------------------------------------------
@@ -238,7 +251,7 @@ def detag_brown(text: str) -> str:
         s = _NO_SPACE_BEFORE.sub(r"\1", s)
         s = _NO_SPACE_AFTER.sub(r"\1", s)
         s = re.sub(r'" (.*?) "', r'"\1"', s)
-        out.append(s)
+        out.append(_DOUBLED_PUNCT.sub(r"\1", s))   # the corpus writes some ; and ? twice ("Fred ;/. ;/.")
     return normalize("\n".join(out))
 
 
@@ -308,8 +321,8 @@ class _HTMLText(HTMLParser):
             self.parts.append("\n\n")
 
     def handle_data(self, data):
-        if self.skip_tag is None:
-            self.parts.append(data.replace("\n", " "))
+        if self.skip_tag is None:  # a line break in the source is a space (CRLF pages too: git's manuals)
+            self.parts.append(data.replace("\r", " ").replace("\n", " "))
 
 
 def html_text(text: str, skip_classes=()) -> str:

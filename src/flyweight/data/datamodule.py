@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -60,17 +61,28 @@ class LMDataModule(L.LightningDataModule):
     def load(self, splits=("train", "val", "test")) -> LMDataModule:
         """Tokenize (once, cached) and window the requested splits. Idempotent."""
         c = self.cfg
+        cache_dir = self.token_cache_dir()
         if self.tokenizer is None:
             self._corpus = make_corpus(c.corpus, c.path, c.val_fraction, c.test_fraction, c.split_seed)
             if is_fitted_spec(c.tokenizer):  # bpe:N, fitted on this corpus's train split
-                self.tokenizer = fitted_bpe(self._corpus, c.tokenizer, c.cache_dir)
+                self.tokenizer = fitted_bpe(self._corpus, c.tokenizer, cache_dir)
             else:
                 self.tokenizer = load_tokenizer(c.tokenizer)
         for split in splits:
             if split not in self.windows:
-                tokens = tokenize_split(self._corpus, split, self.tokenizer, c.cache_dir, c.progress)
+                tokens = tokenize_split(self._corpus, split, self.tokenizer, cache_dir, c.progress)
                 self.windows[split] = TokenWindows(tokens, c.max_length)
         return self
+
+    def token_cache_dir(self) -> str | None:
+        """data.cache_dir; for a named corpus given a cache root as data.path, that root's tokens/ (where
+        its build and an unpacked artifact put them), so data.path alone finds them."""
+        from flyweight.data.sources import RECIPES
+
+        c = self.cfg
+        if c.cache_dir is None and c.path and c.corpus in RECIPES:
+            return str(Path(c.path).expanduser() / "tokens")
+        return c.cache_dir
 
     def prepare_data(self) -> None:
         self.load(tuple(self.windows) or ("train", "val", "test"))

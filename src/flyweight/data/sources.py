@@ -104,6 +104,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
          "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5", "public domain / various", "prose",
          "fortune", ["usr/share/games/fortunes/[a-z]*"], "fortune cookies (quotations, jokes)",
          exclude=("ascii-art", "*.dat", "*.u8")),
+    _deb("devil", "dict-devil", "1.0-13.1", "dict-devil_1.0-13.1_all.deb",
+         "6a535684def2a1f70cd42da16d12d43f0e9dc3e54e4a329178eebab3170e3154", "public domain", "prose", "dictd",
+         ["usr/share/dictd/devil.dict.dz"], "Ambrose Bierce, The Devil's Dictionary (1911)"),
     # ---- technical English -----------------------------------------------------------------------
     _deb("jargon", "dict-jargon", "4.4.7-3.1", "dict-jargon_4.4.7-3.1_all.deb",
          "405f8168d7994ed2cb71407bb95493daec2e9aa66fc0461dafa74a9d6728a8c1", "public domain", "technical",
@@ -136,6 +139,29 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
          "html", ["usr/share/doc/racket/**/*.html"], "Racket 8.7 documentation (HTML)",
          skip=("tocset", "navsettop", "navsetbottom", "versionbox", "SCodeFlow", "RBoxed", "SVInsetFlow",
                "RktBlk", "tocsub"), drop_repeated=5),
+    _deb("git_doc", "git-doc", "1:2.39.5-0+deb12u3", "git-doc_1%3a2.39.5-0+deb12u3_all.deb",
+         "3c89668a11053a6bafade3de1f611f4613db31e082af63f43d8c5b69ad8795ec", "GPL-2", "technical", "html",
+         ["usr/share/doc/git-doc/**/*.html"], "Git 2.39 manual pages, user manual and how-tos (HTML, CRLF)",
+         skip=("header", "footer", "footer-text", "toc", "toctitle", "listingblock", "literalblock"),
+         drop_repeated=5),
+    _deb("debian_reference", "debian-reference-en", "2.100", "debian-reference-en_2.100_all.deb",
+         "9f31d3a17df505de09689ca255512ea58c1fc47c59bb1b0c7bf1c23362e9743f", "GPL-2+", "technical", "html",
+         ["usr/share/debian-reference/*.en.html"], "Debian Reference (English)",
+         skip=("navheader", "navfooter", "toc", "programlisting", "screen", "table", "informaltable",
+               "legalnotice"), drop_repeated=5),
+    _deb("gimp_help", "gimp-help-en", "2.10.34-2", "gimp-help-en_2.10.34-2_all.deb",
+         "a2deec76763aaf2fcdd197bac0736cdcb0770ba993d48d233329e1c92b0bfe36", "GFDL-NIV-1.2+", "technical", "html",
+         ["usr/share/gimp/2.0/help/en/*.html"], "GIMP 2.10 user manual (English HTML)",
+         skip=("navheader", "navfooter", "toc", "programlisting", "screen", "index", "legalnotice"),
+         drop_repeated=5),
+    _deb("sqlalchemy_doc", "python-sqlalchemy-doc", "1.4.46+ds1-1", "python-sqlalchemy-doc_1.4.46+ds1-1_all.deb",
+         "8805c3167ef75278ac6fd58ed9856321c2b2e3a7e441edba84b2eb955216d0fd", "MIT", "technical", "html",
+         ["usr/share/doc/python-sqlalchemy-doc/html/**/*.html"], "SQLAlchemy 1.4 documentation (HTML)",
+         skip=("docs-header", "docs-top-navigation-container", "docs-sidebar", "docs-sidebar-popout",
+               "fixed-sidebar", "docs-bottom-navigation", "docs-copyright", "narrow-index-nav",
+               "docs-narrow-top-navigation", "docs-version-header", "sidebar-banner", "sidebar-search",
+               "highlight", "headerlink", "link-container", "toctree-wrapper"),
+         exclude=("*/_modules/*", "genindex*.html", "py-modindex.html", "search.html"), drop_repeated=5),
     _deb("linux_doc", "linux-doc-6.1", "6.1.192-3", "linux-doc-6.1_6.1.192-3_all.deb",
          "f18dfe28dcab7bdbf9185be16b9521f5841277a6a96c374a6683a648d5d5fa4f", "GPL-2", "technical", "rst",
          ["usr/share/doc/linux-doc-6.1/Documentation/**/*.rst.gz"], "Linux 6.1 kernel documentation (rst)",
@@ -165,12 +191,12 @@ class Recipe:
 
 # Bump when parsing, cleaning, splitting or dedup change: the corpus fingerprint (and every cache
 # keyed by it) changes with it.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 PROSE = ("wiki", "sotu", "brown", "shakespeare", "austen", "gcide", "tdavid", "mhcc", "scofield", "web_bible",
-         "kjv_bible", "wordnet", "factbook", "fortunes")
+         "kjv_bible", "wordnet", "factbook", "fortunes", "devil")
 TECHNICAL = ("jargon", "foldoc", "python_doc", "perl_doc", "debian_handbook", "postgresql_doc", "django_doc",
-             "racket_doc", "linux_doc")
+             "racket_doc", "git_doc", "debian_reference", "gimp_help", "sqlalchemy_doc", "linux_doc")
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("english", PROSE + TECHNICAL, val_fraction=0.0125, test_fraction=0.0125,

@@ -186,6 +186,8 @@ def _results_common(cfg: dict, model, dm: LMDataModule, dcfg: DataConfig, flops:
         "corpus": dcfg.corpus, "tokenizer": dm.tokenizer.name, "max_length": dcfg.max_length,
         "model": cfg.get("model"), "params": num_parameters(model), "flops_per_token_fwd": flops,
         "splits": dm.describe(),
+        # a named corpus's manifest (sources, versions, licences, sha256, tokens per split); None for the others
+        "corpus_manifest": dm.manifest(),
     }
 
 
