@@ -272,9 +272,9 @@ _SMALL = tile(16, 16, 4, 1)
 _FWD = TiledKernel("local_fwd", _local_fwd_kernel,
                    [tile(128, 64, 4, 3), tile(128, 64, 8, 3), tile(64, 64, 4, 3)], _SMALL, _KEY)
 _DKDV = TiledKernel("local_dkdv", _local_bwd_dkdv_kernel,
-                    [tile(64, 64, 4, 2), tile(64, 128, 8, 2), tile(32, 64, 4, 3)], _SMALL, _KEY)
+                    [tile(64, 64, 4, 2), tile(32, 64, 4, 3)], _SMALL, _KEY)
 _DQ = TiledKernel("local_dq", _local_bwd_dq_kernel,
-                  [tile(64, 64, 4, 2), tile(128, 64, 8, 2), tile(64, 32, 4, 3)], _SMALL, _KEY)
+                  [tile(64, 64, 4, 2), tile(64, 32, 4, 3)], _SMALL, _KEY)
 
 
 def _grid(T, bh, rows="BLOCK_M"):
