@@ -17,7 +17,7 @@ Parts (each in its own try/except; rows go to OUT/<part>.csv as they finish, the
             (two bmm + permutation, as HazyResearch/fly's BlockdiagButterflyMultiply); peak memory of
             one fwd+bwd. GPT-2 small widths at M 2048/8192/16384/65536, Llama-3-8B widths at 2048/16384.
   sweep     nblocks 2/4/8/16 at the GPT-2 widths, M = 16384: graph fwd and fwd+bwd, kernels vs dense.
-  train     HF GPT2LMHeadModel (GPT-2 small, random init), dense vs flyweight.convert(monarch, nblocks=4)
+  train     HF GPT2LMHeadModel (GPT-2 small, random init), dense vs flyweight.convert(MonarchConfig(nblocks=4))
             on mlp+attn, torch.compile, bf16 autocast, fused AdamW, micro-batch 32 x 1024: tokens/s.
 The autotuner's picks go to OUT/tuning.json. Without CUDA everything runs at toy size on CPU (the kernels
 in the Triton interpreter, compile with aot_eager): a dry run that catches mistakes before GPU time.
@@ -398,7 +398,7 @@ def gpt2(kind: str, toy: bool):
     torch.manual_seed(0)
     model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
     if kind == "monarch":
-        flyweight.convert(model, "monarch", targets=("mlp", "attn_qkv", "attn_out"), nblocks=4)
+        flyweight.convert(model, flyweight.MonarchConfig(nblocks=4), target_modules=["mlp", "attn_qkv", "attn_out"])
         if not CUDA:
             for mod in model.modules():
                 if isinstance(mod, MonarchLinear):

@@ -13,7 +13,7 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
             nn.Linear against SS1 (Triton and PyTorch sketch), eager and compiled, fwd and fwd+bwd.
   tuning    each sketch tile candidate against the pick of ``tuning.config_for``.
   routes    compiled layer fwd+bwd with the sketch traced as PyTorch ops ("inductor") vs a triton_op.
-  train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(ss1, R = 4), torch.compile,
+  train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(SS1Config(compression=4)), torch.compile,
             fused AdamW, bf16 autocast, HF loss: tokens/s at micro-batch 16 and 32 x 1024.
   prefill   the same model in bf16, compiled, no_grad, 16 x 1024: tokens/s and host time per forward.
   decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model, two
@@ -321,7 +321,7 @@ def gpt2(kind: str, toy: bool):
     torch.manual_seed(0)
     model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
     if kind == "ss1":
-        flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
+        flyweight.convert(model, flyweight.SS1Config(compression=4), target_modules=["mlp", "attn_qkv", "attn_out"])
     return model
 
 
@@ -339,7 +339,7 @@ def llama(kind: str, toy: bool):
         config = LlamaConfig(vocab_size=32000, max_position_embeddings=512, **dims)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(torch.bfloat16)
     if kind == "ss1":
-        flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
+        flyweight.convert(model, flyweight.SS1Config(compression=4), target_modules=["mlp", "attn_qkv", "attn_out"])
     return model
 
 
