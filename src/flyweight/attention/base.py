@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from flyweight.utils.optional import HAS_TRITON, require_triton
+
 ATTENTION_KINDS: dict[str, type["Attention"]] = {}
 
 
@@ -186,13 +188,15 @@ def check_impl(impl: str) -> str:
 
 def use_kernel(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """impl 'triton': always (the kernel reports what it cannot take); 'auto': CUDA fp16/bf16 inputs
-    with head dims <= 256; 'torch': never."""
+    with head dims <= 256 where Triton is installed; 'torch': never."""
     if impl == "torch":
         return False
     if impl == "triton":
+        require_triton("attention impl='triton'")
         return True
     return (
-        q.is_cuda
+        HAS_TRITON
+        and q.is_cuda
         and q.dtype in KERNEL_DTYPES
         and k.dtype == q.dtype
         and v.dtype == q.dtype

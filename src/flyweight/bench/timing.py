@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from flyweight.utils.optional import HAS_TRITON
+
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
     """'auto' -> cuda when available else cpu; anything else as given (with a clear error)."""
@@ -55,7 +57,7 @@ def synchronize(device: torch.device) -> None:
 
 def time_us(fn: Callable[[], object], device: torch.device, *, budget_s: float = 0.2) -> float:
     """Median latency of ``fn()`` in microseconds, after warm-up."""
-    if device.type == "cuda":
+    if device.type == "cuda" and HAS_TRITON:
         import triton.testing
 
         ms = triton.testing.do_bench(fn, warmup=max(10, int(budget_s * 250)), rep=max(20, int(budget_s * 1000)),

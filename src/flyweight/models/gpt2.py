@@ -38,6 +38,7 @@ from flyweight.convert.surgery import convert, get_structure, is_linear_like, ma
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.linear.base import check_positive_int, validate_linear
 from flyweight.linear.config import make_config
+from flyweight.utils.optional import HAS_TRITON
 
 __all__ = [
     "DEFAULT_LINEAR",
@@ -182,7 +183,7 @@ def build_gpt2(
             raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
     if attention == "auto":  # the fastest available (see flyweight.train.fastpath)
         on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-        attention = "triton" if on_cuda else "sdpa"
+        attention = "triton" if on_cuda and HAS_TRITON else "sdpa"
     if attention not in ATTENTION_IMPLEMENTATIONS:  # checked before building, not after
         raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
