@@ -22,24 +22,23 @@ import torch
 from torch import nn
 
 from flyweight.utils.optional import HAS_TRITON, require_triton
+from flyweight.utils.registry import Registry
 
-ATTENTION_KINDS: dict[str, type["Attention"]] = {}
+ATTENTION_KINDS: Registry[type["Attention"]] = Registry("attention")
 
 
 def register_attention(name: str) -> Callable[[type], type]:
-    def deco(cls):
-        cls.kind = name
-        ATTENTION_KINDS[name] = cls
-        return cls
+    """Class decorator: ``make_attention(name, ...)`` builds this class (a name is registered once)."""
+    return ATTENTION_KINDS.register(name)
 
-    return deco
+
+def unregister_attention(name: str) -> None:
+    ATTENTION_KINDS.unregister(name)
 
 
 def make_attention(name: str, **kwargs) -> "Attention":
     """Build an attention variant by registry name (``window_size``, ``nb_features``, ``seed`` where used)."""
-    if name not in ATTENTION_KINDS:
-        raise ValueError(f"unknown attention {name!r}; valid: {', '.join(sorted(ATTENTION_KINDS))}")
-    cls = ATTENTION_KINDS[name]
+    cls = ATTENTION_KINDS.get_or_raise(name)
     try:
         return cls(**kwargs)
     except TypeError as err:

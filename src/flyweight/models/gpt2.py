@@ -179,8 +179,7 @@ def build_gpt2(
         if role not in role_list:
             raise ValueError(f"kinds: role {role!r} is not among the converted roles {role_list}")
     for k in {kind, *kinds.values()}:
-        if k not in LINEAR_KINDS:
-            raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+        LINEAR_KINDS.get_or_raise(k)
     if attention == "auto":  # the fastest available (see flyweight.train.fastpath)
         on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         attention = "triton" if on_cuda and HAS_TRITON else "sdpa"
