@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from flyweight.bench.timing import device_name, env_tag, peak_memory_bytes, resolve_device, time_us
+from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
+from flyweight.utils.device import device_name, resolve_device
 from flyweight.linear import make_linear
+from flyweight.utils.dtypes import dtype_named
 
 LAYER_COLUMNS = [
     "device", "torch", "kind", "settings", "in_features", "out_features", "tokens", "dtype", "pass",
@@ -33,7 +35,6 @@ SHAPES: dict[str, list[tuple[int, int]]] = {
     "llama-8b": [(4096, 14336), (14336, 4096), (4096, 4096)],
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def parse_shapes(names: Iterable) -> list[tuple[int, int]]:
@@ -65,7 +66,7 @@ def _make(kind: str, k: int, n: int, settings: dict, dtype, device):
 def bench_layer(kind: str, settings: dict, k: int, n: int, tokens: int, dtype: str, pass_: str,
                 compile_: bool, device: torch.device, budget_s: float = 0.2) -> dict:
     """One row: latency, TFLOP/s and memory of one layer configuration."""
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = dtype_named(dtype)
     layer = _make(kind, k, n, settings, torch_dtype, device)
     fn_layer = torch.compile(layer) if compile_ else layer
     x = torch.randn(tokens, k, device=device, dtype=torch_dtype)

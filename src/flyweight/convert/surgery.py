@@ -46,19 +46,20 @@ DEFAULT_TARGETS = ("mlp", "attn_qkv", "attn_out")
 DEFAULT_SS1_SEED = 1024
 
 
-def _conv1d_class():
+def conv1d_class():
+    """Hugging Face GPT-2's ``Conv1D`` (imported on first use: transformers is slow to import)."""
     from transformers.pytorch_utils import Conv1D
 
     return Conv1D
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, _conv1d_class(), StructuredLinear))
+    return isinstance(module, (nn.Linear, conv1d_class(), StructuredLinear))
 
 
 def dense_view(module: nn.Module) -> tuple[int, int, torch.Tensor, torch.Tensor | None]:
     """(in_features, out_features, weight in nn.Linear (out, in) layout, bias) of a linear layer."""
-    if isinstance(module, _conv1d_class()):
+    if isinstance(module, conv1d_class()):
         # Conv1D computes x @ W + b with W of shape (in, out): the Linear weight is W^T.
         in_features, out_features = module.weight.shape
         return in_features, out_features, module.weight.detach().t(), module.bias
@@ -86,7 +87,7 @@ def describe_modules(named: list[tuple[str, nn.Module]]) -> str:
 
 
 def _sizes(mod: nn.Module) -> tuple[int, int]:
-    if isinstance(mod, _conv1d_class()):
+    if isinstance(mod, conv1d_class()):
         return tuple(mod.weight.shape)  # type: ignore[return-value]
     return mod.in_features, mod.out_features
 

@@ -21,6 +21,7 @@ its dense equivalent (see ``flyweight.convert.init``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -209,7 +210,7 @@ def build_gpt2(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.device(device) if device is not None else _nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext():
             model = GPT2LMHeadModel(config)
         # Group roles by kind; "dense" roles keep GPT-2's own Conv1D layers.
         by_kind: dict[str, list[str]] = {}
@@ -241,14 +242,6 @@ def build_gpt2(
             "linear": linear or {}, **dims,
         }
     return model
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _gpt2_init_(model: nn.Module) -> None:

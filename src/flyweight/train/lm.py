@@ -25,8 +25,10 @@ from flyweight.data.datamodule import DataConfig, LMDataModule, accumulation
 from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
 from flyweight.train.progress import StepProgressBar
-from flyweight.train.module import LMModule, build_model, seed_all
+from flyweight.train.module import LMModule, build_model
 from flyweight.train.optim import OptimConfig
+from flyweight.utils.config_dict import plain_config
+from flyweight.utils.rng import seed_all
 
 MODES = ("train", "eval")
 
@@ -77,14 +79,6 @@ def resolve_fused_loss(value, accelerator: str, loss_chunk) -> bool:
     if value == "auto":
         return accelerator == "gpu" and not loss_chunk
     raise ValueError(f"trainer.fused_loss must be true, false or auto, got {value!r}")
-
-
-def _plain(cfg) -> dict:
-    if isinstance(cfg, Mapping) and not hasattr(cfg, "_metadata"):
-        return dict(cfg)
-    from omegaconf import OmegaConf  # only for Hydra configs; plain dicts never import it
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _dataclass_from(cls, values: Mapping | None, group: str):
@@ -214,7 +208,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
 
     from flyweight.models.gpt2 import model_flops_per_token, save_structured
 
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     _quiet_lightning()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,7 +386,7 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
 
     from flyweight.models.gpt2 import model_flops_per_token
 
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     _quiet_lightning()
     out = Path(out_dir)
     if not cfg.get("ckpt"):
