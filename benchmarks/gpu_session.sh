@@ -71,7 +71,7 @@ run_mfu() {  # dense GPT-2 small: micro-batch search, vocabulary padding, dropou
     --pad-vocab 64,0 --dropout 0.0,0.1 --batch-start 32 --batch-max 128 --steps 15 --warmup-steps 3 > "$R/mfu.log" 2>&1
 }
 
-run_fused() {  # session 3: the fused LM loss and the Triton attention, alone and in the dense training step
+run_fused() {  # the fused LM loss and the Triton attention, alone and in the dense training step
   local B="python3 benchmarks/gpt2_train_gpu.py --kinds dense --pad-vocab 64 --dropout 0.0 --steps 15 --warmup-steps 3"
   local T="$B --part throughput --out $R/mfu_gpu$1"
   if [ "$1" = 0 ]; then
@@ -87,7 +87,7 @@ run_fused() {  # session 3: the fused LM loss and the Triton attention, alone an
   fi
 }
 
-if [ "$phase" = refresh ]; then  # session 3, after 'fused': every kind at dense's best setting; the stale tables again
+if [ "$phase" = refresh ]; then  # after the fused phase: every kind at dense's best setting; the stale tables again
   (export CUDA_VISIBLE_DEVICES=0 FLYWEIGHT_SS1_AUTOTUNE_CACHE=$R/ss1_autotune_gpu0.json
    timeout 260 python3 benchmarks/gpt2_train_gpu.py --part throughput --kinds dense,ss1,lowrank,monarch --pad-vocab 64 \
      --dropout 0.0 --steps 15 --warmup-steps 3 --batch-sizes 128 --fused-loss --sdpa-backend triton --out "$R/kinds" > "$R/kinds.log" 2>&1

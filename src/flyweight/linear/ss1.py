@@ -1,4 +1,4 @@
-"""SS1 (Sketch Structured Transform, NeurIPS 2024) as a drop-in nn.Linear; see SPEC-SS1.md.
+"""SS1 (Sketch Structured Transform, NeurIPS 2024) as a drop-in nn.Linear; the operator: docs/ss1-kernels.md.
 
 The spec's weight Wc has in_features / R columns: output block pn reads input r = (k*R + c)*BK + s
 through column k*BK + (s - h(pn, k, c)) mod BK, so the R chunks of a supergroup share one rotated

@@ -61,7 +61,7 @@ GPT2_SIZES = {
     "large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
 }
 GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
-# The seed's settings for each kind (SPEC-MODELS.md): SS1 R=4, Monarch b=4, low-rank f=8.
+# The default settings of each kind (docs/training.md, the wt103/* experiments): SS1 R=4, Monarch b=4, low-rank f=8.
 DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
     "dense": {},
     "ss1": {"compression": 4},

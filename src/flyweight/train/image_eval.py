@@ -1,4 +1,4 @@
-"""ImageNet evaluation of T2T-ViT with a chosen token-transformer attention (the seed's experiment).
+"""ImageNet evaluation of T2T-ViT with a chosen token-transformer attention.
 
 ``python run.py experiment=imagenet-t2tvit-eval model/t2tattn_cfg=sblocal datamodule.data_dir=/imagenet
 eval.ckpt=81.7_T2T_ViTt_14.pth.tar``: ImageFolder over ``data_dir/val``, resize 248 bicubic / center-crop
