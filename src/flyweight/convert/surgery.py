@@ -27,12 +27,11 @@ from torch import nn
 
 from flyweight.convert.roles import (
     OUTPUT_ROLES,
-    ROLE_PRESETS,
     detect_family,
-    expand_role,
     is_pattern,
     matches,
     role_of,
+    role_patterns,
     select_targets,
 )
 from flyweight.linear import StructuredLinear, linear_class
@@ -191,15 +190,7 @@ def _resolve(
         if is_pattern(entry) or entry in names:  # a pattern, or the exact name of a top-level module
             patterns: tuple[str, ...] = (entry,)
         else:
-            roles = expand_role(entry)
-            if family is None:
-                model_type = getattr(getattr(model, "config", None), "model_type", None)
-                raise ValueError(
-                    f"{what}: role {entry!r} needs a known model family (presets: "
-                    f"{', '.join(ROLE_PRESETS)}), and model_type={model_type!r} matched none; "
-                    f"pass name patterns instead. Linear modules:\n{describe_modules(named)}"
-                )
-            patterns = tuple(p for r in roles for p in ROLE_PRESETS[family].get(r, ()))
+            patterns = role_patterns(entry, family, model, describe_modules(named))
         hits = [n for n in names if any(matches(p, n) for p in patterns)]
         if not hits:
             raise ValueError(
