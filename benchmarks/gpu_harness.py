@@ -1,4 +1,5 @@
-"""What every GPU benchmark script here shares: the output folder and budget, and the timers.
+"""What every GPU benchmark script here shares: the output folder and budget, the timers, the GPT-2 under
+test and the part-based command line.
 
     from gpu_harness import CUDA, DEV, Run, graph_us, host_us, hf_gpt2, part_parser, run_parts, sync, time_us
 
