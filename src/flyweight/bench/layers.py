@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
 from flyweight.utils.device import device_name, resolve_device
-from flyweight.linear import make_linear
+from flyweight.linear import linear_class, make_linear
 from flyweight.utils.dtypes import dtype_named
 
 LAYER_COLUMNS = [
@@ -56,10 +56,7 @@ def settings_label(settings: dict) -> str:
 
 
 def _make(kind: str, k: int, n: int, settings: dict, dtype, device):
-    settings = dict(settings)
-    if kind == "ss1":
-        block = settings.get("compression", 4) * settings.get("block_k", 32)
-        settings.setdefault("pad", k % block != 0)  # GPT-2 XL widths need padding for SS1
+    settings = linear_class(kind).settings_for(k, n, settings)  # e.g. SS1 pads GPT-2 XL's widths
     return make_linear(kind, k, n, dtype=dtype, device=device, **settings)
 
 

@@ -157,6 +157,12 @@ class StructuredLinear(nn.Module):
         """Project a dense (out, in) weight onto this structure (bias copied)."""
         raise NotImplementedError
 
+    @classmethod
+    def settings_for(cls, in_features: int, out_features: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` completed with what this kind needs to take these sizes, for callers that sweep
+        sizes (the layer benchmark); a kind with such a rule overrides it (SS1: padding). A copy."""
+        return dict(settings)
+
     # ---- bookkeeping: the one place parameters and FLOPs are counted ------------------------
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
