@@ -77,6 +77,30 @@ def _tokenize_text_corpus(tmp, files: dict[str, bytes], **corpus_kwargs):
         tokenize_split(corpus, split, tok, tmp / "cache", progress=False)
 
 
+def _lm(tmp, **groups):
+    """check_lm_config of the tiny "lm" config with ``groups`` merged in: nothing is read or built."""
+    from _lm_helpers import tiny_lm_cfg
+
+    from flyweight.train.validate import check_lm_config
+
+    cfg = tiny_lm_cfg(tmp / "corpus", tmp / "tok", tmp / "cache")
+    for group, values in groups.items():
+        cfg[group].update(values)
+    check_lm_config(cfg)
+
+
+def _short_val_split(tmp):
+    """A val split of ~700 tokens under windows of 1024: it was skipped ("val": null, exit 0)."""
+    from _lm_helpers import tiny_lm_cfg, write_wikitext
+
+    from flyweight.train.lm import train_lm
+
+    cfg = tiny_lm_cfg(write_wikitext(tmp / "wt", sizes=(40, 3, 3)), make_tokenizer(tmp / "tok"), tmp / "cache",
+                      model={"n_positions": 1024}, data={"max_length": 1024, "global_batch_size": 2,
+                                                         "micro_batch_size": 2})
+    train_lm(cfg, tmp / "run")
+
+
 TEXT = "\n\n".join(" ".join(p) for _, p in synthetic_articles(30)).encode()
 
 CASES = [
@@ -124,6 +148,27 @@ CASES = [
      r"corpus\.txt hold\(s\) no text"),
     ("val-fraction-0", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": TEXT}, val_fraction=0.0), ValueError,
      r"split 'val' of corpus 'text' has no tokens.*data\.val_fraction"),
+    # the "lm" config at the door (train_lm / eval_lm run it before any data is read)
+    ("lm-micro-batch-0", lambda tmp: _lm(tmp, data={"micro_batch_size": 0}), ValueError,
+     r"data\.micro_batch_size=0: must be an integer >= 1 or auto; for example data\.micro_batch_size=8"),
+    ("lm-max-steps-negative", lambda tmp: _lm(tmp, trainer={"max_steps": -1}), ValueError,
+     r"trainer\.max_steps=-1: must be an integer >= 1 \(or null\); for example trainer\.max_steps=1000"),
+    ("lm-max-length-over-n-positions", lambda tmp: _lm(tmp, data={"max_length": 128}), ValueError,
+     r"data\.max_length=128: must be <= model\.n_positions=64 .*for example data\.max_length=64"),
+    ("lm-n-layer-0", lambda tmp: _lm(tmp, model={"n_layer": 0}), ValueError, r"n_layer must be a positive integer, got 0"),
+    ("lm-ss1-compression-3", lambda tmp: _lm(tmp, model={"kind": "ss1", "linear": {"compression": 3}}), ValueError,
+     r"kind 'ss1' with settings \{'compression': 3\} cannot build .*compression must be a power of two"),
+    ("lm-misspelt-layer-setting", lambda tmp: _lm(tmp, model={"kind": "ss1", "linear": {"compresion": 4}}),
+     (TypeError, ValueError), r"compresion.*did you mean 'compression'"),
+    ("lm-precision-unknown", lambda tmp: _lm(tmp, trainer={"precision": "fp16"}), ValueError,
+     r"trainer\.precision='fp16': must be one of auto, .*16-mixed.*; for example trainer\.precision=bf16-mixed"),
+    ("lm-resume-missing-file", lambda tmp: _lm(tmp, trainer={"resume": str(tmp / "no.ckpt")}), ValueError,
+     r"trainer\.resume='.*no\.ckpt': must be auto .*never, or an existing \.ckpt file"),
+    ("lm-global-batch-0", lambda tmp: _lm(tmp, data={"global_batch_size": 0}), ValueError,
+     r"data\.global_batch_size=0: must be an integer >= 1"),
+    ("lm-lr-0", lambda tmp: _lm(tmp, optim={"lr": 0}), ValueError, r"optim\.lr=0: must be a number > 0"),
+    ("lm-val-split-shorter-than-a-window", _short_val_split, ValueError,
+     r"the val split of data\.corpus=wikitext103 has \d+ tokens, fewer than one window of data\.max_length=1024"),
     ("non-utf8-corpus", lambda tmp: _tokenize_text_corpus(tmp, {"corpus.txt": TEXT + "caf\u00e9".encode("latin-1")}),
      ValueError, r"corpus\.txt is not UTF-8 text: byte 0xe9 at offset \d+"),
 ]
@@ -245,6 +290,18 @@ def test_build_gpt2_checks_layer_settings_before_building(monkeypatch):
     with pytest.raises(ValueError, match=r"kind 'ss1' with settings \{'compression': 3\} cannot build mlp\.c_fc "
                                          r"\(768->3072, role mlp\): compression must be a power of two"):
         build_gpt2("small", kind="ss1", linear={"compression": 3}, device="meta")
+
+
+def test_train_lm_checks_the_model_before_reading_any_data(tmp_path):
+    from _lm_helpers import tiny_lm_cfg, write_wikitext
+
+    from flyweight.train.lm import train_lm
+
+    cfg = tiny_lm_cfg(write_wikitext(tmp_path / "wt"), make_tokenizer(tmp_path / "tok"), tmp_path / "cache",
+                      kind="ss1", linear={"compression": 3})
+    with pytest.raises(ValueError, match="compression must be a power of two"):
+        train_lm(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing tokenized or written
 
 
 def test_lowrank_rank_replaces_the_default_compression():

@@ -117,3 +117,29 @@ def test_bad_compare_settings_fail_before_any_work(tmp_path, override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         run_task(cfg, tmp_path / "out")
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "cache").exists()  # nothing trained or tokenized
+
+
+def test_every_setting_that_changes_a_result_is_in_the_folder_hash(tmp_path):
+    """issue 15 item 7: a re-run with another compare.inference reused the old timings under the new labels."""
+    from flyweight.bench.compare import compare_dir
+
+    cfg = OmegaConf.to_container(tiny_compare_cfg(tmp_path, "compare.dir=null"), resolve=True)
+    base = compare_dir(cfg)
+
+    def changed(path, value):
+        c = json.loads(json.dumps(cfg))
+        *parents, key = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[key] = value
+        return compare_dir(c)
+
+    for path, value in [("compare.inference.batch", 2), ("compare.inference.dtype", "bfloat16"),
+                        ("compare.inference.seq_len", 32), ("compare.timing", "log"), ("compare.evals", 5),
+                        ("trainer.precision", "bf16-mixed"), ("data.max_length", 16), ("seed", 7),
+                        ("optim.lr", 1e-3), ("model.n_positions", 64)]:
+        assert changed(path, value) != base, path
+    for path, value in [("compare.progress_bar", True), ("compare.budget_s", 60), ("compare.keep_checkpoints", True),
+                        ("trainer.progress_bar", True), ("trainer.max_time", 5.0)]:
+        assert changed(path, value) == base, path  # how the command runs, not what it measures

@@ -38,6 +38,8 @@ ALLOWED = {
 KNOWN_BACK_EDGES = {
     ("convert", "bench"): "convert(..., auto=True) reads the measured speed table of bench.autoselect",
     ("convert", "models"): "checkpoint.load_structured re-installs GPT-2's padded vocabulary head",
+    ("train", "configs"): "train.validate fills the model group's defaults from configs.schema.ModelConfig, "
+                          "which lives beside the Hydra schema instead of beside build_gpt2",
 }
 
 

@@ -128,8 +128,10 @@ def test_wandb_config_wiring(monkeypatch, tmp_path):
             "experiment=tiny-lm", "trainer.wandb=true", "trainer.wandb_project=proj", "trainer.wandb_name=run1",
             "trainer.wandb_offline=true"])
     assert off.trainer.wandb is False
-    assert [type(lg).__name__ for lg in _loggers(tmp_path, _dataclass_from(TrainerConfig, off.trainer, "trainer"))] \
-        == ["CSVLogger", "TensorBoardLogger"]
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    plain = _loggers(tmp_path, _dataclass_from(TrainerConfig, off.trainer, "trainer"))
+    assert len(plain) == 2 and isinstance(plain[0], CSVLogger) and isinstance(plain[1], TensorBoardLogger)
 
     made = []
 

@@ -35,6 +35,7 @@ from flyweight.bench.report import write_report
 from flyweight.utils.config_dict import plain_config
 from flyweight.utils.device import device_name, resolve_device
 from flyweight.utils.dtypes import LOW_PRECISION, dtype_named
+from flyweight.utils.io import atomic_write_json, atomic_write_text, remove_stale_temps
 
 COMPARE_KEYS = {
     "dir": "output folder (null: runs/compare/<hash of every setting that changes a result>)",
@@ -297,20 +298,19 @@ def _load() -> float | None:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2)  # beside the target, fsynced, renamed: complete or absent
 
 
 def _read_result(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        print(f"[compare] {path} is unreadable ({type(err).__name__}); running the variant again")
+        print(f"[compare] {path} is unreadable ({type(err).__name__}: {err}); computing it again")
         return None
+    if not isinstance(data, dict):
+        print(f"[compare] {path} holds a {type(data).__name__}, not a result; computing it again")
+        return None
+    return data
 
 
 def prune(vdir: Path, keep: tuple[str, ...] = ()) -> None:
@@ -327,6 +327,7 @@ def run_variant(cfg: dict, variant: dict, vdir: Path, steps: int | None, device:
     from flyweight.train.lm import train_lm
 
     done = vdir / "result.json"
+    remove_stale_temps(vdir)  # a killed write's result.json.<host>-<pid>.<random>.tmp
     if done.exists():
         row = _read_result(done)
         if row is not None:
@@ -420,7 +421,8 @@ def run(cfg, out_dir) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     from omegaconf import OmegaConf
 
-    (root / "resolved_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    remove_stale_temps(root)
+    atomic_write_text(root / "resolved_config.yaml", OmegaConf.to_yaml(OmegaConf.create(plain)))
     steps = budget_steps(plain)
     deadline = time.monotonic() + float(c["budget_s"]) if c.get("budget_s") else None
     reserve = float(c.get("reserve_s") or 0)

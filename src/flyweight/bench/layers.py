@@ -17,9 +17,10 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
-from flyweight.utils.device import device_name, resolve_device
 from flyweight.linear import linear_class, make_linear
+from flyweight.utils.device import device_name, resolve_device
 from flyweight.utils.dtypes import dtype_named
+from flyweight.utils.io import atomic_write
 
 LAYER_COLUMNS = [
     "device", "torch", "kind", "settings", "in_features", "out_features", "tokens", "dtype", "pass",
@@ -120,7 +121,7 @@ def run_layer_grid(kinds: dict[str, list[dict]], shapes: list[tuple[int, int]], 
 
 def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:

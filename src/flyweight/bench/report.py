@@ -17,6 +17,8 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flyweight.utils.io import atomic_path, atomic_write, atomic_write_text
+
 REPORT_COLUMNS = [
     "variant", "kind", "settings", "params", "block_params", "flops_per_token", "val_ppl", "test_ppl",
     "ppl_at_equal_time", "time_to_dense_ppl", "train_tokens_per_s", "train_tokens_per_s_p25",
@@ -205,7 +207,7 @@ def csv_row(r: dict) -> dict:
 
 
 def write_results_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=REPORT_COLUMNS)
         w.writeheader()
         for r in rows:
@@ -277,7 +279,8 @@ def _save(plt, fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # complete or absent, like every file of the report
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -403,5 +406,5 @@ def write_report(rows: list[dict], out_dir: str | Path, meta: dict) -> dict[str,
         lines[lines.index("## Run") - 1:lines.index("## Run") - 1] = [
             "", f"Also evaluated on {extra[0]['extra_eval']['corpus']} test: "
                 + ", ".join(f"{r['variant']} {r['extra_eval']['test_ppl']:,.2f}" for r in extra) + ".", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     return {"report": out / "report.md", "csv": out / "results.csv", **plots, "series": series}

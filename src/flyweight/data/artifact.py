@@ -29,6 +29,7 @@ from pathlib import Path
 from flyweight.data.build import built_manifest, corpus_dir
 from flyweight.data.corpora import SPLITS, Corpus
 from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, cache_root, fetch, sha256_file
+from flyweight.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 FORMAT = 1
 # LZMA2 at preset 6 with 2-byte alignment (lp=1, pb=1: tokens are uint16): ~2.3x on GPT-2 token streams;
@@ -107,9 +108,8 @@ def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.tar"
-    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
     index: dict[str, dict] = {}
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+    with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
         _add_bytes(tf, "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode(), index)
         for fname, path in tok_files.items():
             _add_bytes(tf, f"tokenizer/{fname}", path.read_bytes(), index)
@@ -130,9 +130,8 @@ def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
         info = tarfile.TarInfo("artifact.json")
         info.size, info.mtime = len(data), 0
         tf.addfile(info, io.BytesIO(data))
-    tmp.replace(target)
     digest = sha256_file(target)
-    (out / f"{name}.tar.sha256").write_text(f"{digest}  {target.name}\n")
+    atomic_write_text(out / f"{name}.tar.sha256", f"{digest}  {target.name}\n")
     print(f"[flyweight] wrote {target} ({target.stat().st_size / 2**20:.2f} MiB, sha256 {digest})", file=sys.stderr)
     return target
 
@@ -190,7 +189,7 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
         for fname, target in targets.items():
             data = _member(tf, f"tokenizer/{fname}", index, file)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            atomic_write_bytes(target, data)
         with _cache_env(root):
             tok = load_tokenizer(spec)
         for text, ids in header["tokenizer"]["check"]:
@@ -209,19 +208,17 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
                                     f"{info['sha256']}. Fix: copy the artifact again")
             bin_path, meta_path = cache_paths(corpus, split, tok, root / "tokens")
             bin_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = bin_path.with_name(f"{bin_path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(bin_path)
+            atomic_write_bytes(bin_path, data)
             meta = {"version": CACHE_VERSION, "dtype": dtype.name, "n_tokens": info["n_tokens"], "sha256": got,
                     "corpus": name, "corpus_fingerprint": manifest["fingerprint"], "split": split,
                     "tokenizer": tok.name, "tokenizer_fingerprint": tok.fingerprint,
                     "documents": manifest["splits"][split]["documents"], "from_artifact": file.name}
-            meta_path.write_text(json.dumps(meta, indent=1))
+            atomic_write_json(meta_path, meta)
         text = json.dumps(manifest, indent=1, ensure_ascii=False)
         folder = corpus_dir(name, root)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "manifest.json").write_text(text, encoding="utf-8")
-        (bin_path.parent / "manifest.json").write_text(text, encoding="utf-8")
+        atomic_write_text(folder / "manifest.json", text)
+        atomic_write_text(bin_path.parent / "manifest.json", text)
     print(f"[flyweight] unpacked corpus {name} ({manifest['fingerprint']}) into {root}: "
           + ", ".join(f"{s} {manifest['splits'][s]['tokens']:,} tokens" for s in SPLITS)
           + f". Use it with FLYWEIGHT_CACHE={root} ... data={name}", file=sys.stderr)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from flyweight.data.corpora import make_corpus
@@ -117,8 +118,11 @@ class LMDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         ds = self.windows[split]
         bs = self.cfg.eval_batch_size or self.cfg.micro_batch_size
+        # a private generator: a DataLoader iterator draws its base seed from the global torch RNG otherwise,
+        # so an evaluation moved the training's dropout stream, and a run resumed from a checkpoint taken just
+        # before an evaluation (which it does not repeat) drew other masks than the uninterrupted run
         return DataLoader(ds, batch_sampler=eval_batches(len(ds), bs, rank, world),
-                          num_workers=self.cfg.num_workers)
+                          num_workers=self.cfg.num_workers, generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")

@@ -143,7 +143,7 @@ def _causal_lowrank_kernel(
 
 
 _FWD = TiledKernel("causal_lowrank_fwd", _causal_lowrank_kernel,
-                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2)],
+                   [tile(64, 64, 8, 2), tile(32, 32, 4, 2)],
                    tile(16, 16, 4, 1), ["T", "D", "DV", "MF", "HAS_PAD", "WINDOW"])
 
 

@@ -268,9 +268,9 @@ _SUFFIX = TiledKernel("causal_lowrank_suffix", _suffix_sums_kernel,
                       [tile(32, None, 8, 1), tile(64, None, 8, 1)], tile(16, None, 4, 1),
                       ["T", "D", "DV", "MF", "WINDOW"])
 _DQ = TiledKernel("causal_lowrank_dq", _causal_lowrank_dq_kernel,
-                  [tile(32, 32, 8, 1), tile(64, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
+                  [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
 _DKDV = TiledKernel("causal_lowrank_dkdv", _causal_lowrank_dkdv_kernel,
-                    [tile(32, 32, 8, 1), tile(32, 64, 8, 1)], tile(16, 16, 4, 1), _KEYS)
+                    [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
 
 
 def _s3(x):

@@ -153,7 +153,7 @@ def _performer_bwd_key_kernel(
 
 
 _QUERY = TiledKernel("performer_bwd_query", _performer_bwd_query_kernel,
-                     [tile(32, None, 8, 2), tile(16, None, 4, 2), tile(64, None, 8, 2)], tile(16, None, 4, 1),
+                     [tile(16, None, 4, 2), tile(32, None, 8, 2), tile(64, None, 8, 2)], tile(16, None, 4, 1),
                      ["T", "D", "DV", "MF"])
 _KEY = TiledKernel("performer_bwd_key", _performer_bwd_key_kernel,
                    [tile(None, 32, 8, 1), tile(None, 16, 4, 1), tile(None, 64, 8, 1)], tile(None, 16, 4, 1),

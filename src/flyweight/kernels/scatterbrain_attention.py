@@ -119,7 +119,7 @@ def _sblocal_fwd_kernel(
 # fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live on chip: small tiles for large m; 128-row query
 # tiles halve the per-query cost of recomputing the window's key features, if the registers allow it
 _FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
-                   [tile(64, 32, 8, 2), tile(64, 64, 8, 2), tile(32, 32, 4, 2), tile(128, 32, 8, 2)],
+                   [tile(64, 64, 8, 2), tile(32, 32, 4, 2), tile(128, 32, 8, 2)],
                    tile(16, 16, 4, 1),
                    ["T", "D", "DV", "MF", "HAS_PAD"])
 

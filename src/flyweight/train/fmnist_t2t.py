@@ -27,6 +27,7 @@ from flyweight.data.images import load_fashion_mnist, upscale_batch
 from flyweight.models.t2t_vit import T2TViT, T2TViTConfig
 from flyweight.models.t2t_vit_checkpoint import load_t2t_vit, save_t2t_vit
 from flyweight.train.image_eval import evaluate, summarize_seeds
+from flyweight.utils.io import atomic_write, atomic_write_text
 
 TABLE_COLUMNS = [
     "dataset",
@@ -144,7 +145,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         )
         result["train"] = train(fm, model, train_x, train_y, device, mean, std)
         save_t2t_vit(ckpt, model.state_dict(), model.cfg)
-        train_log.write_text(json.dumps(result["train"], indent=2) + "\n")
+        atomic_write_text(train_log, json.dumps(result["train"], indent=2) + "\n")
         print(f"[fmnist] saved {ckpt}")
 
     rows = []
@@ -205,7 +206,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
 
 def write_table(rows: list[dict], results_dir: Path, result: dict, name: str = "t2t_fmnist") -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
-    with open(results_dir / f"{name}.csv", "w", newline="") as f:
+    with atomic_write(results_dir / f"{name}.csv", "w") as f:
         writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -241,4 +242,4 @@ def write_table(rows: list[dict], results_dir: Path, result: dict, name: str = "
             f"| {r['variant']} | {r['budget']} | {r['settings']} | {acc} | {memory} | {flops} "
             f"| {r['images_per_s']:.0f} |"
         )
-    (results_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(results_dir / f"{name}.md", "\n".join(lines) + "\n")

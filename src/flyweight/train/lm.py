@@ -22,12 +22,16 @@ from typing import Any
 import torch
 
 from flyweight.data.datamodule import DataConfig, LMDataModule, accumulation
+from flyweight.train.checkpoints import AtomicCheckpointIO, open_checkpoint, resume_point
+from flyweight.train.logs import trim_csv
 from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
 from flyweight.train.progress import StepProgressBar
 from flyweight.train.module import LMModule, build_model
 from flyweight.train.optim import OptimConfig
+from flyweight.train.validate import check_lm_config
 from flyweight.utils.config_dict import plain_config
+from flyweight.utils.io import atomic_write_text, remove_stale_temps
 from flyweight.utils.rng import seed_all
 
 MODES = ("train", "eval")
@@ -58,7 +62,8 @@ class TrainerConfig:
     max_micro_batch: int = 128         # largest micro-batch data.micro_batch_size=auto may pick
     memory_fraction: float = 0.85      # micro_batch_size=auto on CUDA: the probe's share of GPU memory
     label: str | None = None           # the progress bar's name for this run (compare: the variant)
-    resume: str | None = None          # a .ckpt path, or "auto": <out_dir>/checkpoints/last.ckpt
+    resume: str | None = "auto"        # auto: the newest readable <out_dir>/checkpoints/*.ckpt (none: fresh);
+                                       # never (or null): start fresh; or a .ckpt path
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
     record_indices: bool = False       # write the window indices each rank trained on (tests)
@@ -159,6 +164,12 @@ def _setup(cfg: dict, out_dir: Path, splits: tuple[str, ...]):
     world = devices * int(tcfg.num_nodes)
     seed = int(cfg.get("seed", 1111))
     dm = LMDataModule(dcfg, seed=seed).load(splits + (("test",) if tcfg.eval_test else ()))
+    for split, windows in dm.windows.items():  # an evaluation of no window used to report "val": null
+        if len(windows) == 0:
+            raise ValueError(
+                f"the {split} split of data.corpus={dcfg.corpus} has {len(windows.tokens)} tokens, fewer than one "
+                f"window of data.max_length={dcfg.max_length}; lower data.max_length or give the split more text"
+                + (" (data.val_fraction / data.test_fraction)" if split != "train" else ""))
     return tcfg, dcfg, accelerator, devices, world, seed, dm
 
 
@@ -187,10 +198,13 @@ def _require_wandb() -> None:
                           "or leave trainer.wandb=false (CSV and TensorBoard logs are always written)")
 
 
-def _loggers(out_dir: Path, tcfg: TrainerConfig | None = None, cfg: dict | None = None):
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+def _loggers(out_dir: Path, tcfg: TrainerConfig | None = None, cfg: dict | None = None, resume_step: int = 0):
+    from lightning.pytorch.loggers import TensorBoardLogger
 
-    loggers = [CSVLogger(str(out_dir), name="logs", version="csv"),
+    from flyweight.train.logs import ResumableCSVLogger
+
+    # Lightning's CSV step column counts from 0: a run resumed at step S logs S next
+    loggers = [ResumableCSVLogger(str(out_dir), name="logs", version="csv", keep_below=resume_step),
                TensorBoardLogger(str(out_dir), name="logs", version="tb", default_hp_metric=False)]
     if tcfg is not None and tcfg.wandb:
         _require_wandb()
@@ -202,6 +216,28 @@ def _loggers(out_dir: Path, tcfg: TrainerConfig | None = None, cfg: dict | None 
     return loggers
 
 
+def resume_command(out: Path) -> str | None:
+    """Under Hydra, when ``out`` is the run's own folder: the command line that continues this run
+    (Hydra picks a new timestamped folder per command, so a plain re-run would start over elsewhere)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        hc = HydraConfig.get()
+        if Path(hc.runtime.output_dir).resolve() != Path(out).resolve():
+            return None
+        overrides = [o for o in hc.overrides.task if not o.startswith(("hydra.run.dir=", "trainer.resume="))]
+    except Exception:  # no Hydra run: nothing to print
+        return None
+    import shlex
+    import sys
+
+    prog = Path(sys.argv[0]).name
+    prog = f"python {prog}" if prog.endswith(".py") else prog
+    return " ".join([prog, *map(shlex.quote, overrides), shlex.quote(f"hydra.run.dir={Path(out).resolve()}")])
+
+
 def train_lm(cfg, out_dir: str | Path) -> dict | None:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -209,6 +245,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     from flyweight.models.gpt2 import model_flops_per_token, save_structured
 
     cfg = plain_config(cfg)
+    check_lm_config(cfg, "train")  # the whole config, before any data is read or model built
     _quiet_lightning()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,20 +285,30 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
     peak = float(tcfg.peak_tflops) * 1e12 if tcfg.peak_tflops else (peak_flops() if accelerator == "gpu" else None)
     compile_on = resolve_compile(tcfg.compile, accelerator)
     deadline = time.monotonic() + float(tcfg.max_time) if tcfg.max_time else None
+    ckpt_dir = out / "checkpoints"
+    # what killed writers left beside their targets (checkpoint temps can be GBs); then the resume point
+    for folder in (out, ckpt_dir, out / "model"):
+        for stale in remove_stale_temps(folder):
+            _say(f"[flyweight] removed {stale}, left by an interrupted write")
+    resume, resume_step, resume_why = resume_point(tcfg.resume, ckpt_dir)
+    if _rank_zero():  # the per-step logs keep the steps before the resume point; the resumed run appends
+        trim_csv(out / "steps.csv", resume_step + 1)
+        trim_csv(out / "evals.csv", resume_step + 1)
     module = LMModule(model, ocfg, warmup, total, flops_per_token=flops, peak_flops=peak, compile=compile_on,
                       compile_mode=tcfg.compile_mode, loss_chunk=tcfg.loss_chunk, fused_loss=fused_loss,
                       steps_csv=out / "steps.csv", evals_csv=out / "evals.csv",
                       tokens_per_step=dcfg.global_batch_size * dcfg.max_length, deadline=deadline,
                       record_indices=tcfg.record_indices, label=tcfg.label,
-                      deadline_ckpt=out / "checkpoints" / "last.ckpt")
+                      deadline_ckpt=ckpt_dir / "last.ckpt", precision=_precision(tcfg, accelerator),
+                      ckpt_dir=ckpt_dir if tcfg.ckpt_every_n_steps else None)
 
-    ckpt_dir = out / "checkpoints"
     callbacks = []
     if tcfg.ckpt_every_n_steps:
         callbacks.append(ModelCheckpoint(
             dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
             every_n_train_steps=int(tcfg.ckpt_every_n_steps), save_top_k=int(tcfg.keep_checkpoints),
-            monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False))
+            monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False,
+            enable_version_counter=False))  # one run per folder: last.ckpt is replaced, never last-v1.ckpt
     val_every = int(tcfg.val_every_n_steps or 0)
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=int(tcfg.num_nodes),
@@ -271,22 +318,24 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         gradient_clip_val=tcfg.grad_clip or None, gradient_clip_algorithm="norm",
         # validation every val_every optimizer steps (counted in micro-batches); never when 0
         check_val_every_n_epoch=None, val_check_interval=(val_every * accum) if val_every else stop * accum + 1,
-        num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg),
+        num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg, resume_step),
+        plugins=[AtomicCheckpointIO()],  # checkpoints written beside their target and renamed (checkpoints.py)
         callbacks=callbacks + ([StepProgressBar(tcfg.label)] if tcfg.progress_bar else []),
         enable_checkpointing=bool(callbacks), log_every_n_steps=max(1, int(tcfg.log_every_n_steps)),
         use_distributed_sampler=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), deterministic=tcfg.deterministic,
     )
-    resume = tcfg.resume
-    if resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        resume = str(last) if last.exists() else None
+    if resume is not None:
+        resume = str(resume)
     _say(f"[flyweight] {dcfg.corpus}: {len(dm.windows['train'])} train windows of {dcfg.max_length} tokens; "
          f"{total} steps of {dcfg.global_batch_size} sequences ({devices}x{int(tcfg.num_nodes)} devices x micro "
          f"{dcfg.micro_batch_size} x accumulation {accum}), warmup {warmup}; {micro_why}; "
          f"compile {'on' if compile_on else 'off'}, fused loss {'on' if fused_loss else 'off'}, attention "
          f"{module.model.config._attn_implementation}, precision {_precision(tcfg, accelerator)}"
-         + (f", stopping at step {stop}" if stop < total else "") + (f"; resuming from {resume}" if resume else ""))
+         + (f", stopping at step {stop}" if stop < total else "") + f"; {resume_why}")
+    hint = resume_command(out)
+    if hint:
+        _say(f"[flyweight] if this run is interrupted, the same run folder continues it: {hint}")
 
     if accelerator == "gpu":
         torch.cuda.reset_peak_memory_stats()
@@ -305,7 +354,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
 
     rank = trainer.global_rank
     if tcfg.record_indices:
-        (out / f"seen_indices_rank{rank}.json").write_text(json.dumps(
+        atomic_write_text(out / f"seen_indices_rank{rank}.json", json.dumps(
             {"rank": rank, "indices": module.seen_indices, "params_sha256": params_sha(module.model)}))
     peak_memory = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
     if module.eval_results.get("val", {}).get("step") != trainer.global_step:  # not evaluated at the last step yet
@@ -369,7 +418,7 @@ def load_checkpoint_model(ckpt: str | Path, model_cfg: dict, vocab_size: int, se
         raise FileNotFoundError(f"ckpt={path} does not exist (give a run's checkpoints/*.ckpt or its model/ folder)")
     if path.is_dir():
         return load_structured(path), None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = open_checkpoint(path, mmap=False)  # an empty/truncated file: an error naming it (and a readable one)
     weights = state.get("state_dict", state)
     weights = {k.removeprefix("model."): v for k, v in weights.items()}
     model = build_model(_match_vocab_rows(model_cfg, weights, vocab_size), vocab_size, seed=seed)
@@ -391,6 +440,7 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
     out = Path(out_dir)
     if not cfg.get("ckpt"):
         raise ValueError("mode=eval needs ckpt=PATH (a run's checkpoints/*.ckpt or its model/ folder)")
+    check_lm_config(cfg, "eval")
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("val",))
     if dcfg.micro_batch_size in ("auto", None) and not dcfg.eval_batch_size:
         dcfg.eval_batch_size = 16  # evaluation holds no gradients: no probe needed for a safe batch

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from flyweight.train.finite import check_finite_loss
 from flyweight.train.metrics import NextTokenNLL, mfu, perplexity
 from flyweight.train.optim import OptimConfig, make_optimizer, make_scheduler
 from flyweight.utils.rng import capture_rng, restore_rng
@@ -40,7 +41,8 @@ class LMModule(L.LightningModule):
                  steps_csv: str | Path | None = None, record_indices: bool = False, compile_mode: str | None = None,
                  loss_chunk: int | None = None, fused_loss: bool = False, tokens_per_step: int | None = None,
                  evals_csv: str | Path | None = None, deadline: float | None = None, label: str | None = None,
-                 deadline_ckpt: str | Path | None = None):
+                 deadline_ckpt: str | Path | None = None, precision: str | None = None,
+                 ckpt_dir: str | Path | None = None):
         super().__init__()
         self.model = model
         self.optim_cfg = optim
@@ -56,6 +58,9 @@ class LMModule(L.LightningModule):
         self.deadline = deadline
         self.deadline_ckpt = Path(deadline_ckpt) if deadline_ckpt else None
         self.label = label  # the progress bar's name for this run (e.g. the comparison variant)
+        # for the message when the loss stops being finite (finite.py)
+        self.precision_name = precision
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.stopped_by_deadline = False
         # training seconds so far (steps only: no validation, no compilation), carried across resumes
         self.train_seconds = 0.0
@@ -113,6 +118,12 @@ class LMModule(L.LightningModule):
         # one optimizer step = all micro-batches of the accumulation: report their mean loss
         step = self.global_step + 1
         loss = (self._loss_sum / max(1, self._loss_batches)).item()
+        bad = not math.isfinite(loss)
+        if self.trainer.world_size > 1:  # every rank stops together (one rank raising alone would hang the rest)
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            check_finite_loss(loss if not math.isfinite(loss) else float("nan"), step, self.precision_name,
+                              self.ckpt_dir, optimizer.param_groups[0]["lr"])
         tokens = self._step_tokens * self.trainer.world_size
         now = time.perf_counter()
         if self._last_step_time is not None:
@@ -139,13 +150,19 @@ class LMModule(L.LightningModule):
         util = mfu(self.flops_per_token, tps, self.peak, self.trainer.world_size) if self.flops_per_token else None
         lr = optimizer.param_groups[0]["lr"]
         self.log("loss", loss, prog_bar=True, logger=False)
-        self.log("train/loss", loss, logger=True)
-        self.log("train/lr", lr, logger=True)
+        metrics = {"train/loss": loss, "train/lr": lr}
         if self._tps_ema is not None:
             self.log("tok/s", self._tps_ema, prog_bar=True, logger=False)
-            self.log("train/tokens_per_s", tps, logger=True)
+            metrics["train/tokens_per_s"] = tps
         if util is not None and math.isfinite(util):
-            self.log("mfu", util, prog_bar=True, logger=True)
+            self.log("mfu", util, prog_bar=True, logger=False)
+            metrics["mfu"] = util
+        # to the loggers now, not through self.log: Lightning hands logged values to the loggers only after
+        # the step's callbacks, i.e. after ModelCheckpoint has saved this step, so a kill in between lost the
+        # step's row for good (the resumed run starts after it). Step column as Lightning's: from 0.
+        if self.trainer.loggers and step % max(1, self.trainer.log_every_n_steps) == 0:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=step - 1)
         if self.steps_csv is not None and self.trainer.is_global_zero:
             new = not self.steps_csv.exists()
             with open(self.steps_csv, "a", newline="") as f:

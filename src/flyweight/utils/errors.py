@@ -15,7 +15,15 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+
+
+class UserFacingError(Exception):
+    """An error whose message is the whole story (e.g. training diverged: the step, the checkpoint, the
+    likely cause) although it is not a bad value; printed like the others."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+                                                 UserFacingError)
 USAGE_EXIT_STATUS = 2
 
 
