@@ -3,7 +3,7 @@
 Run on the GPU machine (the project need not be installed; needs torch, triton, numpy only):
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/approx_attention_gpu.py --out OUTDIR [--smoke]
-        [--budget-s 300] [--parts numerics,timing,t2t,causal]
+        [--budget-s 300] [--parts numerics,timing,t2t,causal] [--lengths 1024,4096,16384,65536]
 
 Parts (each in its own try/except; a failure is logged with its traceback and the next part runs):
 
@@ -230,7 +230,7 @@ def peak_mib(fn, dev):
 
 
 def timing(args, dev, rows, budget, causal):
-    Ts = [200] if args.smoke else [1024, 4096, 16384, 65536]
+    Ts = [200] if args.smoke else [int(t) for t in args.lengths.split(",")]
     w, m = (16, 16) if args.smoke else (256, 256)
     B, H, E = (1, 2, 16) if args.smoke else (1, 12, 64)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -371,6 +371,7 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny sizes (< 90 s): catches errors")
     p.add_argument("--budget-s", type=float, default=300.0, help="no new measurement after this many seconds")
     p.add_argument("--parts", default="numerics,timing,t2t,causal")
+    p.add_argument("--lengths", default="1024,4096,16384,65536", help="T of the timing and causal parts")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     if args.smoke:  # one tile per kernel: a smoke run catches errors, it does not tune

@@ -270,6 +270,21 @@ def test_auto_uses_the_kernel_only_for_cuda_half_precision(monkeypatch):
         make_attention("local", impl="cuda")
 
 
+def test_auto_keeps_training_in_unchecked_dtypes_on_the_pytorch_path():
+    """impl='auto' on CUDA: the kernels for inference in fp16 and bf16 and for training in fp16; a bf16
+    backward goes through the PyTorch path until its kernels pass the GPU numerics check."""
+    from flyweight.attention.base import auto_picks_kernel
+
+    for dtype in (torch.float16, torch.bfloat16):
+        assert auto_picks_kernel(True, dtype, True, 64, needs_grad=False)
+    assert auto_picks_kernel(True, torch.float16, True, 64, needs_grad=True)
+    assert not auto_picks_kernel(True, torch.bfloat16, True, 64, needs_grad=True)
+    assert not auto_picks_kernel(False, torch.float16, True, 64, needs_grad=False)  # CPU
+    assert not auto_picks_kernel(True, torch.float32, True, 64, needs_grad=False)
+    assert not auto_picks_kernel(True, torch.float16, False, 64, needs_grad=False)  # mixed dtypes
+    assert not auto_picks_kernel(True, torch.float16, True, 512, needs_grad=False)  # head dim > 256
+
+
 def test_kernel_errors_name_the_fix(monkeypatch):
     from flyweight.kernels import local_attention as LA
 
