@@ -1,6 +1,7 @@
-"""What every GPU benchmark script here shares: the output folder and budget, and the timers.
+"""What every GPU benchmark script here shares: the output folder and budget, the timers, the GPT-2 under
+test and the part-based command line.
 
-    from gpu_harness import CUDA, DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us
+    from gpu_harness import CUDA, DEV, Run, graph_us, host_us, hf_gpt2, part_parser, run_parts, sync, time_us
 
 Import it after setting ``TRITON_INTERPRET`` (it imports triton). Without CUDA the timers fall back to
 short wall-clock loops, so a script's CPU dry run exercises the same code.
@@ -8,8 +9,10 @@ short wall-clock loops, so a script's CPU dry run exercises the same code.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
+import json
 import os
 import time
 import traceback
@@ -137,3 +140,98 @@ def poison() -> None:
 def rel_err(a, ref) -> float:
     """max |a - ref| / max |ref|, in float64."""
     return ((a.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+# ---- whole models --------------------------------------------------------------------------------
+BLOCK_TARGETS = ["mlp", "attn_qkv", "attn_out"]
+
+
+def hf_gpt2(toy_dims: dict | None, config=None):
+    """Hugging Face GPT-2 small (or the toy of ``toy_dims``), random init from seed 0, SDPA attention,
+    on DEV; with a flyweight typed ``config``, its block linears converted to that kind."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import flyweight
+
+    cfg = GPT2Config(**toy_dims) if toy_dims else GPT2Config()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
+    if config is not None:
+        flyweight.convert(model, config, target_modules=BLOCK_TARGETS)
+    return model
+
+
+def adamw_step(compiled, opt, ids):
+    """One training step of a causal LM under bf16 autocast; returns the loss."""
+
+    def step():
+        with torch.autocast(DEV.type, dtype=torch.bfloat16):
+            loss = compiled(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def time_steps(step, steps: int, after_warmup=None):
+    """(seconds of the first call, which compiles; seconds per step over ``steps`` timed calls after one
+    more warm call; the last call's result). ``after_warmup()`` runs just before the timed calls."""
+    t = time.time()
+    step()
+    sync()
+    first_s = time.time() - t
+    step()
+    sync()
+    if after_warmup is not None:
+        after_warmup()
+    t = time.perf_counter()
+    for _ in range(steps):
+        out = step()
+    sync()
+    return first_s, (time.perf_counter() - t) / steps, out
+
+
+# ---- a script's command line and its parts ---------------------------------------------------------
+def part_parser(doc: str, parts: tuple[str, ...], budget_s: float) -> argparse.ArgumentParser:
+    """--out, --smoke, --budget-s and --parts, the options every part-based script takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--smoke", action="store_true", help="every part at its smallest size (< 90 s)")
+    p.add_argument("--budget-s", type=float, default=budget_s)
+    p.add_argument("--parts", default=",".join(parts))
+    return p
+
+
+def chosen_parts(p: argparse.ArgumentParser, args, parts: tuple[str, ...]) -> list[str]:
+    chosen = [s.strip() for s in args.parts.split(",") if s.strip()]
+    unknown = set(chosen) - set(parts)
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}; valid: {','.join(parts)}")
+    return chosen
+
+
+def write_env(out: str, args, **extra) -> dict:
+    """env.json in ``out``: the device, the versions of torch / triton / transformers / Python, the
+    arguments, and ``extra``; returned as a dict."""
+    import platform
+
+    import transformers
+
+    env = {"gpu": torch.cuda.get_device_name() if CUDA else f"cpu ({platform.processor() or platform.machine()})",
+           "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
+           "python": platform.python_version(), "args": vars(args), **extra}
+    with open(os.path.join(out, "env.json"), "w") as f:
+        json.dump(env, f, indent=1)
+    return env
+
+
+def run_parts(run: Run, parts: tuple[str, ...], chosen: list[str], plan: dict) -> None:
+    """Each chosen part in the order of ``parts``; ``plan[name] = (fn, seconds it needs)``."""
+    for name in parts:
+        if name in chosen:
+            fn, need = plan[name]
+            with run.part(name, need) as go:
+                if go:
+                    fn()

@@ -17,7 +17,7 @@ Parts (each in its own try/except; rows go to OUT/<part>.csv as they finish, the
             (two bmm + permutation, as HazyResearch/fly's BlockdiagButterflyMultiply); peak memory of
             one fwd+bwd. GPT-2 small widths at M 2048/8192/16384/65536, Llama-3-8B widths at 2048/16384.
   sweep     nblocks 2/4/8/16 at the GPT-2 widths, M = 16384: graph fwd and fwd+bwd, kernels vs dense.
-  train     HF GPT2LMHeadModel (GPT-2 small, random init), dense vs flyweight.convert(monarch, nblocks=4)
+  train     HF GPT2LMHeadModel (GPT-2 small, random init), dense vs flyweight.convert(MonarchConfig(nblocks=4))
             on mlp+attn, torch.compile, bf16 autocast, fused AdamW, micro-batch 32 x 1024: tokens/s.
 The autotuner's picks go to OUT/tuning.json. Without CUDA everything runs at toy size on CPU (the kernels
 in the Triton interpreter, compile with aot_eager): a dry run that catches mistakes before GPU time.
@@ -25,13 +25,11 @@ in the Triton interpreter, compile with aot_eager): a dry run that catches mista
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -59,7 +57,10 @@ _early_autotune_flag()
 
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
-from gpu_harness import DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us  # noqa: E402
+from gpu_harness import (  # noqa: E402
+    DEV, Run, adamw_step, chosen_parts, graph_us, hf_gpt2, host_us, part_parser, poison, rel_err, run_parts, sync,
+    time_steps, time_us, write_env,
+)
 
 import flyweight  # noqa: E402
 from flyweight.kernels.monarch import monarch_meta, tuning  # noqa: E402
@@ -392,13 +393,9 @@ def sweep(run: Run) -> None:
 
 # ---- GPT-2 small training through Hugging Face --------------------------------------------------
 def gpt2(kind: str, toy: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(n_layer=1, n_embd=64, n_head=2, n_positions=64) if toy else GPT2Config()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
+    model = hf_gpt2(dict(n_layer=1, n_embd=64, n_head=2, n_positions=64) if toy else None,
+                    flyweight.MonarchConfig(nblocks=4) if kind == "monarch" else None)
     if kind == "monarch":
-        flyweight.convert(model, "monarch", targets=("mlp", "attn_qkv", "attn_out"), nblocks=4)
         if not CUDA:
             for mod in model.modules():
                 if isinstance(mod, MonarchLinear):
@@ -424,28 +421,9 @@ def train_one(run: Run, kind: str, toy: bool) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
     compiled = torch.compile(model, backend=COMPILE_BACKEND)
     ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
-
-    def step():
-        with torch.autocast(DEV.type, dtype=torch.bfloat16):
-            loss = compiled(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    t = time.time()
-    step()
-    sync()
-    first_s = time.time() - t
-    step()
-    sync()
-    if CUDA:
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync()
-    tok_s = bs * seq * steps / (time.perf_counter() - t)
+    first_s, step_s, loss = time_steps(adamw_step(compiled, opt, ids), steps,
+                                       after_warmup=torch.cuda.reset_peak_memory_stats if CUDA else None)
+    tok_s = bs * seq / step_s
     peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
     run.row("train", {"model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind, "batch": bs, "seq": seq,
                       "tokens_per_s": round(tok_s), "ms_per_step": round(bs * seq / tok_s * 1e3, 1),
@@ -459,28 +437,13 @@ def train_one(run: Run, kind: str, toy: bool) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--smoke", action="store_true", help="every part at its smallest size (< 90 s)")
-    p.add_argument("--budget-s", type=float, default=330.0)
-    p.add_argument("--parts", default=",".join(PARTS))
+    p = part_parser(__doc__, PARTS, budget_s=330.0)
     p.add_argument("--autotune", choices=("0", "1"), default=None,
                    help="autotune the kernels (default: on, off with --smoke); read before import")
     args = p.parse_args()
-    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        p.error(f"unknown parts {sorted(unknown)}; valid: {','.join(PARTS)}")
+    parts = chosen_parts(p, args, PARTS)
     run = Run(args.out, args.budget_s, args.smoke)
-    import transformers
-
-    cpu = f"cpu ({platform.processor() or platform.machine()})"
-    env = {"gpu": torch.cuda.get_device_name() if CUDA else cpu,
-           "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(), "args": vars(args), "autotune": tuning.AUTOTUNE,
-           "compile_backend": COMPILE_BACKEND}
-    with open(os.path.join(args.out, "env.json"), "w") as f:
-        json.dump(env, f, indent=1)
+    env = write_env(args.out, args, autotune=tuning.AUTOTUNE, compile_backend=COMPILE_BACKEND)
     run.log(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, autotune {tuning.AUTOTUNE}")
     torch.backends.cuda.matmul.allow_tf32 = True
     toy = args.smoke or not CUDA
@@ -488,12 +451,7 @@ def main() -> None:
             "host": (lambda: host(run), 5), "layers": (lambda: layers(run), 20),
             "sweep": (lambda: sweep(run), 20),
             "train": (lambda: train(run), 20 if toy else 100)}
-    for name in PARTS:
-        if name in parts:
-            fn, need = plan[name]
-            with run.part(name, need) as go:
-                if go:
-                    fn()
+    run_parts(run, PARTS, parts, plan)
     with open(os.path.join(args.out, "tuning.json"), "w") as f:
         json.dump(tuning.chosen_configs(), f, indent=1)
     run.log("summary:\n  " + "\n  ".join(run.summary or ["(nothing to summarise)"]))

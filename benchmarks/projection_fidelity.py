@@ -42,6 +42,7 @@ import flyweight
 from flyweight.convert.pretrained import PretrainedUnavailable, load_minilm, load_smollm2, sotu_address
 from flyweight.convert.surgery import dense_view, linear_modules
 from flyweight.linear import MonarchLinear
+from flyweight.linear.config import DenseConfig, make_config
 from flyweight.models.gpt2 import num_parameters
 
 COLUMNS = [
@@ -67,7 +68,7 @@ def sentences(text: str, n: int) -> list[str]:
 # ---- budgets -------------------------------------------------------------------------------------
 def target_shapes(model, targets) -> list[tuple[int, int]]:
     probe = copy.deepcopy(model).to("meta")
-    report = flyweight.convert(probe, "dense", targets=targets)  # a dry run that resolves the targets
+    report = flyweight.convert(probe, DenseConfig(), target_modules=list(targets))  # a dry run: resolves the targets
     return [(c.in_features, c.out_features) for c in report.converted]
 
 
@@ -101,7 +102,7 @@ def project(original, scope, kind, settings):
     """A projected copy of ``original`` and its bookkeeping (weight error, params)."""
     model = copy.deepcopy(original)
     before = {n: dense_view(m)[2].clone() for n, m in linear_modules(model)}
-    report = flyweight.convert(model, kind, targets=SCOPES[scope], init="project", **settings)
+    report = flyweight.convert(model, make_config(kind, **settings), target_modules=list(SCOPES[scope]), init="project")
     err = total = 0.0
     for c in report.converted:
         w = before[c.name].double()

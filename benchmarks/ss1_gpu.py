@@ -13,7 +13,7 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
             nn.Linear against SS1 (Triton and PyTorch sketch), eager and compiled, fwd and fwd+bwd.
   tuning    each sketch tile candidate against the pick of ``tuning.config_for``.
   routes    compiled layer fwd+bwd with the sketch traced as PyTorch ops ("inductor") vs a triton_op.
-  train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(ss1, R = 4), torch.compile,
+  train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(SS1Config(compression=4)), torch.compile,
             fused AdamW, bf16 autocast, HF loss: tokens/s at micro-batch 16 and 32 x 1024.
   prefill   the same model in bf16, compiled, no_grad, 16 x 1024: tokens/s and host time per forward.
   decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model, two
@@ -29,10 +29,8 @@ with the aot_eager backend): a dry run that catches mistakes before GPU time is 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
-import json
 import math
 import os
 import platform
@@ -47,7 +45,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before flyweight's kernels are imported
 
 import triton  # noqa: E402
-from gpu_harness import CUDA, DEV, Run, graph_us, host_us, poison, rel_err, sync, time_us  # noqa: E402
+from gpu_harness import (  # noqa: E402
+    BLOCK_TARGETS, CUDA, DEV, Run, adamw_step, chosen_parts, graph_us, hf_gpt2, host_us, part_parser, poison, rel_err,
+    run_parts, sync, time_steps, time_us, write_env,
+)
 
 import flyweight  # noqa: E402
 from flyweight.bench.autoselect import user_table_path  # noqa: E402
@@ -315,14 +316,8 @@ def table(run: Run, shapes: dict) -> None:
 
 # ---- whole models -----------------------------------------------------------------------------
 def gpt2(kind: str, toy: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(n_layer=2, n_embd=128, n_head=4, n_positions=256) if toy else GPT2Config()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa").to(DEV)
-    if kind == "ss1":
-        flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
-    return model
+    return hf_gpt2(dict(n_layer=2, n_embd=128, n_head=4, n_positions=256) if toy else None,
+                   flyweight.SS1Config(compression=4) if kind == "ss1" else None)
 
 
 def llama(kind: str, toy: bool):
@@ -339,7 +334,7 @@ def llama(kind: str, toy: bool):
         config = LlamaConfig(vocab_size=32000, max_position_embeddings=512, **dims)
         model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa").to(torch.bfloat16)
     if kind == "ss1":
-        flyweight.convert(model, "ss1", targets=("mlp", "attn_qkv", "attn_out"), compression=4)
+        flyweight.convert(model, flyweight.SS1Config(compression=4), target_modules=BLOCK_TARGETS)
     return model
 
 
@@ -358,25 +353,8 @@ def train_one(run: Run, kind: str, toy: bool) -> None:
     for bs in batches:
         ids = torch.randint(0, model.config.vocab_size, (bs, seq), device=DEV)
         torch._dynamo.mark_dynamic(ids, 0)  # one compile for both micro-batches
-
-        def step():
-            with torch.autocast(DEV.type, dtype=torch.bfloat16):
-                loss = compiled(input_ids=ids, labels=ids).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        t = time.time()
-        step()
-        sync()
-        first_s = time.time() - t
-        step()
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        tok_s = bs * seq * steps / (time.perf_counter() - t)
+        first_s, step_s, _ = time_steps(adamw_step(compiled, opt, ids), steps)
+        tok_s = bs * seq / step_s
         run.row("models", {"part": "train", "model": "gpt2-small" if not toy else "gpt2-toy", "kind": kind,
                            "batch": bs, "seq": seq, "tokens_per_s": round(tok_s), "first_calls_s": round(first_s, 1)})
         run.log(f"train {kind} {bs}x{seq}: {tok_s:,.0f} tok/s (first step {first_s:.0f} s)")
@@ -473,25 +451,12 @@ def ratios(run: Run) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--smoke", action="store_true", help="every part at its smallest size (< 90 s)")
-    p.add_argument("--budget-s", type=float, default=420.0)
-    p.add_argument("--parts", default=",".join(PARTS))
+    p = part_parser(__doc__, PARTS, budget_s=420.0)
     p.add_argument("--install-table", action="store_true", help="copy the speed table to this GPU's lookup path")
     args = p.parse_args()
-    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        p.error(f"unknown parts {sorted(unknown)}; valid: {','.join(PARTS)}")
+    parts = chosen_parts(p, args, PARTS)
     run = Run(args.out, args.budget_s, args.smoke, columns={"models": MODEL_COLUMNS})
-    import transformers
-
-    env = {"gpu": torch.cuda.get_device_name() if CUDA else f"cpu ({platform.processor() or platform.machine()})",
-           "torch": torch.__version__, "triton": triton.__version__, "transformers": transformers.__version__,
-           "python": platform.python_version(), "args": vars(args), "compile_backend": COMPILE_BACKEND}
-    with open(os.path.join(args.out, "env.json"), "w") as f:
-        json.dump(env, f, indent=1)
+    env = write_env(args.out, args, compile_backend=COMPILE_BACKEND)
     run.log(f"{env['gpu']}, torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}")
     torch.backends.cuda.matmul.allow_tf32 = True
     toy = args.smoke or not CUDA
@@ -500,12 +465,7 @@ def main() -> None:
             "host": (lambda: host(run), 15), "tuning": (lambda: tuning(run), 10), "routes": (lambda: routes(run), 30),
             "train": (lambda: train(run), 120 if not toy else 20), "prefill": (lambda: prefill(run), 50 if not toy else 10),
             "decode": (lambda: decode(run), 200 if not toy else 25), "table": (lambda: table(run, shapes), 30)}
-    for name in PARTS:
-        if name in parts:
-            fn, need = plan[name]
-            with run.part(name, need) as go:
-                if go:
-                    fn()
+    run_parts(run, PARTS, parts, plan)
     ratios(run)
     rows = read_rows(run, "speed_table")
     if rows:

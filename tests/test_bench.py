@@ -3,7 +3,8 @@
 import torch
 
 from flyweight.bench.layers import LAYER_COLUMNS, bench_layer, parse_shapes, read_csv, run_layer_grid, write_csv
-from flyweight.bench.timing import env_tag, peak_memory_bytes, resolve_device, time_us
+from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
+from flyweight.utils.device import resolve_device
 
 CPU = torch.device("cpu")
 

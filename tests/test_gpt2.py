@@ -27,7 +27,7 @@ def tiny(kind, **kw):
     return build_gpt2("tiny", kind=kind, seed=0, **kw).eval()
 
 
-# ---- parameter counts of the seed's benchmark (SPEC-MODELS.md) -------------------------------
+# ---- parameter counts of the wt103/* experiments (docs/training.md) -------------------------------
 @pytest.mark.parametrize(
     "kind,expected_m", [("dense", 124.4), ("ss1", 60.7), ("monarch", 67.8), ("lowrank", 50.05)]
 )

@@ -225,3 +225,18 @@ def test_bad_feature_sizes(kind, bad):
 def test_monarch_bad_nblocks(nblocks):
     with pytest.raises(ValueError, match="nblocks"):
         MonarchLinear(8, 16, nblocks=nblocks)
+
+
+def test_each_kind_owns_its_size_rule_for_sweeps():
+    """settings_for: SS1 pads widths that are not a multiple of compression * block_k; others as given."""
+    from flyweight.bench.layers import _make
+
+    assert SS1Linear.settings_for(1600, 6400, {"compression": 4}) == {"compression": 4, "pad": True}
+    assert SS1Linear.settings_for(768, 3072, {"compression": 4}) == {"compression": 4, "pad": False}
+    assert SS1Linear.settings_for(96, 64, {})["pad"] is True  # the defaults: compression 4 x block_k 32 = 128
+    assert SS1Linear.settings_for(1600, 64, {"pad": False}) == {"pad": False}  # a given setting is kept
+    given = {"nblocks": 4}
+    assert LINEAR_KINDS["monarch"].settings_for(1600, 64, given) == given and LINEAR_KINDS["monarch"].settings_for(
+        1600, 64, given) is not given
+    layer = _make("ss1", 200, 64, {"compression": 2, "block_k": 32}, torch.float32, torch.device("cpu"))
+    assert layer.pad and layer(torch.randn(3, 200)).shape == (3, 64)

@@ -1,4 +1,4 @@
-"""SS1 against an independent, literal loop implementation of SPEC-SS1.md."""
+"""SS1 against an independent, literal loop implementation of the operator (docs/ss1-kernels.md)."""
 
 import pytest
 import torch

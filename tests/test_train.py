@@ -1,6 +1,6 @@
 """Training and evaluation of the GPT-2 language model: optimizer groups, schedule, overfitting for every
 linear kind, perplexity from sums, evaluation of checkpoints, exact resume after kill -9, and the
-seed's experiment configs."""
+wt103/* experiment configs."""
 
 import csv
 import json
@@ -186,7 +186,7 @@ def test_time_budget_stops_at_a_step_and_the_rerun_continues_the_same_curve(file
     assert 0 < float(evals[0]["train_seconds"]) <= float(evals[1]["train_seconds"]) <= float(evals[2]["train_seconds"])
 
 
-# ---- the seed's experiments ------------------------------------------------------------------------
+# ---- the wt103/* experiments --------------------------------------------------------------------------
 EXPERIMENTS = {
     f"wt103/{prefix}{suffix}": (size, kind)
     for prefix, size in (("gpt2", "small"), ("gpt2m", "medium"), ("gpt2l", "large"))

@@ -161,4 +161,4 @@ def test_experiment_configs_pad_on_gpu_runs_only():
     assert gpu.model.pad_vocab_to == 64 and cpu.model.pad_vocab_to is None and off.model.pad_vocab_to is None
     model = build_gpt2(**{k: v for k, v in gpu.model.items() if v is not None}, device="meta")
     assert isinstance(model.lm_head, PaddedVocabHead) and model.config.vocab_size == 50304
-    assert abs(num_parameters(model) / 1e6 - 60.7) <= 0.05  # the seed's SS1 count, padding not counted
+    assert abs(num_parameters(model) / 1e6 - 60.7) <= 0.05  # wt103/gpt2-ss1's SS1 count, padding not counted

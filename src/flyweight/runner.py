@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,6 @@ TASKS: dict[str, str] = {
 }
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def resolve_task(name: str):
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
@@ -49,7 +39,9 @@ def run_task(cfg: DictConfig, out_dir: str | Path) -> Any:
     out.mkdir(parents=True, exist_ok=True)
     fn = resolve_task(cfg.task)
     atomic_write_text(out / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    seed_everything(int(cfg.seed))
+    from flyweight.utils.rng import seed_all  # torch and numpy load with the task, not before
+
+    seed_all(int(cfg.seed))
     result = fn(cfg, out)
     if result is not None:
         atomic_write_text(out / "results.json", json.dumps(result, indent=2, default=str))

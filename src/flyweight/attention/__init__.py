@@ -10,6 +10,7 @@ from flyweight.attention.base import (
     AttentionCost,
     make_attention,
     register_attention,
+    unregister_attention,
 )
 from flyweight.attention.budget import matched_budget
 from flyweight.attention.full import FullAttention
@@ -28,4 +29,5 @@ __all__ = [
     "make_attention",
     "matched_budget",
     "register_attention",
+    "unregister_attention",
 ]

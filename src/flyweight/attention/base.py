@@ -21,23 +21,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-ATTENTION_KINDS: dict[str, type["Attention"]] = {}
+from flyweight.utils.optional import HAS_TRITON, require_triton
+from flyweight.utils.registry import Registry
+
+ATTENTION_KINDS: Registry[type["Attention"]] = Registry("attention")
 
 
 def register_attention(name: str) -> Callable[[type], type]:
-    def deco(cls):
-        cls.kind = name
-        ATTENTION_KINDS[name] = cls
-        return cls
+    """Class decorator: ``make_attention(name, ...)`` builds this class (a name is registered once)."""
+    return ATTENTION_KINDS.register(name)
 
-    return deco
+
+def unregister_attention(name: str) -> None:
+    ATTENTION_KINDS.unregister(name)
 
 
 def make_attention(name: str, **kwargs) -> "Attention":
     """Build an attention variant by registry name (``window_size``, ``nb_features``, ``seed`` where used)."""
-    if name not in ATTENTION_KINDS:
-        raise ValueError(f"unknown attention {name!r}; valid: {', '.join(sorted(ATTENTION_KINDS))}")
-    cls = ATTENTION_KINDS[name]
+    cls = ATTENTION_KINDS.get_or_raise(name)
     try:
         return cls(**kwargs)
     except TypeError as err:
@@ -202,12 +203,15 @@ def auto_picks_kernel(on_cuda: bool, dtype: torch.dtype, same_dtypes: bool, head
 
 
 def use_kernel(impl: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """impl 'triton': always (the kernel reports what it cannot take); 'auto': ``auto_picks_kernel``;
-    'torch': never."""
+    """impl 'triton': always (the kernel reports what it cannot take); 'auto': ``auto_picks_kernel``
+    where Triton is installed; 'torch': never."""
     if impl == "torch":
         return False
     if impl == "triton":
+        require_triton("attention impl='triton'")
         return True
+    if not HAS_TRITON:
+        return False
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     return auto_picks_kernel(q.is_cuda, q.dtype, k.dtype == q.dtype and v.dtype == q.dtype,
                              max(q.shape[-1], v.shape[-1]), needs_grad)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from flyweight.utils.optional import require_triton
+
 __all__ = ["CAUSAL_BATCH", "IMPLEMENTATIONS", "register", "use_attention"]
 
 CAUSAL_BATCH = "flyweight_causal_batch"  # forward keyword: every row is an unpadded causal window
@@ -81,6 +83,8 @@ def use_attention(model: nn.Module, attention: str) -> nn.Module:
     """Switch a Hugging Face model (in place) to ``attention`` ("sdpa" or "triton"); returns the model."""
     if attention not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+    if attention == "triton":
+        require_triton("attention='triton'")
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "_attn_implementation"):
         raise ValueError(f"use_attention needs a Hugging Face model with a config, got {type(model).__name__}")

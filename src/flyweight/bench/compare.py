@@ -14,6 +14,7 @@ are errors that name the valid ones.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -31,7 +32,9 @@ import torch
 
 from flyweight.bench.models import decode_ms_per_token, prefill_tokens_per_s
 from flyweight.bench.report import write_report
-from flyweight.bench.timing import device_name, resolve_device
+from flyweight.utils.config_dict import plain_config
+from flyweight.utils.device import device_name, resolve_device
+from flyweight.utils.dtypes import LOW_PRECISION, dtype_named
 from flyweight.utils.io import atomic_write_json, atomic_write_text, remove_stale_temps
 
 COMPARE_KEYS = {
@@ -54,14 +57,6 @@ BUDGET_KEYS = ("steps", "tokens")
 # settings that change how the command runs but not any number in the report
 NOT_IN_HASH = ("dir", "only", "budget_s", "reserve_s", "keep_checkpoints", "progress_bar")
 KEEP = ("result.json", "steps.csv", "evals.csv", "speeds.json")  # what the report reads from a finished variant
-
-
-def _plain(cfg) -> dict:
-    if isinstance(cfg, dict):
-        return copy.deepcopy(cfg)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 # ---- the config, checked as a whole before any work ------------------------------------------------
@@ -227,7 +222,7 @@ def _train_step_fn(model, cfg: dict, device: torch.device, micro: int):
     ids = torch.randint(0, model.get_input_embeddings().num_embeddings, (micro, seq), device=device)
     nll = NextTokenNLL(model)
     opt = make_optimizer(model, OptimConfig(lr=1e-6, fused=device.type == "cuda"))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     def step():
         with autocast:
@@ -239,24 +234,16 @@ def _train_step_fn(model, cfg: dict, device: torch.device, micro: int):
     return step, micro * seq
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def measure_speeds(model_dirs: dict[str, Path], micro: dict[str, int], cfg: dict, device: torch.device,
                    train: bool) -> dict[str, dict]:
     """Inference (and, with ``train``, training) speed of every final model, measured round-robin:
     each repeat times every variant once, so a change of machine load hits all variants alike instead of
     whichever happened to run then. Medians and quartiles over the repeats."""
-    from flyweight.bench.timing import synchronize
+    from flyweight.utils.device import synchronize
     from flyweight.models.gpt2 import load_structured
 
     inf = cfg["compare"]["inference"]
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[inf.get("dtype", "float32")]
+    dtype = dtype_named(inf.get("dtype", "float32"), "inference dtype", LOW_PRECISION)
     seq_len = int(inf.get("seq_len") or cfg["data"]["max_length"])
     budget = float(inf.get("budget_s", 0.3))
     repeats = max(1, int(inf.get("repeats") or 3))
@@ -426,7 +413,7 @@ def attach_speeds(rows: list[dict], root: Path, cfg: dict, device: torch.device)
 
 def run(cfg, out_dir) -> dict:
     """Hydra task ``compare``."""
-    plain = _plain(cfg)
+    plain = plain_config(cfg)
     variants = check_config(plain)  # before any work
     c = plain["compare"]
     device = resolve_device(plain.get("device", "auto"))

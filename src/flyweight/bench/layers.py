@@ -16,8 +16,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from flyweight.bench.timing import device_name, env_tag, peak_memory_bytes, resolve_device, time_us
-from flyweight.linear import make_linear
+from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
+from flyweight.linear import linear_class, make_linear
+from flyweight.utils.device import device_name, resolve_device
+from flyweight.utils.dtypes import dtype_named
 from flyweight.utils.io import atomic_write
 
 LAYER_COLUMNS = [
@@ -34,7 +36,6 @@ SHAPES: dict[str, list[tuple[int, int]]] = {
     "llama-8b": [(4096, 14336), (14336, 4096), (4096, 4096)],
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def parse_shapes(names: Iterable) -> list[tuple[int, int]]:
@@ -56,17 +57,14 @@ def settings_label(settings: dict) -> str:
 
 
 def _make(kind: str, k: int, n: int, settings: dict, dtype, device):
-    settings = dict(settings)
-    if kind == "ss1":
-        block = settings.get("compression", 4) * settings.get("block_k", 32)
-        settings.setdefault("pad", k % block != 0)  # GPT-2 XL widths need padding for SS1
+    settings = linear_class(kind).settings_for(k, n, settings)  # e.g. SS1 pads GPT-2 XL's widths
     return make_linear(kind, k, n, dtype=dtype, device=device, **settings)
 
 
 def bench_layer(kind: str, settings: dict, k: int, n: int, tokens: int, dtype: str, pass_: str,
                 compile_: bool, device: torch.device, budget_s: float = 0.2) -> dict:
     """One row: latency, TFLOP/s and memory of one layer configuration."""
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = dtype_named(dtype)
     layer = _make(kind, k, n, settings, torch_dtype, device)
     fn_layer = torch.compile(layer) if compile_ else layer
     x = torch.randn(tokens, k, device=device, dtype=torch_dtype)

@@ -10,9 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from flyweight.bench.layers import DTYPES, write_csv
-from flyweight.bench.timing import device_name, env_tag, peak_memory_bytes, resolve_device, synchronize, time_us
+from flyweight.bench.layers import write_csv
+from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
+from flyweight.utils.device import device_name, resolve_device, synchronize
 from flyweight.train.metrics import mfu, peak_flops
+from flyweight.utils.dtypes import dtype_named
 
 MODEL_COLUMNS = [
     "device", "torch", "model", "kind", "settings", "params", "dtype", "batch", "seq_len", "compile",
@@ -94,7 +96,7 @@ def bench_models(variants: list[dict], size: str, dtype: str, batch: int, seq_le
                  budget_s: float = 0.3) -> list[dict]:
     from flyweight.models.gpt2 import build_gpt2, model_flops_per_token, num_parameters
 
-    torch_dtype = DTYPES[dtype]
+    torch_dtype = dtype_named(dtype)
     rows = []
     for v in tqdm(variants, desc="models", unit="variant"):
         model = build_gpt2(size, kind=v["kind"], linear=v.get("linear"), dropout=0.0, seed=0,

@@ -7,7 +7,6 @@ seen by a dispatch mode (tensors only; the allocator's own overhead is not count
 
 from __future__ import annotations
 
-import platform
 import re
 import weakref
 from typing import Callable
@@ -15,30 +14,8 @@ from typing import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """'auto' -> cuda when available else cpu; anything else as given (with a clear error)."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} requested but CUDA is not available; use device=cpu or auto")
-    return device
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} x{torch.get_num_threads()}"
+from flyweight.utils.device import device_name, synchronize
+from flyweight.utils.optional import HAS_TRITON
 
 
 def env_tag(device: torch.device, dtype: str | None = None) -> str:
@@ -48,14 +25,9 @@ def env_tag(device: torch.device, dtype: str | None = None) -> str:
     return f"{tag}_{dtype}" if dtype else tag
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_us(fn: Callable[[], object], device: torch.device, *, budget_s: float = 0.2) -> float:
     """Median latency of ``fn()`` in microseconds, after warm-up."""
-    if device.type == "cuda":
+    if device.type == "cuda" and HAS_TRITON:
         import triton.testing
 
         ms = triton.testing.do_bench(fn, warmup=max(10, int(budget_s * 250)), rep=max(20, int(budget_s * 1000)),

@@ -20,13 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flyweight.convert.surgery import conv1d_class
 from flyweight.linear import StructuredLinear
-
-
-def _conv1d_class():
-    from transformers.pytorch_utils import Conv1D
-
-    return Conv1D
 
 
 @torch.no_grad()
@@ -34,7 +29,7 @@ def normal_init_(layer: nn.Module, std: float, generator: torch.Generator | None
     """Initialise ``layer`` so its dense equivalent has i.i.d.-like N(0, std^2) entries; zero bias."""
     if isinstance(layer, StructuredLinear):
         return layer.normal_init_(std, generator=generator)
-    if isinstance(layer, (nn.Linear, _conv1d_class())):
+    if isinstance(layer, (nn.Linear, conv1d_class())):
         layer.weight.normal_(0.0, std, generator=generator)
         if layer.bias is not None:
             layer.bias.zero_()

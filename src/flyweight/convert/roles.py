@@ -139,7 +139,9 @@ def is_role(entry: str) -> bool:
     return entry in ROLE_ALIASES or any(entry in family for family in ROLE_PRESETS.values())
 
 
-def _role_patterns(role: str, family: str | None, model, describe: str) -> tuple[str, ...]:
+def role_patterns(role: str, family: str | None, model, describe: str) -> tuple[str, ...]:
+    """The name patterns of a role (or alias) in ``family``'s preset; an error naming the fix when the
+    family is unknown or has none of the role's parts (``describe`` lists the model's linear modules)."""
     if family is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         raise ValueError(
@@ -162,7 +164,7 @@ def entry_matcher(entry: str, family: str | None, model, describe: str, *, list_
     if not isinstance(entry, str):
         raise TypeError(f"target entries must be strings (name, suffix, role or pattern), got {entry!r}")
     if is_role(entry):
-        patterns = _role_patterns(entry, family, model, describe)
+        patterns = role_patterns(entry, family, model, describe)
         return lambda name: any(matches(p, name) for p in patterns)
     if entry.startswith("re:"):
         return lambda name: re.fullmatch(entry[3:], name) is not None

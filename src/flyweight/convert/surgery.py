@@ -27,12 +27,11 @@ from torch import nn
 
 from flyweight.convert.roles import (
     OUTPUT_ROLES,
-    ROLE_PRESETS,
     detect_family,
-    expand_role,
     is_pattern,
     matches,
     role_of,
+    role_patterns,
     select_targets,
 )
 from flyweight.linear import StructuredLinear, linear_class
@@ -46,19 +45,20 @@ DEFAULT_TARGETS = ("mlp", "attn_qkv", "attn_out")
 DEFAULT_SS1_SEED = 1024
 
 
-def _conv1d_class():
+def conv1d_class():
+    """Hugging Face GPT-2's ``Conv1D`` (imported on first use: transformers is slow to import)."""
     from transformers.pytorch_utils import Conv1D
 
     return Conv1D
 
 
 def is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, _conv1d_class(), StructuredLinear))
+    return isinstance(module, (nn.Linear, conv1d_class(), StructuredLinear))
 
 
 def dense_view(module: nn.Module) -> tuple[int, int, torch.Tensor, torch.Tensor | None]:
     """(in_features, out_features, weight in nn.Linear (out, in) layout, bias) of a linear layer."""
-    if isinstance(module, _conv1d_class()):
+    if isinstance(module, conv1d_class()):
         # Conv1D computes x @ W + b with W of shape (in, out): the Linear weight is W^T.
         in_features, out_features = module.weight.shape
         return in_features, out_features, module.weight.detach().t(), module.bias
@@ -86,7 +86,7 @@ def describe_modules(named: list[tuple[str, nn.Module]]) -> str:
 
 
 def _sizes(mod: nn.Module) -> tuple[int, int]:
-    if isinstance(mod, _conv1d_class()):
+    if isinstance(mod, conv1d_class()):
         return tuple(mod.weight.shape)  # type: ignore[return-value]
     return mod.in_features, mod.out_features
 
@@ -190,15 +190,7 @@ def _resolve(
         if is_pattern(entry) or entry in names:  # a pattern, or the exact name of a top-level module
             patterns: tuple[str, ...] = (entry,)
         else:
-            roles = expand_role(entry)
-            if family is None:
-                model_type = getattr(getattr(model, "config", None), "model_type", None)
-                raise ValueError(
-                    f"{what}: role {entry!r} needs a known model family (presets: "
-                    f"{', '.join(ROLE_PRESETS)}), and model_type={model_type!r} matched none; "
-                    f"pass name patterns instead. Linear modules:\n{describe_modules(named)}"
-                )
-            patterns = tuple(p for r in roles for p in ROLE_PRESETS[family].get(r, ()))
+            patterns = role_patterns(entry, family, model, describe_modules(named))
         hits = [n for n in names if any(matches(p, n) for p in patterns)]
         if not hits:
             raise ValueError(

@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from flyweight.data import dedup as dedup_mod
 from flyweight.data.corpora import SPLITS, Corpus, split_indices
 from flyweight.data.fetch import cache_root
@@ -134,7 +132,7 @@ def _tokenize_split(docs: list[tuple[str, str, str]], tokenizer, bin_path: Path,
     """Write the split's token stream in ``tokens.py``'s cache format; tokens per source."""
     from tqdm.auto import tqdm
 
-    from flyweight.data.tokens import BATCH_DOCS, CACHE_VERSION, token_dtype
+    from flyweight.data.tokens import BATCH_DOCS, CACHE_VERSION, token_dtype, write_token_ids
 
     dtype = token_dtype(tokenizer.vocab_size)
     bin_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,13 +146,7 @@ def _tokenize_split(docs: list[tuple[str, str, str]], tokenizer, bin_path: Path,
             encoded = tokenizer.encode_batch([text for _, _, text in batch])
             for (name, _, _), ids in zip(batch, encoded, strict=True):
                 per_source[name] = per_source.get(name, 0) + len(ids)
-            arr = np.asarray([i for ids in encoded for i in ids], dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
-                raise ValueError(f"token id {arr.max()} does not fit {dtype.name}")
-            data = arr.astype(dtype).tobytes()
-            f.write(data)
-            h.update(data)
-            n_tokens += arr.size
+            n_tokens += write_token_ids(f, h, encoded, dtype)
             bar.update(len(batch))
     atomic_write_text(meta_path, json.dumps({"version": CACHE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
                                             "sha256": h.hexdigest(), **meta, "documents": len(docs)}, indent=1))

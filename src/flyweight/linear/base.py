@@ -10,7 +10,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-LINEAR_KINDS: dict[str, type["StructuredLinear"]] = {}
+from flyweight.utils.registry import Registry
+
+LINEAR_KINDS: Registry[type["StructuredLinear"]] = Registry("linear kind", "valid kinds")
 
 
 def register_linear(kind: str) -> Callable[[type["StructuredLinear"]], type["StructuredLinear"]]:
@@ -21,10 +23,7 @@ def register_linear(kind: str) -> Callable[[type["StructuredLinear"]], type["Str
     def wrap(cls: type["StructuredLinear"]) -> type["StructuredLinear"]:
         from flyweight.linear.config import CONFIG_CLASSES, derive_config_class
 
-        if kind in LINEAR_KINDS:
-            raise ValueError(f"linear kind {kind!r} is registered twice")
-        cls.kind = kind
-        LINEAR_KINDS[kind] = cls
+        LINEAR_KINDS.register(kind)(cls)
         if kind not in CONFIG_CLASSES:
             derive_config_class(cls)
         return cls
@@ -36,17 +35,12 @@ def unregister_linear(kind: str) -> None:
     """Remove a kind (and its derived config) from the registry, e.g. a kind defined in a test."""
     from flyweight.linear.config import CONFIG_CLASSES
 
-    LINEAR_KINDS.pop(kind, None)
-    CONFIG_CLASSES.pop(kind, None)
+    LINEAR_KINDS.unregister(kind)
+    CONFIG_CLASSES.unregister(kind)
 
 
 def linear_class(kind: str) -> type["StructuredLinear"]:
-    try:
-        return LINEAR_KINDS[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown linear kind {kind!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}"
-        ) from None
+    return LINEAR_KINDS.get_or_raise(kind)
 
 
 def make_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any):
@@ -162,6 +156,12 @@ class StructuredLinear(nn.Module):
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, **kwargs: Any):
         """Project a dense (out, in) weight onto this structure (bias copied)."""
         raise NotImplementedError
+
+    @classmethod
+    def settings_for(cls, in_features: int, out_features: int, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` completed with what this kind needs to take these sizes, for callers that sweep
+        sizes (the layer benchmark); a kind with such a rule overrides it (SS1: padding). A copy."""
+        return dict(settings)
 
     # ---- bookkeeping: the one place parameters and FLOPs are counted ------------------------
     def num_parameters(self) -> int:

@@ -19,11 +19,14 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from flyweight.utils.registry import Registry
+
 CONFIG_FILE = "flyweight_linear_config.json"
 # constructor arguments that belong to each layer, not to the structure
 _PER_LAYER_ARGS = ("self", "in_features", "out_features", "bias", "device", "dtype")
 
-CONFIG_CLASSES: dict[str, type["LinearConfig"]] = {}
+# the typed config of each kind; unknown kinds are reported with the layer registry's names (config_class)
+CONFIG_CLASSES: Registry[type["LinearConfig"]] = Registry("linear config", "valid kinds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +106,7 @@ def _checked_fields(cls: type[LinearConfig], data: dict[str, Any]) -> dict[str, 
 def register_config(kind: str):
     """Class decorator: the typed config of ``kind`` (the layer class itself registers separately)."""
 
-    def wrap(cls: type[LinearConfig]) -> type[LinearConfig]:
-        cls.kind = kind
-        CONFIG_CLASSES[kind] = cls
-        return cls
-
-    return wrap
+    return CONFIG_CLASSES.register(kind)
 
 
 def derive_config_class(layer_cls: type) -> type[LinearConfig]:

@@ -1,4 +1,4 @@
-"""SS1 (Sketch Structured Transform, NeurIPS 2024) as a drop-in nn.Linear; see SPEC-SS1.md.
+"""SS1 (Sketch Structured Transform, NeurIPS 2024) as a drop-in nn.Linear; the operator: docs/ss1-kernels.md.
 
 The spec's weight Wc has in_features / R columns: output block pn reads input r = (k*R + c)*BK + s
 through column k*BK + (s - h(pn, k, c)) mod BK, so the R chunks of a supergroup share one rotated
@@ -13,6 +13,7 @@ stored Wc would: checkpoints written by either load into the other bit for bit.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -173,6 +174,16 @@ class SS1Linear(StructuredLinear):
         self.weight.normal_(0.0, std, generator=generator)
         self._zero_bias()
         return self
+
+    @classmethod
+    def settings_for(cls, in_features: int, out_features: int, settings: dict) -> dict:
+        """``pad=True`` (unless given) where ``in_features`` is not a multiple of compression * block_k."""
+        settings = dict(settings)
+        defaults = inspect.signature(cls.__init__).parameters
+        block = settings.get("compression", defaults["compression"].default) * settings.get(
+            "block_k", defaults["block_k"].default)
+        settings.setdefault("pad", in_features % block != 0)
+        return settings
 
     def structure_config(self) -> dict:
         return {

@@ -21,6 +21,7 @@ its dense equivalent (see ``flyweight.convert.init``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +39,7 @@ from flyweight.convert.surgery import convert, get_structure, is_linear_like, ma
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.linear.base import check_positive_int, validate_linear
 from flyweight.linear.config import make_config
+from flyweight.utils.optional import HAS_TRITON
 
 __all__ = [
     "DEFAULT_LINEAR",
@@ -59,7 +61,7 @@ GPT2_SIZES = {
     "large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
 }
 GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
-# The seed's settings for each kind (SPEC-MODELS.md): SS1 R=4, Monarch b=4, low-rank f=8.
+# The default settings of each kind (docs/training.md, the wt103/* experiments): SS1 R=4, Monarch b=4, low-rank f=8.
 DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
     "dense": {},
     "ss1": {"compression": 4},
@@ -178,11 +180,10 @@ def build_gpt2(
         if role not in role_list:
             raise ValueError(f"kinds: role {role!r} is not among the converted roles {role_list}")
     for k in {kind, *kinds.values()}:
-        if k not in LINEAR_KINDS:
-            raise ValueError(f"unknown linear kind {k!r}; valid kinds: {', '.join(sorted(LINEAR_KINDS))}")
+        LINEAR_KINDS.get_or_raise(k)
     if attention == "auto":  # the fastest available (see flyweight.train.fastpath)
         on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-        attention = "triton" if on_cuda else "sdpa"
+        attention = "triton" if on_cuda and HAS_TRITON else "sdpa"
     if attention not in ATTENTION_IMPLEMENTATIONS:  # checked before building, not after
         raise ValueError(f"unknown attention {attention!r}; valid: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
     if pad_vocab_to is not None and (isinstance(pad_vocab_to, bool) or not isinstance(pad_vocab_to, int)
@@ -209,7 +210,7 @@ def build_gpt2(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.device(device) if device is not None else _nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext():
             model = GPT2LMHeadModel(config)
         # Group roles by kind; "dense" roles keep GPT-2's own Conv1D layers.
         by_kind: dict[str, list[str]] = {}
@@ -241,14 +242,6 @@ def build_gpt2(
             "linear": linear or {}, **dims,
         }
     return model
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _gpt2_init_(model: nn.Module) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from flyweight.utils.optional import HAS_TRITON
+
 
 def resolve_compile(value, accelerator: str) -> bool:
     if isinstance(value, bool):
@@ -29,7 +31,7 @@ def resolve_compile(value, accelerator: str) -> bool:
 
 def resolve_attention(value, accelerator: str) -> str:
     if value in ("auto", None):
-        return "triton" if accelerator == "gpu" else "sdpa"
+        return "triton" if accelerator == "gpu" and HAS_TRITON else "sdpa"
     return str(value)
 
 

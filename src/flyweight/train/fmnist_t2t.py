@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from flyweight.attention import matched_budget
-from flyweight.bench.timing import device_name, resolve_device
+from flyweight.utils.device import device_name, resolve_device
 from flyweight.data.images import load_fashion_mnist, upscale_batch
 from flyweight.models.t2t_vit import T2TViT, T2TViTConfig
 from flyweight.models.t2t_vit_checkpoint import load_t2t_vit, save_t2t_vit

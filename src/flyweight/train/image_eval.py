@@ -1,4 +1,4 @@
-"""ImageNet evaluation of T2T-ViT with a chosen token-transformer attention (the seed's experiment).
+"""ImageNet evaluation of T2T-ViT with a chosen token-transformer attention.
 
 ``python run.py experiment=imagenet-t2tvit-eval model/t2tattn_cfg=sblocal datamodule.data_dir=/imagenet
 eval.ckpt=81.7_T2T_ViTt_14.pth.tar``: ImageFolder over ``data_dir/val``, resize 248 bicubic / center-crop
@@ -16,9 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from flyweight.bench.timing import device_name, resolve_device, synchronize
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from flyweight.utils.device import device_name, resolve_device, synchronize
+from flyweight.utils.dtypes import LOW_PRECISION, dtype_named
 
 
 @torch.no_grad()
@@ -104,8 +103,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         raise ValueError("datamodule.data_dir is required: the ImageNet folder (with val/<class>/<image>)")
     if ev.ckpt in (None, "???"):
         raise ValueError("eval.ckpt is required: an official T2T-ViT .pth.tar or a converted .safetensors")
-    if ev.dtype not in DTYPES:
-        raise ValueError(f"eval.dtype must be one of {sorted(DTYPES)}, got {ev.dtype!r}")
+    dtype = dtype_named(ev.dtype, "eval.dtype", LOW_PRECISION)
     device = resolve_device(cfg.device)
     transform = EvalTransform(dm.img_size, dm.crop_pct, interpolation=dm.interpolation)
     dataset = ImageFolder(imagenet_val_dir(dm.data_dir), transform)
@@ -131,7 +129,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
         )
         n = len(loader) if ev.max_batches is None else min(len(loader), int(ev.max_batches))
         batches = (b for i, b in enumerate(loader) if i < n)
-        res = evaluate(model, batches, device, DTYPES[ev.dtype], total=n, desc=f"{variant} seed {seed}")
+        res = evaluate(model, batches, device, dtype, total=n, desc=f"{variant} seed {seed}")
         res.update(seed=seed, t2t_attention1=spec1, t2t_attention2=spec2)
         print(
             f"[imagenet-eval] {variant} seed {seed}: top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}  "

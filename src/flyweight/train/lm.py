@@ -27,10 +27,12 @@ from flyweight.train.logs import trim_csv
 from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
 from flyweight.train.progress import StepProgressBar
-from flyweight.train.validate import check_lm_config
-from flyweight.train.module import LMModule, build_model, seed_all
+from flyweight.train.module import LMModule, build_model
 from flyweight.train.optim import OptimConfig
+from flyweight.train.validate import check_lm_config
+from flyweight.utils.config_dict import plain_config
 from flyweight.utils.io import atomic_write_text, remove_stale_temps
+from flyweight.utils.rng import seed_all
 
 MODES = ("train", "eval")
 
@@ -82,14 +84,6 @@ def resolve_fused_loss(value, accelerator: str, loss_chunk) -> bool:
     if value == "auto":
         return accelerator == "gpu" and not loss_chunk
     raise ValueError(f"trainer.fused_loss must be true, false or auto, got {value!r}")
-
-
-def _plain(cfg) -> dict:
-    if isinstance(cfg, Mapping) and not hasattr(cfg, "_metadata"):
-        return dict(cfg)
-    from omegaconf import OmegaConf  # only for Hydra configs; plain dicts never import it
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _dataclass_from(cls, values: Mapping | None, group: str):
@@ -252,7 +246,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
 
     from flyweight.models.gpt2 import model_flops_per_token, save_structured
 
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     check_lm_config(cfg, "train")  # the whole config, before any data is read or model built
     _quiet_lightning()
     out = Path(out_dir)
@@ -443,7 +437,7 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
 
     from flyweight.models.gpt2 import model_flops_per_token
 
-    cfg = _plain(cfg)
+    cfg = plain_config(cfg)
     _quiet_lightning()
     out = Path(out_dir)
     if not cfg.get("ckpt"):

@@ -9,18 +9,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from flyweight.train.finite import check_finite_loss
 from flyweight.train.metrics import NextTokenNLL, mfu, perplexity
 from flyweight.train.optim import OptimConfig, make_optimizer, make_scheduler
+from flyweight.utils.rng import capture_rng, restore_rng
 
 
 def build_model(model_cfg: dict, vocab_size: int, seed: int | None = None):
@@ -34,36 +33,6 @@ def build_model(model_cfg: dict, vocab_size: int, seed: int | None = None):
     if seed is not None:
         kwargs.setdefault("seed", seed)
     return build_gpt2(**kwargs)
-
-
-# ---- RNG state, so a resumed run draws the same dropout masks as an uninterrupted one -------------
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class LMModule(L.LightningModule):
