@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from flyweight.kernels._triton_env import INTERPRET
+from flyweight.utils.optional import HAS_TRITON, require_triton
 
 BACKENDS = ("auto", "torch", "triton")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -39,8 +40,9 @@ def route(x: torch.Tensor, backend: str = "auto") -> str:
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if x.device.type == "cuda" and compute_dtype(x) in KERNEL_DTYPES else "torch"
+        return "triton" if HAS_TRITON and x.device.type == "cuda" and compute_dtype(x) in KERNEL_DTYPES else "torch"
     check_backend(backend)
+    require_triton("Monarch backend='triton'")
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
             f"Monarch backend='triton' needs a CUDA tensor (got device {x.device}); on CPU set "

@@ -17,12 +17,16 @@ import functools
 from typing import Optional
 
 import torch
-import triton
 
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.monarch.layout import MonarchMeta
-from flyweight.kernels.monarch import tuning
-from flyweight.kernels.monarch.tuning import MAX_DW_TILE, launcher, m_bucket
+from flyweight.utils.optional import HAS_TRITON
+
+if HAS_TRITON:  # without Triton route() never picks these launches (see backend.py)
+    import triton
+
+    from flyweight.kernels.monarch import tuning
+    from flyweight.kernels.monarch.tuning import MAX_DW_TILE, launcher, m_bucket
 
 
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import os
 import torch
 
 from flyweight.kernels._triton_env import INTERPRET
+from flyweight.utils.optional import HAS_TRITON, require_triton
 
 BACKENDS = ("auto", "torch", "triton")
 COMPILED_ROUTES = ("inductor", "triton_op")
@@ -59,13 +60,14 @@ def sketch_route(x: torch.Tensor, backend: str = "auto") -> str:
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        if x.device.type != "cuda" or x.dtype not in TRITON_DTYPES:
+        if not HAS_TRITON or x.device.type != "cuda" or x.dtype not in TRITON_DTYPES:
             return "torch"
         if torch.compiler.is_compiling():
             return "torch" if _compiled_route == "inductor" else "triton_op"
         return "triton"
     if backend != "triton":
         check_backend(backend)
+    require_triton("SS1 backend='triton'")
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
             f"SS1 backend='triton' needs a CUDA tensor (got device {x.device}); on CPU set "

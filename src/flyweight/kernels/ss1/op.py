@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
 from torch.library import triton_op, wrap_triton
 
 from flyweight.kernels.ss1.backend import sketch_route
-from flyweight.kernels.ss1.kernels import ss1_sketch_kernel
 from flyweight.kernels.ss1.layout import SketchMeta
 from flyweight.kernels.ss1.tuning import clamp, config_for
+from flyweight.utils.optional import HAS_TRITON
+
+if HAS_TRITON:  # without Triton (macOS, Windows) only the "torch" route exists (see backend.py)
+    import triton
+
+    from flyweight.kernels.ss1.kernels import ss1_sketch_kernel
 
 _CPU_UPCAST = (torch.float16, torch.bfloat16)
 
@@ -47,10 +51,12 @@ def sketch_triton(x: torch.Tensor, meta: SketchMeta, out_dtype: torch.dtype, wra
     return s
 
 
-@triton_op("flyweight::ss1_sketch", mutates_args=())
-def ss1_sketch_op(x: torch.Tensor, meta: list[int], out_dtype: torch.dtype) -> torch.Tensor:
+def _ss1_sketch_op(x: torch.Tensor, meta: list[int], out_dtype: torch.dtype) -> torch.Tensor:
     """The Triton sketch as an operator torch.compile can see (the ``triton_op`` route)."""
     return sketch_triton(x, SketchMeta(*meta), out_dtype, wrap=True)
+
+
+ss1_sketch_op = triton_op("flyweight::ss1_sketch", mutates_args=())(_ss1_sketch_op) if HAS_TRITON else None
 
 
 def sketch_torch(x: torch.Tensor, sketch_index: torch.Tensor, meta: SketchMeta,
