@@ -1,7 +1,7 @@
 """The SS1 operator's fixed structure: hash coefficients, rotations and the index tables of one layer.
 
-Everything here follows ``SPEC-SS1.md`` and is integer arithmetic on Python ints and CPU tensors, so a
-layer built from the same seed computes the same function on every device.
+Everything here follows the operator of ``docs/ss1-kernels.md`` and is integer arithmetic on Python ints
+and CPU tensors, so a layer built from the same seed computes the same function on every device.
 
 Two identities shape the implementation. With ``D = block_k // vec`` distinct rotations,
 
