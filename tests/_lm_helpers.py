@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 WORDS = ["the", "cat", "dog", "sat", "on", "a", "mat", "and", "ran", "to", "house", "red", "blue", "green", "big", "small", "old", "new", "river", "city", "king", "queen", "war", "peace", "music", "art", "science", "of", "in", "was", "is", "by", "for", "with", "from", "at", "film", "book"]
 
@@ -75,3 +77,18 @@ def tiny_lm_cfg(data_path, tokenizer_dir, cache_dir, *, corpus="wikitext103", ki
     for group, values in overrides.items():
         cfg[group].update(values)
     return cfg
+
+
+def lm_files(root: Path) -> dict:
+    """A tiny tokenizer, a WikiText-layout corpus and an (empty) token-cache folder under ``root``."""
+    return {"tok": make_tokenizer(root / "tok"), "wt": write_wikitext(root / "wt"), "cache": root / "cache"}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny shapes: one thread is faster, and immune to a busy machine's oversubscription. Import it into a
+    test module with ``pytestmark = pytest.mark.usefixtures("one_thread")`` beside the import."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

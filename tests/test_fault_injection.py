@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _lm_helpers import make_tokenizer, tiny_lm_cfg, write_wikitext
+from _lm_helpers import lm_files, one_thread, tiny_lm_cfg  # noqa: F401  (one_thread: a fixture)
 
 from flyweight.train.lm import train_lm
 
@@ -46,18 +46,13 @@ train_lm(cfg, out)
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    data = {"tok": make_tokenizer(root / "tok"), "wt": write_wikitext(root / "wt"), "cache": root / "cache"}
+    data = lm_files(root)
     cfg = tiny_lm_cfg(data["wt"], data["tok"], data["cache"], model={"dropout": 0.1},
                       trainer={"max_steps": 24, "ckpt_every_n_steps": 2, "keep_checkpoints": 2,
                                "val_every_n_steps": 5})

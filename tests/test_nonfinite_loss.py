@@ -3,7 +3,7 @@ item 6: trainer.precision=16-true trained on NaN from step 2, printed `val perpl
 
 import pytest
 import torch
-from _lm_helpers import make_tokenizer, tiny_lm_cfg, write_wikitext
+from _lm_helpers import lm_files, tiny_lm_cfg
 
 from flyweight.train.finite import NonFiniteLossError, check_finite_loss
 from flyweight.train.lm import train_lm
@@ -13,7 +13,7 @@ from flyweight.utils.errors import USER_ERRORS
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("nan")
-    return {"tok": make_tokenizer(root / "tok"), "wt": write_wikitext(root / "wt"), "cache": root / "cache"}
+    return lm_files(root)
 
 
 def test_fp16_without_loss_scaling_stops_at_the_first_nan_step(data, tmp_path):

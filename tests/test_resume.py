@@ -8,25 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from _lm_helpers import make_tokenizer, tiny_lm_cfg, write_wikitext
+from _lm_helpers import lm_files, one_thread, tiny_lm_cfg  # noqa: F401  (one_thread: a fixture)
 
 from flyweight.train.checkpoints import UnreadableCheckpointError, newest_loadable
 from flyweight.train.lm import eval_lm, train_lm
 from flyweight.utils.io import _host_tag
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    return {"tok": make_tokenizer(root / "tok"), "wt": write_wikitext(root / "wt"), "cache": root / "cache"}
+    return lm_files(root)
 
 
 def config(data, **trainer):

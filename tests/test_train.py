@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _lm_helpers import one_thread  # noqa: F401  (a fixture, used through pytestmark)
 from _lm_helpers import make_tokenizer, synthetic_articles, tiny_lm_cfg, write_wikitext
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
@@ -27,13 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 KINDS = {"dense": {}, "ss1": {"compression": 4}, "monarch": {"nblocks": 4}, "lowrank": {"compression": 8}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny shapes: one thread is faster, and immune to a busy machine's oversubscription
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
