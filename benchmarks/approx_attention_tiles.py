@@ -111,14 +111,13 @@ def run_case(c, dev):
 
 
 def child(args, dev):
-    import flyweight.kernels.causal_lowrank_backward  # noqa: F401  (fill _tiles.REGISTRY: a restarted
-    import flyweight.kernels.performer_backward  # noqa: F401  child reads the plan before any kernel
-    import flyweight.kernels.sblocal_backward  # noqa: F401  module is imported by a forward)
+    # fill _tiles.REGISTRY: a restarted child reads the plan before a forward has imported any kernel module
+    import flyweight.kernels.causal_feature_attention as cfa
+    import flyweight.kernels.causal_lowrank_backward as clb
+    import flyweight.kernels.performer_backward  # noqa: F401
+    import flyweight.kernels.sblocal_backward  # noqa: F401
 
     if _tiles.INTERPRET:  # CUDA's key chunk (512) holds every tile; the interpreter's (32) does not
-        import flyweight.kernels.causal_feature_attention as cfa
-        import flyweight.kernels.causal_lowrank_backward as clb
-
         cfa.CHUNK = clb.CHUNK = 128
     _tiles.set_autotune(False)
     done = load_done(args.out)
