@@ -1,14 +1,108 @@
-"""Numerical comparison shared by the kernel tests."""
+"""The numerical comparison every kernel test uses, and the one tolerance table.
+
+FlashAttention's rule: a kernel runs next to a plain PyTorch baseline of the same math, both in the
+same (low) precision, and both are measured against that math in float64. For the output and every
+gradient,
+
+    kernel_error <= 2 * baseline_error + TOLERANCE[precision].rtol
+
+where an error is the largest absolute difference from the float64 reference divided by the
+reference's largest magnitude (the absolute difference where the reference is exactly zero). The kernel may round differently from PyTorch, but not more than
+twice as badly; ``rtol`` is the slack for values PyTorch happens to get exactly right. The baseline
+itself must be within ``TOLERANCE[precision].baseline`` of float64: a bound built on a wrong
+baseline would say nothing.
+
+The inputs are rounded to the low precision first and the reference is computed from the rounded
+values, so the comparison measures the computation, not the rounding of its inputs.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
 
-def assert_matches(got: dict, want: dict, tol: float) -> None:
-    """Every tensor of ``got`` (output and gradients by name) within ``tol`` relative max error of the
-    float64 reference of the same name in ``want``."""
-    assert set(got) == set(want)
-    for name, ref in want.items():
-        a = got[name]
-        assert a is not None and a.shape == ref.shape, name
-        err = (a.cpu().double() - ref).abs().max().item() / max(1e-12, ref.abs().max().item())
-        assert err <= tol, f"{name}: relative max error {err:.2e} > {tol:.0e}"
+import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float  # slack over twice the baseline's relative error; also torch.testing's rtol
+    atol: float  # torch.testing's atol (values near zero)
+    baseline: float  # the most a plain PyTorch implementation in this precision may be off
+
+    def close(self, scale: float = 1.0) -> dict:
+        """keyword arguments for torch.testing.assert_close (``scale``: a chain of ``scale`` roundings)."""
+        return {"rtol": scale * self.rtol, "atol": scale * self.atol}
+
+
+TOLERANCE = {
+    torch.float64: Tolerance(rtol=1e-12, atol=1e-12, baseline=1e-10),
+    torch.float32: Tolerance(rtol=1e-5, atol=1e-5, baseline=1e-4),
+    # float32 dots of the Triton kernels on CUDA round their inputs to TF32 (float16's 10-bit mantissa)
+    "tf32": Tolerance(rtol=2e-2, atol=2e-2, baseline=1e-4),
+    torch.float16: Tolerance(rtol=2e-3, atol=2e-3, baseline=3e-2),  # unit roundoff 2^-11 = 4.9e-4
+    torch.bfloat16: Tolerance(rtol=1.6e-2, atol=1.6e-2, baseline=2e-1),  # unit roundoff 2^-8 = 3.9e-3
+}
+
+
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |got - reference| / max |reference| (float64, on CPU); the absolute error where the
+    reference is all zeros (a gradient that vanishes exactly)."""
+    ref = reference.detach().cpu().double()
+    diff = (got.detach().cpu().double() - ref).abs().max().item()
+    scale = ref.abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_within_baseline(got: dict, reference: dict, precision, baseline: dict | None = None) -> None:
+    """Every tensor of ``got`` (output and gradients by name): its error against the float64
+    ``reference`` of the same name is at most twice that of ``baseline`` plus the precision's rtol.
+    Without a baseline (a computation exact to rounding) the error is at most rtol."""
+    tol = TOLERANCE[precision]
+    assert set(got) == set(reference), (sorted(got), sorted(reference))
+    assert baseline is None or set(baseline) == set(reference), (sorted(baseline), sorted(reference))
+    for name, ref in reference.items():
+        assert got[name] is not None and tuple(got[name].shape) == tuple(ref.shape), name
+        assert torch.isfinite(got[name]).all(), f"{name}: not finite"
+        base = 0.0 if baseline is None else relative_error(baseline[name], ref)
+        assert base <= tol.baseline, f"{name}: the baseline is {base:.2e} from float64 (> {tol.baseline:.0e})"
+        err = relative_error(got[name], ref)
+        assert err <= 2 * base + tol.rtol, (
+            f"{name}: relative error {err:.2e} > 2 x baseline {base:.2e} + {tol.rtol:.0e} ({precision})")
+
+
+def outputs_and_grads(fn: Callable, inputs: dict, dtype: torch.dtype, grad_out: torch.Tensor | None) -> dict:
+    """``fn(**inputs)`` with each input a fresh leaf in ``dtype`` (on the input's device): the output as
+    "out" and, given ``grad_out``, the gradient of every input as "d<name>"."""
+    leaves = {n: x.detach().to(dtype, copy=True).requires_grad_(grad_out is not None) for n, x in inputs.items()}
+    out = fn(**leaves)
+    if grad_out is None:
+        return {"out": out.detach()}
+    out.backward(grad_out.to(out.dtype))
+    return {"out": out.detach(), **{f"d{n}": x.grad for n, x in leaves.items()}}
+
+
+def upstream_gradient(shape, dtype: torch.dtype, device, seed: int = 0) -> torch.Tensor:
+    """The random upstream gradient ``check_kernel`` pushes back (standard normal, in ``dtype``)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def check_kernel(kernel: Callable, baseline: Callable, inputs: dict, dtype: torch.dtype, *, backward: bool = True,
+                 precision=None, seed: int = 0) -> dict:
+    """Run ``kernel`` and ``baseline`` (functions of the named floating-point ``inputs``, returning one
+    tensor) in ``dtype``, and ``baseline`` in float64 on the same rounded inputs; with ``backward``
+    also push one random upstream gradient (rounded to ``dtype``) through all three. Assert the rule
+    of this module for the output and every input's gradient (``precision`` names the tolerance,
+    default ``dtype``) and return the kernel's results by name."""
+    rounded = {n: x.detach().to(dtype).double() for n, x in inputs.items()}
+    grad_out = None
+    if backward:
+        with torch.no_grad():
+            out = baseline(**rounded)
+        grad_out = upstream_gradient(out.shape, dtype, out.device, seed).double()
+    reference = outputs_and_grads(baseline, rounded, torch.float64, grad_out)
+    plain = outputs_and_grads(baseline, rounded, dtype, grad_out)
+    got = outputs_and_grads(kernel, rounded, dtype, grad_out)
+    assert_within_baseline(got, reference, dtype if precision is None else precision, plain)
+    return got
