@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from _numerics import assert_matches
+from _numerics import assert_within_baseline, check_kernel, upstream_gradient
 
 from flyweight.kernels.monarch import monarch_meta, route, slot_table
 from flyweight.kernels.monarch import op as O
@@ -37,29 +37,26 @@ def formula(x, w1, w2, bias, in_features, out_features):
     return y if bias is None else y + bias
 
 
-def reference(layer, x, g):
-    """y, dX, dW1, dW2, db in float64 through ``formula``."""
-    w1 = layer.w1.detach().cpu().double().requires_grad_()
-    w2 = layer.w2.detach().cpu().double().requires_grad_()
-    b = None if layer.bias is None else layer.bias.detach().cpu().double().requires_grad_()
-    x64 = x.detach().cpu().double().requires_grad_()
-    y = formula(x64, w1, w2, b, layer.in_features, layer.out_features)
-    y.backward(g.detach().cpu().double())
-    out = {"y": y.detach(), "dx": x64.grad, "dw1": w1.grad, "dw2": w2.grad}
-    if b is not None:
-        out["db"] = b.grad
-    return out
+def monarch_functions(layer):
+    """(kernel, baseline) of (x, w1, w2[, bias]): the layer's forward on its backend, and ``formula``."""
+
+    def kernel(x, w1, w2, bias=None):
+        params = {"w1": w1, "w2": w2} | ({} if bias is None else {"bias": bias})
+        return torch.func.functional_call(layer, params, (x,))
+
+    def baseline(x, w1, w2, bias=None):
+        y = formula(x.reshape(-1, layer.in_features), w1, w2, bias, layer.in_features, layer.out_features)
+        return y.reshape(*x.shape[:-1], layer.out_features)
+
+    return kernel, baseline
 
 
-def run(layer, x, g):
-    layer.zero_grad(set_to_none=True)
-    xa = x.detach().clone().requires_grad_()
-    y = layer(xa)
-    y.backward(g)
-    out = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad}
-    if layer.bias is not None:
-        out["db"] = layer.bias.grad
-    return out
+def monarch_inputs(layer, x):
+    params = {"w1": layer.w1.detach(), "w2": layer.w2.detach()}
+    return {"x": x, **params, **({} if layer.bias is None else {"bias": layer.bias.detach()})}
+
+
+FLOAT32 = "tf32" if ON_GPU else torch.float32  # the tolerance of the kernels' float32 dots
 
 
 CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, b not dividing r, odd M
@@ -107,13 +104,11 @@ def test_slot_table_is_the_stride_permutation():
 def test_kernels_match_float64_formula(in_f, out_f, b, m, bias):
     torch.manual_seed(in_f + out_f + m)
     layer = MonarchLinear(in_f, out_f, bias=bias, nblocks=b).to(DEVICE)
-    layer.backend = "triton"
     x = torch.randn(m, in_f, device=DEVICE)
-    g = torch.randn(m, out_f, device=DEVICE)
-    want = reference(layer, x, g)
-    assert_matches(run(layer, x, g), want, 1e-5 if not ON_GPU else 2e-2)  # GPU float32 dots are tf32
-    layer.backend = "torch"
-    assert_matches(run(layer, x, g), want, 1e-5 if not ON_GPU else 2e-2)  # and the exact path agrees
+    for backend in ("triton", "torch"):  # the kernels, and the exact PyTorch path
+        layer.backend = backend
+        got = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+        assert set(got) == {"out", "dx", "dw1", "dw2"} | ({"dbias"} if bias else set())
 
 
 @needs_kernels
@@ -122,12 +117,8 @@ def test_half_precision_and_batched_input():
     layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE, torch.float16)
     layer.backend = "triton"
     x = torch.randn(3, 11, 50, device=DEVICE, dtype=torch.float16)
-    g = torch.randn(3, 11, 70, device=DEVICE, dtype=torch.float16)
-    got = run(layer, x, g)
-    want = reference(layer, x.reshape(-1, 50), g.reshape(-1, 70))
-    got = {k: v.reshape(want[k].shape) for k, v in got.items()}
-    assert got["y"].dtype == torch.float16 and layer.w1.grad.dtype == torch.float16
-    assert_matches(got, want, 5e-3)
+    got = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float16)
+    assert got["out"].shape == (3, 11, 70) and got["out"].dtype == got["dw1"].dtype == torch.float16
 
 
 @needs_kernels
@@ -137,9 +128,9 @@ def test_weight_gradient_splits_sum_partials(monkeypatch):
     torch.manual_seed(5)
     layer = MonarchLinear(64, 96, nblocks=4).to(DEVICE)
     layer.backend = "triton"
-    x, g = torch.randn(70, 64, device=DEVICE), torch.randn(70, 96, device=DEVICE)
+    x = torch.randn(70, 64, device=DEVICE)
     assert O._splits(70, 4, torch.device(DEVICE))[0] > 1
-    assert_matches(run(layer, x, g), reference(layer, x, g), 1e-5 if not ON_GPU else 2e-2)
+    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
 
 
 @needs_kernels
@@ -148,11 +139,9 @@ def test_no_grad_and_frozen_input():
     layer = MonarchLinear(64, 32, nblocks=4).to(DEVICE)
     layer.backend = "triton"
     x = torch.randn(9, 64, device=DEVICE)
-    want = formula(x.double().cpu(), layer.w1.detach().double().cpu(), layer.w2.detach().double().cpu(),
-                   layer.bias.detach().double().cpu(), 64, 32)
     with torch.no_grad():
-        y = layer(x)
-    assert (y.cpu().double() - want).abs().max() < 1e-4
+        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, backward=False,
+                     precision=FLOAT32)
     layer(x).sum().backward()  # x needs no grad: only the weight gradients are computed
     assert layer.w1.grad is not None and layer.w2.grad is not None and layer.bias.grad is not None
 
@@ -162,15 +151,11 @@ def test_custom_op_matches_eager():
     torch.manual_seed(11)
     layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE)
     meta = list(layer.meta)
-    x = torch.randn(13, 50, device=DEVICE, requires_grad=True)
-    y, h = O.monarch_fwd(x, layer.w1, layer.w2, layer.bias, layer.slot_table, meta)
-    g = torch.randn_like(y)
-    y.backward(g)
-    want = reference(layer, x, g)
-    assert (y.detach().cpu().double() - want["y"]).abs().max() < 1e-4
-    assert (x.grad.cpu().double() - want["dx"]).abs().max() < 1e-4
-    assert (layer.w2.grad.cpu().double() - want["dw2"]).abs().max() < 1e-4
-    torch.library.opcheck(O.monarch_fwd, (x.detach(), layer.w1.detach(), layer.w2.detach(),
+    x = torch.randn(13, 50, device=DEVICE)
+    _, baseline = monarch_functions(layer)
+    check_kernel(lambda x, w1, w2, bias: O.monarch_fwd(x, w1, w2, bias, layer.slot_table, meta)[0], baseline,
+                 monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+    torch.library.opcheck(O.monarch_fwd, (x, layer.w1.detach(), layer.w2.detach(),
                                           layer.bias.detach(), layer.slot_table, meta),
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -215,9 +200,9 @@ def test_joined_and_strided_kernels(monkeypatch, second, b):
     torch.manual_seed(b)
     layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE)  # output padded: the last tile is cut
     layer.backend = "triton"
-    x, g = torch.randn(19, 40, device=DEVICE), torch.randn(19, 8 * b + 3, device=DEVICE)
+    x = torch.randn(19, 40, device=DEVICE)
     monkeypatch.setattr(O, "_target_programs", lambda device: 16)  # several weight-gradient slices
-    assert_matches(run(layer, x, g), reference(layer, x, g), 1e-5 if not ON_GPU else 2e-2)
+    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
 
 
 @needs_kernels
@@ -226,15 +211,16 @@ def test_autocast_casts_into_the_kernels():
     torch.manual_seed(13)
     layer = MonarchLinear(64, 96, nblocks=4).to(DEVICE)
     layer.backend = "triton"
-    x, g = torch.randn(21, 64, device=DEVICE), torch.randn(21, 96, device=DEVICE)
-    with torch.autocast(DEVICE, dtype=torch.float16):
-        xa = x.clone().requires_grad_()
-        y = layer(xa)
-    assert y.dtype == torch.float16
-    y.backward(g.half())
-    got = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "db": layer.bias.grad}
-    assert layer.w1.grad.dtype == torch.float32 and xa.grad.dtype == torch.float32
-    assert_matches(got, reference(layer, x, g), 5e-3)
+    x = torch.randn(21, 64, device=DEVICE)
+    kernel, baseline = monarch_functions(layer)
+
+    def autocast(fn):  # float64 (the reference) is left alone by autocast
+        return lambda **inputs: torch.autocast(DEVICE, dtype=torch.float16)(fn)(**inputs)
+
+    got = check_kernel(autocast(kernel), autocast(baseline), monarch_inputs(layer, x), torch.float32,
+                       precision=torch.float16)
+    assert got["out"].dtype == torch.float16
+    assert got["dw1"].dtype == got["dx"].dtype == torch.float32
 
 
 @needs_kernels
@@ -244,14 +230,17 @@ def test_compiled_fullgraph_matches_eager():
     layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE)
     layer.backend = "triton"
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
-    x, g = torch.randn(13, 50, device=DEVICE), torch.randn(13, 70, device=DEVICE)
-    want = run(layer, x, g)
-    xa = x.clone().requires_grad_()
+    x = torch.randn(13, 50, device=DEVICE)
+    eager = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
     layer.zero_grad(set_to_none=True)
+    xa = x.clone().requires_grad_()
     y = compiled(xa)
-    y.backward(g)
-    got = {"y": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "db": layer.bias.grad}
-    assert_matches(got, {k: v.cpu().double() for k, v in want.items()}, 1e-6 if not ON_GPU else 2e-2)
+    y.backward(upstream_gradient(y.shape, torch.float32, DEVICE))  # the gradient check_kernel pushed back
+    got = {"out": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "dbias": layer.bias.grad}
+    if ON_GPU:  # inductor may fuse and reorder around the kernels
+        assert_within_baseline(got, {k: v.double() for k, v in eager.items()}, FLOAT32)
+    else:  # aot_eager runs the same ops as eager: bit for bit
+        assert all(torch.equal(got[k], eager[k]) for k in eager), [k for k in eager if not torch.equal(got[k], eager[k])]
 
 
 @needs_kernels
@@ -266,7 +255,6 @@ def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
     layer = MonarchLinear(in_f, out_f, nblocks=b).to(DEVICE)
     layer.backend = "triton"
     x = torch.randn(m, in_f, device=DEVICE)
-    want = reference(layer, x, torch.zeros(m, out_f))["y"]
     meta = layer.meta
     if not O.fused_applies(meta):
         with pytest.raises(ValueError, match="divide the middle width"):
@@ -277,7 +265,6 @@ def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
     real = O.fused_forward
     monkeypatch.setattr(O, "fused_forward", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
-        y = layer(x)
+        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, backward=False,
+                     precision=FLOAT32)
     assert calls == [1]  # the fused kernel ran, not the two-kernel forward
-    err = (y.cpu().double() - want).abs().max().item() / want.abs().max().item()
-    assert err <= (1e-5 if not ON_GPU else 2e-2)
