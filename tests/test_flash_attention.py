@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from _numerics import assert_within_baseline, check_kernel
+
 from flyweight.kernels import flash_attention as FA
 from flyweight.kernels.flash_attention import flash_attention
 
@@ -23,38 +25,33 @@ pytestmark = pytest.mark.skipif(
 )
 # float32 is interpreter-only (the CUDA path takes 16-bit inputs); on a GPU the tests use float16.
 DTYPE = torch.float16 if ON_GPU else torch.float32
-TOL = dict(atol=2e-2, rtol=2e-2) if ON_GPU else dict(atol=2e-5, rtol=1e-4)
 
 
-def reference(q, k, v, causal, scale=None):
-    """softmax(scale q k^T + causal mask) v, materialised in float64."""
-    q, k, v = (x.double() for x in (q, k, v))
+def attention(q, k, v, causal, scale=None):
+    """softmax(scale q k^T + causal mask) v materialised in the inputs' dtype, the softmax in at least
+    float32: the plain PyTorch baseline, and in float64 the reference."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = scale * q @ k.transpose(-1, -2)
     if causal:
         T = q.shape[-2]
         s = s.masked_fill(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), -math.inf)
-    return torch.softmax(s, -1) @ v
+    return torch.softmax(s.to(torch.promote_types(s.dtype, torch.float32)), -1).to(q.dtype) @ v
 
 
-def output_and_grads(fn, q, k, v, do, dtype=None):
-    """fn's output and dq, dk, dv for upstream gradient do (fresh leaves in ``dtype``, default the
-    inputs' own; the inputs are untouched)."""
-    leaves = [x.detach().to(dtype or x.dtype, copy=True).requires_grad_() for x in (q, k, v)]
+def check_against_reference(q, k, v, causal, scale=None):
+    """flash_attention against ``attention`` (check_kernel's rule) for the output, dq, dk and dv."""
+    got = check_kernel(lambda q, k, v: flash_attention(q, k, v, causal=causal, scale=scale),
+                       lambda q, k, v: attention(q, k, v, causal, scale), {"q": q, "k": k, "v": v}, q.dtype)
+    assert all(x.dtype == q.dtype for x in got.values())
+    return got
+
+
+def output_and_grads(fn, q, k, v, do):
+    """fn's output and dq, dk, dv for upstream gradient do (fresh leaves; the inputs are untouched)."""
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
     out = fn(*leaves)
     out.backward(do.to(out.dtype))
     return [out.detach()] + [x.grad for x in leaves]
-
-
-def check_against_reference(q, k, v, causal, scale=None, tol=TOL):
-    torch.manual_seed(1)
-    do = torch.randn(q.shape, device=q.device, dtype=q.dtype)
-    got = output_and_grads(lambda a, b, c: flash_attention(a, b, c, causal=causal, scale=scale), q, k, v, do)
-    want = output_and_grads(lambda a, b, c: reference(a, b, c, causal, scale), q, k, v, do, torch.float64)
-    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
-        assert g.shape == w.shape and g.dtype == q.dtype, name
-        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m, name=name: f"{name}: {m}")
-    return got
 
 
 def rand_qkv(B, H, T, D, dtype=DTYPE, seed=0):
@@ -75,19 +72,31 @@ def test_non_contiguous_inputs_custom_scale_and_output_layout(causal):
     """q, k, v as (B, H, T, D) views of one fused (B, T, 3, H, D) projection (GPT-2's layout)."""
     B, T, H, D = 2, 45, 3, 32
     qkv = torch.randn(B, T, 3, H, D, generator=torch.Generator().manual_seed(3)).to(DEVICE, DTYPE)
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+    def split(x):
+        return [x[:, :, i].transpose(1, 2) for i in range(3)]
+
+    check_kernel(lambda qkv: flash_attention(*split(qkv), causal=causal, scale=0.37),
+                 lambda qkv: attention(*split(qkv), causal, 0.37), {"qkv": qkv}, DTYPE)
+    leaf = qkv.clone().requires_grad_()
+    q, k, v = split(leaf)
     assert not q.is_contiguous() and q.stride(-1) == 1
-    out, dq, dk, dv = check_against_reference(q, k, v, causal=causal, scale=0.37)
+    out = flash_attention(q, k, v, causal=causal, scale=0.37)
+    grads = torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
     # outputs and gradients keep the inputs' (B, T, H, D) memory order: transposing back is free
-    for x in (out, dq, dk, dv):
+    for x in (out, *grads):
         assert x.transpose(1, 2).is_contiguous()
 
 
 def test_last_dim_not_contiguous_is_copied():
     q, k, v = rand_qkv(1, 2, 33, 16, seed=5)
-    qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, stride(-1) = T
-    assert qt.stride(-1) != 1
-    check_against_reference(qt, k, v, causal=True)
+
+    def strided(x):  # same values, stride(-1) = T
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+    assert strided(q).stride(-1) != 1
+    check_kernel(lambda q, k, v: flash_attention(strided(q), k, v, causal=True),
+                 lambda q, k, v: attention(q, k, v, True), {"q": q, "k": k, "v": v}, DTYPE)
 
 
 def test_single_token_and_head_dim_128():
@@ -106,29 +115,21 @@ def test_other_tiles(monkeypatch):
 def test_float16_error_at_most_twice_plain_pytorch():
     """FlashAttention's rule: in low precision the kernel's error is at most ~2x that of the plain
     (materialised) PyTorch attention in the same precision, for the output and every gradient."""
-    q, k, v = rand_qkv(2, 2, 97, 32, dtype=torch.float16, seed=9)
-    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(10)).to(DEVICE, torch.float16)
-
-    def plain(a, b, c):
-        s = (a @ b.transpose(-1, -2)) * a.shape[-1] ** -0.5
-        s = s.masked_fill(torch.ones(97, 97, dtype=torch.bool, device=a.device).triu(1), -math.inf)
-        return torch.softmax(s.float(), -1).to(a.dtype) @ c
-
-    got = output_and_grads(lambda a, b, c: flash_attention(a, b, c), q, k, v, do)
-    low = output_and_grads(plain, q, k, v, do)
-    want = output_and_grads(lambda a, b, c: reference(a, b, c, True), q, k, v, do, torch.float64)
-    for name, g, p, w in zip(("out", "dq", "dk", "dv"), got, low, want):
-        err, err_plain = (g.double() - w).abs().max().item(), (p.double() - w).abs().max().item()
-        assert err <= 2 * err_plain + 1e-5, f"{name}: kernel error {err:.2e} vs plain fp16 {err_plain:.2e}"
+    check_against_reference(*rand_qkv(2, 2, 97, 32, dtype=torch.float16, seed=9), causal=True)
 
 
 def test_log_sum_exp_and_deterministic_backward():
     q, k, v = rand_qkv(1, 2, 37, 16, seed=11)
     scale = 0.25
     _, lse = FA._fwd_impl(q, k, v, True, scale)
-    s = scale * q.double() @ k.double().transpose(-1, -2)
-    s = s.masked_fill(torch.ones(37, 37, dtype=torch.bool, device=q.device).triu(1), -math.inf)
-    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1) * FA.LOG2E, atol=1e-5, rtol=1e-5)
+
+    def log2_sum_exp(q, k):  # of the causal scores, in q's dtype (the reduction in at least float32)
+        s = scale * q @ k.transpose(-1, -2)
+        s = s.masked_fill(torch.ones(37, 37, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+        return torch.logsumexp(s.to(torch.promote_types(s.dtype, torch.float32)), -1) * FA.LOG2E
+
+    assert_within_baseline({"lse": lse}, {"lse": log2_sum_exp(q.double(), k.double())}, DTYPE,
+                           {"lse": log2_sum_exp(q, k)})
     do = torch.randn_like(q)
     first = output_and_grads(lambda a, b, c: flash_attention(a, b, c, scale=scale), q, k, v, do)
     again = output_and_grads(lambda a, b, c: flash_attention(a, b, c, scale=scale), q, k, v, do)
@@ -182,13 +183,8 @@ def test_cpu_fallback_is_sdpa(monkeypatch):
     calls = []
     real_sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(FA.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or real_sdpa(*a, **kw))
-    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(14))
     for causal, scale in ((True, None), (False, 0.3)):
-        got = output_and_grads(lambda a, b, c, cs=(causal, scale): flash_attention(a, b, c, causal=cs[0], scale=cs[1]),
-                               q, k, v, do)
-        want = output_and_grads(lambda a, b, c, cs=(causal, scale): reference(a, b, c, *cs), q, k, v, do, torch.float64)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+        check_against_reference(q, k, v, causal, scale)
     assert [c["is_causal"] for c in calls] == [True, False] and calls[1]["scale"] == 0.3
 
 
