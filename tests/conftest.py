@@ -28,3 +28,13 @@ def wt_dir(tmp_path_factory):
     from _lm_helpers import write_wikitext
 
     return write_wikitext(tmp_path_factory.mktemp("wikitext"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests run the compiled kernels on CUDA tensors: skipped without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu)")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

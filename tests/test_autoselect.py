@@ -4,6 +4,9 @@ import logging
 
 import pytest
 
+# the benchmark tables: a kernels-only machine (torch, triton, transformers) skips this file
+pytest.importorskip("rich")
+
 import flyweight
 from flyweight.bench.autoselect import AutoSelect, SpeedTable, find_table, shipped_table_path, user_table_path
 from flyweight.bench.layers import LAYER_COLUMNS, write_csv

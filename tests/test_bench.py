@@ -1,5 +1,10 @@
 """Benchmark utilities: sane timings and memory on CPU, and a stable CSV schema."""
 
+import pytest
+
+# the benchmark tables: a kernels-only machine (torch, triton, transformers) skips this file
+pytest.importorskip("rich")
+
 import torch
 
 from flyweight.bench.layers import LAYER_COLUMNS, bench_layer, parse_shapes, read_csv, run_layer_grid, write_csv

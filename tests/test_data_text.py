@@ -5,6 +5,10 @@ import subprocess
 
 import numpy as np
 import pytest
+
+# the training / config stack: a kernels-only machine (torch, triton, transformers) skips this file
+pytest.importorskip("lightning")
+
 import torch
 from _lm_helpers import make_tokenizer, synthetic_articles, write_wikitext
 

@@ -2,6 +2,10 @@
 item 6: trainer.precision=16-true trained on NaN from step 2, printed `val perplexity nan` and exited 0)."""
 
 import pytest
+
+# the training / config stack: a kernels-only machine (torch, triton, transformers) skips this file
+pytest.importorskip("lightning")
+
 import torch
 from _lm_helpers import lm_files, tiny_lm_cfg
 
