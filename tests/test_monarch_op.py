@@ -56,7 +56,8 @@ def monarch_inputs(layer, x):
     return {"x": x, **params, **({} if layer.bias is None else {"bias": layer.bias.detach()})}
 
 
-FLOAT32 = "tf32" if ON_GPU else torch.float32  # the tolerance of the kernels' float32 dots
+# the kernels take float16/bfloat16 on CUDA; float32 (every dtype) under the interpreter
+KERNEL_DTYPE = torch.float16 if ON_GPU else torch.float32
 
 
 CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, b not dividing r, odd M
@@ -103,11 +104,11 @@ def test_slot_table_is_the_stride_permutation():
 @pytest.mark.parametrize("in_f,out_f,b,m,bias", CASES)
 def test_kernels_match_float64_formula(in_f, out_f, b, m, bias):
     torch.manual_seed(in_f + out_f + m)
-    layer = MonarchLinear(in_f, out_f, bias=bias, nblocks=b).to(DEVICE)
-    x = torch.randn(m, in_f, device=DEVICE)
+    layer = MonarchLinear(in_f, out_f, bias=bias, nblocks=b).to(DEVICE, KERNEL_DTYPE)
+    x = torch.randn(m, in_f, device=DEVICE, dtype=KERNEL_DTYPE)
     for backend in ("triton", "torch"):  # the kernels, and the exact PyTorch path
         layer.backend = backend
-        got = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+        got = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE)
         assert set(got) == {"out", "dx", "dw1", "dw2"} | ({"dbias"} if bias else set())
 
 
@@ -126,22 +127,21 @@ def test_weight_gradient_splits_sum_partials(monkeypatch):
     """Force several row slices per weight gradient: the partial sums still add up to the reference."""
     monkeypatch.setattr(O, "_target_programs", lambda device: 64)
     torch.manual_seed(5)
-    layer = MonarchLinear(64, 96, nblocks=4).to(DEVICE)
+    layer = MonarchLinear(64, 96, nblocks=4).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
-    x = torch.randn(70, 64, device=DEVICE)
+    x = torch.randn(70, 64, device=DEVICE, dtype=KERNEL_DTYPE)
     assert O._splits(70, 4, torch.device(DEVICE))[0] > 1
-    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE)
 
 
 @needs_kernels
 def test_no_grad_and_frozen_input():
     torch.manual_seed(7)
-    layer = MonarchLinear(64, 32, nblocks=4).to(DEVICE)
+    layer = MonarchLinear(64, 32, nblocks=4).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
-    x = torch.randn(9, 64, device=DEVICE)
+    x = torch.randn(9, 64, device=DEVICE, dtype=KERNEL_DTYPE)
     with torch.no_grad():
-        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, backward=False,
-                     precision=FLOAT32)
+        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE, backward=False)
     layer(x).sum().backward()  # x needs no grad: only the weight gradients are computed
     assert layer.w1.grad is not None and layer.w2.grad is not None and layer.bias.grad is not None
 
@@ -149,12 +149,12 @@ def test_no_grad_and_frozen_input():
 @needs_kernels
 def test_custom_op_matches_eager():
     torch.manual_seed(11)
-    layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE)
+    layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE, KERNEL_DTYPE)
     meta = list(layer.meta)
-    x = torch.randn(13, 50, device=DEVICE)
+    x = torch.randn(13, 50, device=DEVICE, dtype=KERNEL_DTYPE)
     _, baseline = monarch_functions(layer)
     check_kernel(lambda x, w1, w2, bias: O.monarch_fwd(x, w1, w2, bias, layer.slot_table, meta)[0], baseline,
-                 monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+                 monarch_inputs(layer, x), KERNEL_DTYPE)
     torch.library.opcheck(O.monarch_fwd, (x, layer.w1.detach(), layer.w2.detach(),
                                           layer.bias.detach(), layer.slot_table, meta),
                           test_utils=("test_schema", "test_faketensor"))
@@ -198,11 +198,11 @@ def test_joined_and_strided_kernels(monkeypatch, second, b):
     monkeypatch.setattr(tuning, "SECOND", second)
     monkeypatch.setattr(tuning, "BACKWARD", second)
     torch.manual_seed(b)
-    layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE)  # output padded: the last tile is cut
+    layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE, KERNEL_DTYPE)  # output padded: the last tile is cut
     layer.backend = "triton"
-    x = torch.randn(19, 40, device=DEVICE)
+    x = torch.randn(19, 40, device=DEVICE, dtype=KERNEL_DTYPE)
     monkeypatch.setattr(O, "_target_programs", lambda device: 16)  # several weight-gradient slices
-    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+    check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE)
 
 
 @needs_kernels
@@ -227,20 +227,20 @@ def test_autocast_casts_into_the_kernels():
 def test_compiled_fullgraph_matches_eager():
     """torch.compile(fullgraph=True) goes through the custom ops (aot_eager on CPU) and agrees with eager."""
     torch.manual_seed(17)
-    layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE)
+    layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager" if not ON_GPU else "inductor")
-    x = torch.randn(13, 50, device=DEVICE)
-    eager = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, precision=FLOAT32)
+    x = torch.randn(13, 50, device=DEVICE, dtype=KERNEL_DTYPE)
+    eager = check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE)
     layer.zero_grad(set_to_none=True)
     xa = x.clone().requires_grad_()
     y = compiled(xa)
-    y.backward(upstream_gradient(y.shape, torch.float32, DEVICE))  # the gradient check_kernel pushed back
+    y.backward(upstream_gradient(y.shape, KERNEL_DTYPE, DEVICE))  # the gradient check_kernel pushed back
     got = {"out": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "dbias": layer.bias.grad}
     if ON_GPU:  # inductor may fuse and reorder around the kernels
-        assert_within_baseline(got, {k: v.double() for k, v in eager.items()}, FLOAT32)
+        assert_within_baseline(got, {k: v.double() for k, v in eager.items()}, KERNEL_DTYPE)
     else:  # aot_eager runs the same ops as eager: bit for bit
-        assert all(torch.equal(got[k], eager[k]) for k in eager), [k for k in eager if not torch.equal(got[k], eager[k])]
+        assert [k for k in eager if not torch.equal(got[k], eager[k])] == []
 
 
 @needs_kernels
@@ -252,9 +252,9 @@ def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
     from flyweight.kernels.monarch import tuning
 
     torch.manual_seed(in_f + m)
-    layer = MonarchLinear(in_f, out_f, nblocks=b).to(DEVICE)
+    layer = MonarchLinear(in_f, out_f, nblocks=b).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
-    x = torch.randn(m, in_f, device=DEVICE)
+    x = torch.randn(m, in_f, device=DEVICE, dtype=KERNEL_DTYPE)
     meta = layer.meta
     if not O.fused_applies(meta):
         with pytest.raises(ValueError, match="divide the middle width"):
@@ -265,6 +265,5 @@ def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
     real = O.fused_forward
     monkeypatch.setattr(O, "fused_forward", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
-        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), torch.float32, backward=False,
-                     precision=FLOAT32)
+        check_kernel(*monarch_functions(layer), monarch_inputs(layer, x), KERNEL_DTYPE, backward=False)
     assert calls == [1]  # the fused kernel ran, not the two-kernel forward
