@@ -32,24 +32,20 @@ def _spec_index_cached(n, k, coeffs, R, bk, bn, vec):
     return spec_index(n, k, coeffs, R, bk, bn, vec)
 
 
-def dense_weight(layer: SS1Linear, stored: torch.Tensor) -> torch.Tensor:
-    """The spec's dense (N, K) weight from a stored weight: W[n, r] = Wc[n, spec_index[n, r]]."""
-    lay = layer.layout
-    idx = _spec_index_cached(lay.out_features, lay.padded_in, lay.hash_coeffs, lay.compression, lay.block_k,
-                             lay.block_n, lay.vec)
-    return lay.spec_from_stored(stored).gather(1, idx.to(stored.device))[:, : lay.in_features]
-
-
-def ss1_functions(layer: SS1Linear):
+def ss1_functions(layer: SS1Linear, spec_index=_spec_index_cached):
     """(kernel, baseline) of (x, weight[, bias]): the layer's forward on its route, and F.linear through
-    the dense weight of the spec's formula (independent of the layer's sketch code)."""
+    the dense weight of the spec's formula, W[n, r] = Wc[n, spec_index[n, r]] (independent of the
+    layer's sketch code; for GPU-sized layers ``spec_index`` is ``test_ss1.spec_index_vectorised``)."""
+    lay = layer.layout
+    idx = spec_index(lay.out_features, lay.padded_in, lay.hash_coeffs, lay.compression, lay.block_k,
+                     lay.block_n, lay.vec).to(layer.weight.device)
 
     def kernel(x, weight, bias=None):
         params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
         return torch.func.functional_call(layer, params, (x,))
 
     def baseline(x, weight, bias=None):
-        return F.linear(x, dense_weight(layer, weight), bias)
+        return F.linear(x, lay.spec_from_stored(weight).gather(1, idx)[:, : lay.in_features], bias)
 
     return kernel, baseline
 
