@@ -90,7 +90,8 @@ def dense_sblocal(q, k, v, W, temp, w, kpm=None, causal=False):
     zero = torch.zeros((), dtype=q.dtype, device=q.device)
     exact, p_in, p_vis = torch.where(L, s, zero), torch.where(L, p, zero), torch.where(visible, p, zero)
     z = exact.sum(-1, keepdim=True) + torch.clamp(p_vis.sum(-1, keepdim=True) - p_in.sum(-1, keepdim=True),
-                                                  min=max(1e-24, torch.finfo(q.dtype).tiny))
+                                                  min=1e-24)
+    z = torch.where(visible.any(-1, keepdim=True), z, 1.0)  # a row with no visible key: 0 (its numerator is 0)
     return ((exact - p_in) @ v + p_vis @ v) / z
 
 
