@@ -1,5 +1,7 @@
 """Benchmark utilities: sane timings and memory on CPU, and a stable CSV schema."""
 
+import time
+
 import pytest
 
 # the benchmark tables: a kernels-only machine (torch, triton, transformers) skips this file
@@ -15,10 +17,14 @@ CPU = torch.device("cpu")
 
 
 def test_time_us_is_positive_and_orders_work():
-    a, b = torch.randn(64, 64), torch.randn(512, 512)
-    small = time_us(lambda: a @ a, CPU, budget_s=0.05)
-    large = time_us(lambda: b @ b, CPU, budget_s=0.05)
-    assert 0 < small < large  # 512^3 vs 64^3 multiply-adds: 512x more work
+    """Microseconds, and the order of two calls whose latencies differ by far more than any load on the
+    machine moves them: a 2 ms sleep cannot take less than 2 ms, and does not burn CPU."""
+    calls = []
+    nothing = time_us(lambda: calls.append(1), CPU, budget_s=0.02)
+    slept = time_us(lambda: time.sleep(2e-3), CPU, budget_s=0.05)
+    assert len(calls) > 1  # warm-up and the timed runs
+    assert 0 < nothing < slept / 50
+    assert 2000 <= slept < 20_000  # microseconds: not seconds, not milliseconds
 
 
 def test_peak_memory_counts_live_tensors():

@@ -49,10 +49,13 @@ def test_run_py_prints_resolved_job_config():
     assert cfg.task == "layers" and list(cfg.layers.tokens) == [3]
 
 
-def test_cli_unknown_subcommand():
-    from flyweight.cli import main
+def test_cli_unknown_subcommand(capsys):
+    from flyweight.cli import SUBCOMMANDS, main
 
     assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown subcommand 'frobnicate'" in err
+    assert SUBCOMMANDS and all(name in err for name in SUBCOMMANDS), err  # the message names the valid ones
 
 
 @pytest.mark.parametrize("override,named", [

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from _numerics import TOLERANCE
 
 from flyweight.convert import StructureMismatchError, normal_init_
 from flyweight.linear import LowRankLinear, MonarchLinear, SS1Linear, StructuredLinear, make_linear
@@ -61,9 +62,38 @@ def test_causal_every_kind(kind):
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the change is visible later on
 
 
-def test_attention_is_sdpa():
-    # Hugging Face's SDPA function, registered under flyweight's name (flyweight.attention.hf_triton)
-    assert tiny("ss1").config._attn_implementation == "flyweight_sdpa"
+def test_attention_runs_through_sdpa(monkeypatch):
+    """The default attention is F.scaled_dot_product_attention, once per layer (through Hugging Face's
+    SDPA function); an explicit materialised softmax in its place gives the same logits."""
+    import torch.nn.functional as F
+
+    model = tiny("ss1")
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    sdpa, calls = F.scaled_dot_product_attention, []
+
+    def counted(*args, **kwargs):
+        calls.append("sdpa")
+        return sdpa(*args, **kwargs)
+
+    def explicit(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        calls.append("explicit")
+        assert dropout_p == 0.0 and not kwargs.get("enable_gqa", False)
+        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+        if is_causal:
+            s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), -math.inf)
+        if attn_mask is not None:
+            s = s.masked_fill(~attn_mask, -math.inf) if attn_mask.dtype == torch.bool else s + attn_mask
+        return torch.softmax(s, -1) @ v
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    with torch.no_grad():
+        logits = model(ids).logits
+    monkeypatch.setattr(F, "scaled_dot_product_attention", explicit)
+    with torch.no_grad():
+        again = model(ids).logits
+    n = model.config.n_layer
+    assert calls == ["sdpa"] * n + ["explicit"] * n
+    torch.testing.assert_close(again, logits, **TOLERANCE[torch.float32].close())
 
 
 # ---- training and generation work for every kind ---------------------------------------------
