@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from _lm_helpers import make_tokenizer, synthetic_articles
+from _numerics import TOLERANCE
 from torch import nn
 
 from flyweight.attention import make_attention
@@ -192,7 +193,7 @@ def test_float_inputs_still_work_after_the_dtype_check():
     for kind in KINDS:
         layer = _layer(kind).double()
         x = torch.randn(3, 128, dtype=torch.float64)
-        assert torch.allclose(layer(x), x @ layer.to_dense().t() + layer.bias, atol=1e-10)
+        torch.testing.assert_close(layer(x), x @ layer.to_dense().t() + layer.bias, **TOLERANCE[torch.float64].close())
 
 
 def test_validate_linear_returns_the_structure_and_allocates_nothing():

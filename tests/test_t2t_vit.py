@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _numerics import TOLERANCE
 
 from flyweight.models.t2t_vit import T2T_VIT_VARIANTS, T2TViTConfig, build_t2t_vit, sinusoid_positions
 from flyweight.models.t2t_vit_checkpoint import convert_checkpoint, load_t2t_vit
@@ -155,7 +156,7 @@ def test_converter_strict_load_gives_identical_logits(tmp_path, variant):
         for path in (converted, src):  # the converted file and the release file converted on the fly
             model = load_t2t_vit(path, variant=variant)
             assert model.cfg.tokens_type == T2T_VIT_VARIANTS[variant]["tokens_type"]
-            torch.testing.assert_close(model(img), ref, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(model(img), ref, **TOLERANCE[torch.float32].close())
 
 
 def test_converter_full_size_t2t_vit_t_14(tmp_path):
@@ -166,7 +167,7 @@ def test_converter_full_size_t2t_vit_t_14(tmp_path):
     img = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(
-            model(img), reference_forward(sd, img, "t2t_vit_t_14"), rtol=1e-4, atol=1e-5
+            model(img), reference_forward(sd, img, "t2t_vit_t_14"), **TOLERANCE[torch.float32].close()
         )
     cost = model.attention_cost()
     assert cost["attention_memory"] == 3136**2 + 784**2
@@ -184,7 +185,7 @@ def test_fly_renamed_layout_and_module_prefix_load(tmp_path):
     img = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(
-            model(img), reference_forward(sd, img, "t2t_vit_t_7"), rtol=1e-4, atol=1e-5
+            model(img), reference_forward(sd, img, "t2t_vit_t_7"), **TOLERANCE[torch.float32].close()
         )
 
 
@@ -219,7 +220,7 @@ def test_swapping_the_token_attention(tmp_path):
             {"name": "local", "window_size": 128},
             variant="t2t_vit_t_7",
         )
-        torch.testing.assert_close(wide(img), full, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(wide(img), full, **TOLERANCE[torch.float32].close())
         narrow = load_t2t_vit(
             src,
             {"name": "sblocal", "window_size": 8, "nb_features": 4, "seed": 1},
