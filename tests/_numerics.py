@@ -30,9 +30,9 @@ class Tolerance:
     atol: float  # absolute slack (values near zero); also torch.testing's atol
     baseline: float  # the most a plain PyTorch implementation in this precision may be off (relative)
 
-    def close(self, scale: float = 1.0) -> dict:
-        """keyword arguments for torch.testing.assert_close (``scale``: a chain of ``scale`` roundings)."""
-        return {"rtol": scale * self.rtol, "atol": scale * self.atol}
+    def close(self) -> dict:
+        """The keyword arguments of torch.testing.assert_close."""
+        return {"rtol": self.rtol, "atol": self.atol}
 
 
 TOLERANCE = {  # atol = rtol: a value near zero is judged on the scale of a value of order one
@@ -60,8 +60,8 @@ def assert_within_baseline(got: dict, reference: dict, precision, baseline: dict
         assert torch.isfinite(got[name]).all(), f"{name}: not finite"
         scale = ref.abs().max().item()
         base = 0.0 if baseline is None else max_error(baseline[name], ref)
-        assert base <= tol.baseline * scale + tol.atol, (
-            f"{name}: the baseline is {base:.2e} from float64 (> {tol.baseline:.0e} x {scale:.2e} + {tol.atol:.0e})")
+        limit = tol.baseline * scale + tol.atol
+        assert base <= limit, f"{name}: the baseline is {base:.2e} from float64 (> {limit:.2e}): broken"
         err = max_error(got[name], ref)
         bound = 2 * base + tol.atol + tol.rtol * scale
         assert err <= bound, (f"{name}: error {err:.2e} > 2 x baseline {base:.2e} + {tol.atol:.0e} + "
@@ -71,7 +71,8 @@ def assert_within_baseline(got: dict, reference: dict, precision, baseline: dict
 def outputs_and_grads(fn: Callable, inputs: dict, dtype: torch.dtype, grad_out: torch.Tensor | None) -> dict:
     """``fn(**inputs)`` with each input a fresh leaf in ``dtype`` (on the input's device): the output as
     "out" and, given ``grad_out``, the gradient of every input as "d<name>"."""
-    leaves = {n: x.detach().to(dtype, copy=True).requires_grad_(grad_out is not None) for n, x in inputs.items()}
+    grad = grad_out is not None
+    leaves = {n: x.detach().to(dtype, copy=True).requires_grad_(grad) for n, x in inputs.items()}
     out = fn(**leaves)
     if grad_out is None:
         return {"out": out.detach()}
@@ -85,8 +86,8 @@ def upstream_gradient(shape, dtype: torch.dtype, device, seed: int = 0) -> torch
     return torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
 
 
-def check_kernel(kernel: Callable, baseline: Callable, inputs: dict, dtype: torch.dtype, *, backward: bool = True,
-                 precision=None, seed: int = 0) -> dict:
+def check_kernel(kernel: Callable, baseline: Callable, inputs: dict, dtype: torch.dtype, *,
+                 backward: bool = True, precision=None, seed: int = 0) -> dict:
     """Run ``kernel`` and ``baseline`` (functions of the named floating-point ``inputs``, returning one
     tensor) in ``dtype``, and ``baseline`` in float64 on the same rounded inputs; with ``backward``
     also push one random upstream gradient (rounded to ``dtype``) through all three. Assert the rule

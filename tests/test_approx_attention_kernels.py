@@ -91,7 +91,7 @@ def dense_sblocal(q, k, v, W, temp, w, kpm=None, causal=False):
     exact, p_in, p_vis = torch.where(L, s, zero), torch.where(L, p, zero), torch.where(visible, p, zero)
     z = exact.sum(-1, keepdim=True) + torch.clamp(p_vis.sum(-1, keepdim=True) - p_in.sum(-1, keepdim=True),
                                                   min=1e-24)
-    z = torch.where(visible.any(-1, keepdim=True), z, 1.0)  # a row with no visible key: 0 (its numerator is 0)
+    z = torch.where(visible.any(-1, keepdim=True), z, 1.0)  # a row with no visible key: 0 (numerator 0)
     return ((exact - p_in) @ v + p_vis @ v) / z
 
 
@@ -101,8 +101,8 @@ def check_attention(attn, dense, q, k, v, temp, kpm=None, dtype=KERNEL_DTYPE, ba
     attn = attn.to(DEVICE)
     mask = None if kpm is None else kpm.to(DEVICE)
     inputs = {"q": q.to(DEVICE), "k": k.to(DEVICE), "v": v.to(DEVICE)}
-    return check_kernel(lambda q, k, v: attn(q, k, v, softmax_temp=temp, key_padding_mask=mask), dense, inputs,
-                        dtype, backward=backward)
+    return check_kernel(lambda q, k, v: attn(q, k, v, softmax_temp=temp, key_padding_mask=mask), dense,
+                        inputs, dtype, backward=backward)
 
 
 # ---- local ---------------------------------------------------------------------------------------------
@@ -206,7 +206,8 @@ def test_causal_lowrank_kernels_match_dense(T, pad):
     sb = make_attention("sblocal", window_size=9, nb_features=16, seed=4, causal=True, impl="triton")
     sb.redraw_features(4, head_dim=16)
     W = sb.features.double()
-    check_attention(sb, lambda q, k, v: dense_sblocal(q, k, v, W, temp, 9, kpm, causal=True), q, k, v, temp, kpm)
+    check_attention(sb, lambda q, k, v: dense_sblocal(q, k, v, W, temp, 9, kpm, causal=True), q, k, v, temp,
+                    kpm)
 
 
 # ---- causal PyTorch variants (references for the causal kernels) ----------------------------------------
@@ -290,7 +291,8 @@ def test_t2t_vit_token_attentions_run_the_kernels():
                 if impl == "torch":  # the float64 reference: the same model and features on the PyTorch path
                     reference = model.double()(images.double())
                     model.float()
-        assert_within_baseline({name: logits["triton"]}, {name: reference}, torch.float32, {name: logits["torch"]})
+        assert_within_baseline({name: logits["triton"]}, {name: reference}, torch.float32,
+                               {name: logits["torch"]})
 
 
 def test_projection_cache_follows_redraws_and_loads():

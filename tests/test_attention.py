@@ -54,7 +54,8 @@ def test_registry_and_errors():
 def test_local_equals_masked_full(T, w):
     q, k, v = qkv(T=T)
     out = make_attention("local", window_size=w)(q, k, v, softmax_temp=0.3)
-    torch.testing.assert_close(out, dense_attention(q, k, v, 0.3, band(T, w)), **TOLERANCE[torch.float64].close())
+    ref = dense_attention(q, k, v, 0.3, band(T, w))
+    torch.testing.assert_close(out, ref, **TOLERANCE[torch.float64].close())
 
 
 def test_local_with_key_padding():
@@ -63,7 +64,8 @@ def test_local_with_key_padding():
     pad[0, 38:] = True  # query 40 still sees keys 36, 37
     pad[1, ::3] = True
     out = make_attention("local", window_size=9)(q, k, v, key_padding_mask=pad)
-    torch.testing.assert_close(out, dense_attention(q, k, v, None, band(41, 9), pad), **TOLERANCE[torch.float64].close())
+    ref = dense_attention(q, k, v, None, band(41, 9), pad)
+    torch.testing.assert_close(out, ref, **TOLERANCE[torch.float64].close())
     # a query whose whole window is padding gets 0 (the dense reference would give NaN)
     pad[0, 30:] = True
     out = make_attention("local", window_size=9)(q, k, v, key_padding_mask=pad)
@@ -76,7 +78,8 @@ def test_sblocal_window_covering_everything_is_full(T):
     pad = torch.zeros(2, T, dtype=torch.bool)
     pad[1, T // 2 :] = True
     out = make_attention("sblocal", window_size=2 * T, nb_features=4, seed=3)(q, k, v, key_padding_mask=pad)
-    torch.testing.assert_close(out, dense_attention(q, k, v, key_padding_mask=pad), **TOLERANCE[torch.float64].close())
+    ref = dense_attention(q, k, v, key_padding_mask=pad)
+    torch.testing.assert_close(out, ref, **TOLERANCE[torch.float64].close())
 
 
 def test_full_matches_reference_with_padding():

@@ -193,7 +193,8 @@ def test_float_inputs_still_work_after_the_dtype_check():
     for kind in KINDS:
         layer = _layer(kind).double()
         x = torch.randn(3, 128, dtype=torch.float64)
-        torch.testing.assert_close(layer(x), x @ layer.to_dense().t() + layer.bias, **TOLERANCE[torch.float64].close())
+        ref = x @ layer.to_dense().t() + layer.bias
+        torch.testing.assert_close(layer(x), ref, **TOLERANCE[torch.float64].close())
 
 
 def test_validate_linear_returns_the_structure_and_allocates_nothing():

@@ -66,7 +66,8 @@ def test_kernel_in_bfloat16_rounds_like_the_reference_and_can_skip_the_gradient(
     assert_within_baseline({"nll": nll}, {"nll": ref_nll}, torch.float32, {"nll": plain_nll})
     nll_and_grad_(work, target, 200)
     assert work.dtype == torch.bfloat16  # the gradient is stored in bf16: judged against its bf16 rounding
-    assert_within_baseline({"grad": work}, {"grad": ref_grad}, torch.bfloat16, {"grad": plain_grad.bfloat16()})
+    assert_within_baseline({"grad": work}, {"grad": ref_grad}, torch.bfloat16,
+                           {"grad": plain_grad.bfloat16()})
 
 
 @pytest.mark.parametrize("path", ["kernel", "torch"])
@@ -82,9 +83,10 @@ def test_fused_linear_nll_value_and_gradients_match_autograd(path, monkeypatch):
     target = torch.randint(0, 60, (9,), generator=g)
     target[-1] = -1
     # check_kernel's random upstream gradient (2.5 here) scales both weight and hidden gradients
-    got = check_kernel(lambda hidden, weight: fused_linear_nll(hidden, weight, target, vocab=60),
-                       lambda hidden, weight: F.cross_entropy(hidden @ weight[:60].t(), target, ignore_index=-1,
-                                                              reduction="sum"),
+    def plain(hidden, weight):
+        return F.cross_entropy(hidden @ weight[:60].t(), target, ignore_index=-1, reduction="sum")
+
+    got = check_kernel(lambda hidden, weight: fused_linear_nll(hidden, weight, target, vocab=60), plain,
                        {"hidden": hidden, "weight": weight}, dtype, seed=3)
     assert got["out"].dtype == dtype and got["dweight"][60:].abs().max() == 0  # padding rows never learn
 
@@ -122,7 +124,8 @@ def test_next_token_nll_with_fused_loss_matches_full_logits(pad):
     got = loss_and_grads(NextTokenNLL(model, fused_loss=True)(ids))
     plain = loss_and_grads(NextTokenNLL(model)(ids))  # the full-logits loss in float32: the baseline
     logits = model.double()(input_ids=ids, use_cache=False).logits[..., :300]
-    ref = loss_and_grads(F.cross_entropy(logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1), reduction="sum"))
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1), reduction="sum")
+    ref = loss_and_grads(ref)
     assert_within_baseline(got, ref, torch.float32, plain)
     with pytest.raises(ValueError, match="alternative"):
         NextTokenNLL(model, fused_loss=True, loss_chunk=8)

@@ -16,7 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _numerics import assert_within_baseline, check_kernel
-from test_approx_attention_kernels import allowed_window, dense_performer, dense_sblocal, dense_softmax, padding
+from test_approx_attention_kernels import (allowed_window, dense_performer, dense_sblocal, dense_softmax,
+                                           padding)
 from test_flash_attention import attention
 from test_monarch_op import monarch_functions, monarch_inputs
 from test_ss1 import spec_index_vectorised
@@ -132,8 +133,8 @@ APPROX_SHAPES = [  # (T, causal, pad): T = 4096 (every tile full), odd T (partia
 def test_local_attention_kernels_on_cuda(T, causal, pad, w, dtype):
     attn = make_attention("local", window_size=w, causal=causal, impl="triton")
     allowed = allowed_window(T, w, causal)
-    check_approximate(attn, lambda q, k, v, temp, kpm: dense_softmax(q, k, v, temp, allowed, kpm), T, causal, pad,
-                      dtype)
+    check_approximate(attn, lambda q, k, v, temp, kpm: dense_softmax(q, k, v, temp, allowed, kpm), T, causal,
+                      pad, dtype)
 
 
 @gpu
@@ -156,8 +157,8 @@ def test_sblocal_kernels_on_cuda(T, causal, pad, dtype):
     attn = make_attention("sblocal", window_size=w, nb_features=64, causal=causal, seed=5, impl="triton")
     attn.redraw_features(5, head_dim=64)
     W = attn.features.double()
-    check_approximate(attn, lambda q, k, v, temp, kpm: dense_sblocal(q, k, v, W, temp, w, kpm, causal), T, causal,
-                      pad, dtype)
+    check_approximate(attn, lambda q, k, v, temp, kpm: dense_sblocal(q, k, v, W, temp, w, kpm, causal), T,
+                      causal, pad, dtype)
 
 
 @gpu
@@ -169,9 +170,10 @@ def test_fused_lm_loss_on_cuda(n, d, width, vocab, dtype):
     weight = (3 * d**-0.5 * torch.randn(width, d, generator=g)).cuda()  # logits of standard deviation ~3
     target = torch.randint(0, vocab, (n,), generator=g).cuda()
     target[::7] = -1  # ignored rows
-    got = check_kernel(lambda hidden, weight: fused_linear_nll(hidden, weight, target, vocab),
-                       lambda hidden, weight: F.cross_entropy(hidden @ weight[:vocab].t(), target, ignore_index=-1,
-                                                              reduction="sum"),
+    def plain(hidden, weight):
+        return F.cross_entropy(hidden @ weight[:vocab].t(), target, ignore_index=-1, reduction="sum")
+
+    got = check_kernel(lambda hidden, weight: fused_linear_nll(hidden, weight, target, vocab), plain,
                        {"hidden": hidden, "weight": weight}, dtype, seed=n)
     assert got["dweight"][vocab:].abs().max() == 0  # padding rows never learn
 

@@ -198,7 +198,8 @@ def test_joined_and_strided_kernels(monkeypatch, second, b):
     monkeypatch.setattr(tuning, "SECOND", second)
     monkeypatch.setattr(tuning, "BACKWARD", second)
     torch.manual_seed(b)
-    layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE, KERNEL_DTYPE)  # output padded: the last tile is cut
+    # output padded: the last tile is cut
+    layer = MonarchLinear(40, 8 * b + 3, nblocks=b).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
     x = torch.randn(19, 40, device=DEVICE, dtype=KERNEL_DTYPE)
     monkeypatch.setattr(O, "_target_programs", lambda device: 16)  # several weight-gradient slices
@@ -236,7 +237,8 @@ def test_compiled_fullgraph_matches_eager():
     xa = x.clone().requires_grad_()
     y = compiled(xa)
     y.backward(upstream_gradient(y.shape, KERNEL_DTYPE, DEVICE))  # the gradient check_kernel pushed back
-    got = {"out": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad, "dbias": layer.bias.grad}
+    got = {"out": y.detach(), "dx": xa.grad, "dw1": layer.w1.grad, "dw2": layer.w2.grad,
+           "dbias": layer.bias.grad}
     if ON_GPU:  # inductor may fuse and reorder around the kernels
         assert_within_baseline(got, {k: v.double() for k, v in eager.items()}, KERNEL_DTYPE)
     else:  # aot_eager runs the same ops as eager: bit for bit

@@ -83,7 +83,8 @@ def test_dense_equivalent_matches_spec_loops(cfg):
 @pytest.mark.parametrize("cfg", SMALL + [dict(i=96, o=200, R=2, bk=16, bn=64, vec=4)],
                          ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_vectorised_spec_index_is_the_loop_one(cfg):
-    layer = SS1Linear(cfg["i"], cfg["o"], compression=cfg["R"], block_k=cfg["bk"], block_n=cfg["bn"], vec=cfg["vec"])
+    layer = SS1Linear(cfg["i"], cfg["o"], compression=cfg["R"], block_k=cfg["bk"], block_n=cfg["bn"],
+                      vec=cfg["vec"])
     args = (cfg["o"], cfg["i"], layer.hash_coeffs, cfg["R"], cfg["bk"], cfg["bn"], cfg["vec"])
     assert torch.equal(spec_index_vectorised(*args), spec_index(*args))
 

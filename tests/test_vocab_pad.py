@@ -66,7 +66,8 @@ def test_real_logits_loss_and_grads_equal_the_unpadded_model(kind):
     torch.testing.assert_close(nb.double(), na.double(), rtol=1e-12, atol=0)
     na.backward(), nb.backward()
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
-        torch.testing.assert_close(pb.grad[: pa.shape[0]], pa.grad, **TOLERANCE[torch.float64].close(), msg=name)
+        torch.testing.assert_close(pb.grad[: pa.shape[0]], pa.grad, msg=name,
+                                   **TOLERANCE[torch.float64].close())
         if pb.shape != pa.shape:
             assert torch.count_nonzero(pb.grad[pa.shape[0]:]) == 0, name
     # Hugging Face's own labels= loss reshapes the logits by config.vocab_size: it must agree too
