@@ -1,5 +1,8 @@
 """Low precision: every kernel in float16 and bfloat16 against plain PyTorch in the same precision.
 
+First, that the rule of ``_numerics`` can fail: errors of ten tolerances in an output or in one
+gradient are caught in every dtype.
+
 On CPU: SS1's sketch adds R inputs before the GEMM; summed in float16 it overflowed at R >= 8 for
 1e4-scale activations (512 of 512 outputs inf) while the dense layer with the same weight stayed
 finite (issue 15, item 5). The reference is that dense layer in float64.
@@ -15,7 +18,7 @@ training stack, so the run needs only torch, triton and transformers.
 import pytest
 import torch
 import torch.nn.functional as F
-from _numerics import assert_within_baseline, check_kernel
+from _numerics import TOLERANCE, assert_within_baseline, check_kernel
 from test_approx_attention_kernels import (allowed_window, dense_performer, dense_sblocal, dense_softmax,
                                            padding)
 from test_flash_attention import attention
@@ -31,6 +34,42 @@ from flyweight.linear import MonarchLinear, SS1Linear, make_linear
 HALF = [torch.float16, torch.bfloat16]
 half = pytest.mark.parametrize("dtype", HALF, ids=["fp16", "bf16"])
 gpu = pytest.mark.gpu
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """The identity, whose backward scales the gradient by ``factor``: a wrong gradient, right output."""
+
+    @staticmethod
+    def forward(ctx, w, factor):
+        ctx.factor = factor
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.factor, None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_the_rule_fails_an_error_of_ten_tolerances_in_the_output_or_in_one_gradient(dtype):
+    """check_kernel can fail: the baseline itself passes; an output, or a single gradient, off by ten
+    times the table's rtol (1e-4 in float32, 1% in float16, 8% in bfloat16) does not; and a baseline
+    far from float64 is refused rather than used as a lax bound."""
+    g = torch.Generator().manual_seed(0)
+    inputs = {"x": torch.randn(64, 48, generator=g, dtype=torch.float64),
+              "w": torch.randn(32, 48, generator=g, dtype=torch.float64)}
+    off = 1 + 10 * TOLERANCE[dtype].rtol
+
+    def matmul(x, w):
+        return x @ w.t()
+
+    assert set(check_kernel(matmul, matmul, inputs, dtype)) == {"out", "dx", "dw"}
+    with pytest.raises(AssertionError, match="^out: error"):
+        check_kernel(lambda x, w: off * matmul(x, w), matmul, inputs, dtype)
+    with pytest.raises(AssertionError, match="^dw: error"):
+        check_kernel(lambda x, w: matmul(x, _ScaledGradient.apply(w, off)), matmul, inputs, dtype)
+    with pytest.raises(AssertionError, match="^out: the baseline .* broken"):
+        assert_within_baseline({"out": matmul(**inputs)}, {"out": matmul(**inputs)}, dtype,
+                               {"out": 1.5 * matmul(**inputs)})
 
 
 @pytest.mark.parametrize("dtype", HALF)
