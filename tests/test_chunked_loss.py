@@ -52,6 +52,7 @@ def test_chunked_loss_ignores_targets_and_scales_by_the_incoming_gradient():
 
 def test_lightning_module_uses_the_chunked_loss():
     """trainer.loss_chunk reaches the training module: its summed NLL equals the full-logits one."""
+    pytest.importorskip("lightning")  # flyweight.train.module is a LightningModule
     from flyweight.train.module import LMModule
     from flyweight.train.optim import OptimConfig
 

@@ -132,6 +132,7 @@ def test_next_token_nll_with_fused_loss_matches_full_logits(pad):
 
 
 def test_trainer_fused_loss_auto_is_on_for_gpus_only():
+    pytest.importorskip("lightning")  # flyweight.train.lm is the Lightning trainer
     from flyweight.train.lm import resolve_fused_loss
 
     assert resolve_fused_loss("auto", "gpu", None) is True
