@@ -1,8 +1,11 @@
-"""Triton kernels of local / Performer / Scatterbrain attention against float64 brute force and the
-PyTorch paths, and the causal PyTorch variants against dense references.
+"""Triton kernels of local / Performer / Scatterbrain attention against dense T x T brute force, and
+the PyTorch paths (causal variants included) against the same.
 
-Without CUDA the kernels run under TRITON_INTERPRET=1 (conftest.py) on float32 CPU tensors with small
-tiles (16 rows), so T of 30-70 crosses several query and key tiles and odd lengths leave partial tiles.
+Every comparison is ``_numerics.check_kernel``: the dense formula in the kernel's dtype is the
+baseline, in float64 the reference, for the output and dq, dk, dv. Without CUDA the kernels run under
+TRITON_INTERPRET=1 (conftest.py) on float32 CPU tensors with small tiles (16 rows), so T of 30-70
+crosses several query and key tiles and odd lengths leave partial tiles; float16 / bfloat16 at T up
+to 4096 on CUDA are in ``test_low_precision.py`` (``-m gpu``).
 """
 
 import math

@@ -1,9 +1,11 @@
-"""The Triton flash-attention kernels (forward, dQ, dK, dV) against a float64 brute-force softmax.
+"""The Triton flash-attention kernels (forward, dQ, dK, dV) against the materialised softmax.
 
-Without CUDA they run under TRITON_INTERPRET=1 (set by conftest.py) on CPU tensors with the small
-fixed tiles of ``INTERPRET_BLOCKS``: the same kernel source the GPU compiles. float32 and float16 are
-tested here; bfloat16 dots are wrong in Triton's CPU interpreter itself (a 16x16 bf16 ``tl.dot``
-returns garbage there), so bf16 is checked on the GPU by ``benchmarks/attention_gpu.py``.
+Every numerics test is ``_numerics.check_kernel``: the kernel's error against the float64 softmax at
+most twice that of the plain PyTorch softmax in the same dtype. Without CUDA they run under
+TRITON_INTERPRET=1 (set by conftest.py) on CPU tensors with the small fixed tiles of
+``INTERPRET_BLOCKS``: the same kernel source the GPU compiles. float32 and float16 are tested here;
+bfloat16 dots are wrong in Triton's CPU interpreter itself (a 16x16 bf16 ``tl.dot`` returns garbage
+there), so bf16 is checked on the GPU by ``test_low_precision.py`` (``-m gpu``).
 """
 
 import math

@@ -2,7 +2,8 @@
 
 Without CUDA the kernels run under TRITON_INTERPRET=1 (conftest.py) on CPU tensors with the small
 ``INTERPRET_TILE``, so every case below crosses tile edges in M, in the block widths and in the
-reductions. The reference is the Monarch formula written with einsum (not the layer's bmm code):
+reductions. The baseline (in the kernels' dtype) and the float64 reference of
+``_numerics.check_kernel`` are the Monarch formula written with einsum (not the layer's bmm code):
 
     h[k*r + t] = sum_i W1[k, t, i] x[k*p_in + i],   y[s*b + l] = sum_j W2[l, s, j] h[j*b + l]
 """

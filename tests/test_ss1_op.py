@@ -1,8 +1,10 @@
 """The SS1 operator (sketch + F.linear, one autograd rule) on every route, against float64.
 
 References are independent of the code under test: the dense weight comes from the spec's formula
-(``test_ss1.spec_index``) applied to the spec's Wc, and gradients from float64 autograd through it.
-Without CUDA the Triton kernel runs under TRITON_INTERPRET=1 (conftest.py) on CPU tensors.
+(``test_ss1.spec_index``) applied to the spec's Wc; F.linear through it is the baseline in the
+layer's dtype and, in float64, the reference of ``_numerics.check_kernel`` for y and every gradient.
+Without CUDA the Triton kernel runs under TRITON_INTERPRET=1 (conftest.py) on CPU tensors; the
+float16 / bfloat16 cases on CUDA are in ``test_low_precision.py`` (``-m gpu``).
 """
 
 import functools
