@@ -279,10 +279,20 @@ def test_auto_keeps_training_in_unchecked_dtypes_on_the_pytorch_path():
         assert auto_picks_kernel(True, dtype, True, 64, needs_grad=False)
     assert auto_picks_kernel(True, torch.float16, True, 64, needs_grad=True)
     assert not auto_picks_kernel(True, torch.bfloat16, True, 64, needs_grad=True)
+    bf16_checked = (torch.float16, torch.bfloat16)
+    assert auto_picks_kernel(True, torch.bfloat16, True, 64, needs_grad=True, backward_dtypes=bf16_checked)
     assert not auto_picks_kernel(False, torch.float16, True, 64, needs_grad=False)  # CPU
     assert not auto_picks_kernel(True, torch.float32, True, 64, needs_grad=False)
     assert not auto_picks_kernel(True, torch.float16, False, 64, needs_grad=False)  # mixed dtypes
     assert not auto_picks_kernel(True, torch.float16, True, 512, needs_grad=False)  # head dim > 256
+
+
+def test_each_kind_declares_the_backward_dtypes_that_passed_the_gpu_check():
+    """Local attention's bf16 backward passes on the H200; Performer's and Scatterbrain's do not yet, so
+    impl='auto' trains those in bf16 through the PyTorch path."""
+    assert make_attention("local").backward_kernel_dtypes == (torch.float16, torch.bfloat16)
+    for kind in ("performer", "sblocal"):
+        assert make_attention(kind).backward_kernel_dtypes == (torch.float16,)
 
 
 def test_kernel_errors_name_the_fix(monkeypatch):

@@ -175,7 +175,7 @@ def _causal_lowrank_dq_kernel(
             uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
-            dq = dot_f32(ds, k.to(tl.float32), dq)
+            dq = dot_f32(ds, k, dq)
             dfq -= dot_f32(dp_window, fk)
         dq = dq * scale
     dq += _feature_grad_to_input(fq * dfq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
@@ -251,7 +251,7 @@ def _causal_lowrank_dkdv_kernel(
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
             dv = dot_f32(tl.trans(e - p), u, dv)
-            dk = dot_f32(tl.trans(ds), q.to(tl.float32), dk)
+            dk = dot_f32(tl.trans(ds), q, dk)
             dfk -= dot_f32(tl.trans(dp_window), fq)
         dk = dk * scale
     dk += _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)

@@ -127,7 +127,7 @@ def _sblocal_bwd_query_kernel(
             uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
-            dq_s = dot_f32(ds, k.to(tl.float32), dq_s)
+            dq_s = dot_f32(ds, k, dq_s)
             dfq = dot_f32(dp, fk, dfq)
         dlq = fq * ls[:, None] * dfq
         dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
@@ -194,7 +194,7 @@ def _sblocal_bwd_key_kernel(
         ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
         dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
         dv = dot_f32(tl.trans(e - p), u, dv)
-        dk_s = dot_f32(tl.trans(ds), q.to(tl.float32), dk_s)
+        dk_s = dot_f32(tl.trans(ds), q, dk_s)
         dfk = dot_f32(tl.trans(dp * ls[:, None]), fq, dfk)
     dk = scale * dk_s + _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     rows = offs_n < T
