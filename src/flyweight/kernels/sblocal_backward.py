@@ -36,6 +36,7 @@ from flyweight.kernels.feature_attention import (
     _num_splits,
     feature_logs,
     load_projection,
+    saved_output_dtype,
 )
 from flyweight.kernels.local_attention import (
     _load_tile,
@@ -249,12 +250,13 @@ def sblocal_backward(do, q, k, v, o, state, temp, left, right, key_padding_mask)
 class _SBLocalFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, proj, temp, left, right, key_padding_mask):
-        o, state = sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask, return_state=True)
+        o, state = sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask, return_state=True,
+                                   out_dtype=saved_output_dtype(ctx))
         w_hi, w_lo, m, ck, kv, ksum, stats = state
         ctx.save_for_backward(q, k, v, o, w_hi, w_lo, ck, kv, ksum, stats,
                               *(() if key_padding_mask is None else (key_padding_mask,)))
         ctx.meta = (m, temp, left, right, key_padding_mask is not None)
-        return o
+        return o.to(v.dtype)
 
     @staticmethod
     def backward(ctx, do):
