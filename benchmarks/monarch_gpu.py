@@ -63,7 +63,7 @@ from gpu_harness import (  # noqa: E402
 )
 
 import flyweight  # noqa: E402
-from flyweight.kernels.monarch import monarch_meta, tuning  # noqa: E402
+from flyweight.kernels.monarch import monarch_sizes, tuning  # noqa: E402
 from flyweight.kernels.monarch import op as monarch_op  # noqa: E402
 from flyweight.linear import MonarchLinear  # noqa: E402
 
@@ -167,7 +167,7 @@ def fused_forward():
 
 
 def fused_applies(k: int, n: int, nblocks: int) -> bool:
-    return monarch_op.fused_applies(monarch_meta(k, n, nblocks))
+    return monarch_op.fused_applies(monarch_sizes(k, n, nblocks))
 
 
 def call_fns(variant, k, n, m, nblocks=4, grad=False):

@@ -237,7 +237,7 @@ def tuning(run: Run) -> None:
             us = {}
             for cfg in CANDIDATES:
                 ss1_op.config_for = lambda m, cfg=cfg: cfg
-                us[cfg] = graph_us([lambda: ss1_op.sketch_triton(x, layer.meta, torch.bfloat16)])
+                us[cfg] = graph_us([lambda: ss1_op.sketch_triton(x, layer.sketch_args, torch.bfloat16)])
             ss1_op.config_for = config_for
             pick, best = config_for(m), min(us, key=us.get)
             for cfg, t in us.items():
