@@ -432,7 +432,7 @@ def test_triton_only_where_it_exists():
 def test_declared_floors_cover_what_the_code_imports():
     from packaging.version import Version
 
-    # transformers.masking_utils (flyweight.attention.hf_triton) exists from 4.53 on; dtype= from 4.56
+    # transformers.masking_utils (flyweight.attention.hf_backends) exists from 4.53 on; dtype= from 4.56
     floor = min(Version(s.version) for s in _requirement("transformers").specifier if s.operator == ">=")
     assert floor >= Version("4.56")
     torch_floor = min(Version(s.version) for s in _requirement("torch").specifier if s.operator == ">=")

@@ -62,7 +62,7 @@ def test_causal_every_kind(kind):
 
 
 def test_attention_is_sdpa():
-    # Hugging Face's SDPA function, registered under flyweight's name (flyweight.attention.hf_triton)
+    # Hugging Face's SDPA function, registered under flyweight's name (flyweight.attention.hf_backends)
     assert tiny("ss1").config._attn_implementation == "flyweight_sdpa"
 
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flyweight.attention.hf_triton import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from flyweight.attention.hf_triton import use_attention
+from flyweight.attention.hf_backends import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from flyweight.attention.hf_backends import use_attention
 from flyweight.convert.checkpoint import load_structured as _load_structured
 from flyweight.convert.checkpoint import save_structured
 from flyweight.convert.init import normal_init_
@@ -156,7 +156,7 @@ def build_gpt2(
     attention: "sdpa" (PyTorch's fused kernels), "triton" (flyweight's Triton flash attention; calls
     with a padding mask or attention dropout still use SDPA) or "auto" (triton where CUDA is, else
     sdpa). Either way a padding-free causal batch
-    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_triton``).
+    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_backends``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
