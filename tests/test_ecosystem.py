@@ -315,7 +315,7 @@ def test_kind_without_normal_init_names_the_fix():
 
     try:
         with pytest.raises(NotImplementedError, match=r"define normal_init_\(std, generator\)"):
-            flyweight.convert.normal_init_(NoInit(4, 4), 0.02)
+            NoInit(4, 4).normal_init_(0.02)
     finally:
         unregister_linear("noinit-test")
 

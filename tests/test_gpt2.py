@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from flyweight.convert import StructureMismatchError, normal_init_
+from flyweight.convert import StructureMismatchError
 from flyweight.linear import LowRankLinear, MonarchLinear, SS1Linear, StructuredLinear, make_linear
 from flyweight.models.gpt2 import (
     GPT2_SIZES,
@@ -122,7 +122,7 @@ def test_ss1_seeds_distinct_and_recorded():
 def test_normal_init_gives_dense_equivalent_std(kind, kw):
     torch.manual_seed(0)
     layer = make_linear(kind, 512, 768, **kw)
-    normal_init_(layer, 0.02)
+    layer.normal_init_(0.02)
     w = layer.to_dense()
     assert abs(w.mean().item()) < 1e-3
     assert abs(w.std().item() / 0.02 - 1) < 0.05

@@ -98,7 +98,7 @@ class StructuredLinear(nn.Module):
 
     Subclasses implement ``_matmul`` (x of shape (M, in) -> (M, out), no bias), ``to_dense``,
     ``from_dense``, ``flops_per_token``, ``structure_config`` and ``normal_init_`` (the kind owns
-    its initialisation: ``build_gpt2`` and ``flyweight.convert.normal_init_`` call it).
+    its initialisation: ``build_gpt2`` calls it).
     """
 
     kind: ClassVar[str] = "?"
@@ -184,7 +184,13 @@ class StructuredLinear(nn.Module):
     def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "StructuredLinear":
         """Draw the weights so the entries of ``to_dense()`` have mean 0 and std ``std``; zero the bias.
 
-        GPT-2's initialisation in the dense-equivalent sense (``flyweight.convert.init``)."""
+        GPT-2's initialisation in the dense-equivalent sense: GPT-2 draws every weight from N(0, std),
+        and a structured layer asks the same of its dense equivalent W = to_dense(), so for
+        uncorrelated inputs the output variance equals that of a dense GPT-2 layer (K * std**2 *
+        Var(x)). Each kind gets there its own way: dense and SS1 store each entry of W once (the
+        stored weight ~ N(0, std)); low-rank and Monarch sum products of two factors per entry and
+        balance the factors' stds, so Adam's equal step sizes move both alike.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} (kind {self.kind!r}) does not define normal_init_(std, generator): "
             "add it to the class, drawing the weights so that to_dense() has entries of std `std`"

@@ -16,7 +16,7 @@ parameter and FLOP counts below cover the real vocabulary only (see ``PaddedVoca
 
 Initialisation follows GPT-2: N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0,
 0.02/sqrt(2*n_layer)), zero biases. For a structured layer "std" means the std of the entries of
-its dense equivalent (see ``flyweight.convert.init``).
+its dense equivalent (``StructuredLinear.normal_init_``, which each kind defines).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from flyweight.attention.hf_backends import IMPLEMENTATIONS as ATTENTION_IMPLEME
 from flyweight.attention.hf_backends import use_attention
 from flyweight.convert.checkpoint import load_structured as _load_structured
 from flyweight.convert.checkpoint import save_structured
-from flyweight.convert.init import normal_init_
 from flyweight.convert.surgery import convert, get_structure, is_linear_like, mark_flyweight_checkpoint
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.linear.base import check_positive_int, validate_linear
@@ -250,7 +249,7 @@ def _gpt2_init_(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, StructuredLinear):
             std = residual_std if name.endswith(".c_proj") else INIT_STD
-            normal_init_(module, std)
+            module.normal_init_(std)
 
 
 # ---- vocabulary padding ---------------------------------------------------------------------------
