@@ -98,14 +98,14 @@ def test_roles_and_per_role_kinds():
 
 
 def test_linear_settings_flat_and_nested():
-    m = tiny("ss1", linear={"compression": 2})
+    m = tiny("ss1", settings={"compression": 2})
     assert m.transformer.h[0].mlp.c_fc.compression == 2
-    m = tiny("ss1", kinds={"mlp": "monarch"}, linear={"ss1": {"compression": 2}, "monarch": {"nblocks": 2}})
+    m = tiny("ss1", kinds={"mlp": "monarch"}, settings={"ss1": {"compression": 2}, "monarch": {"nblocks": 2}})
     assert m.transformer.h[0].attn.c_attn.compression == 2 and m.transformer.h[0].mlp.c_fc.nblocks == 2
 
 
 def test_ss1_seeds_distinct_and_recorded():
-    model = tiny("ss1", kinds={"attn_out": "ss1"}, linear={"seed": 7})
+    model = tiny("ss1", kinds={"attn_out": "ss1"}, settings={"seed": 7})
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SS1Linear)}
     seeds = [m.seed for m in layers.values()]
     assert len(seeds) == 8 and len(set(seeds)) == 8 and min(seeds) == 7

@@ -10,6 +10,8 @@ key. Experiments (YAML) only set values.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,8 @@ class ModelConfig:
     kind: str = "dense"                 # dense | ss1 | monarch | lowrank: the kind of every converted role
     roles: list[str] = field(default_factory=lambda: ["mlp", "attn_qkv", "attn_out"])
     lm_head: bool = False               # true: the lm_head is converted too (and untied from the embedding)
-    linear: dict[str, Any] = field(default_factory=dict)  # ss1/lowrank {compression: R}, monarch {nblocks: b}
+    settings: dict[str, Any] = field(default_factory=dict)  # ss1/lowrank {compression: R}, monarch {nblocks: b}
+    linear: dict[str, Any] = field(default_factory=dict)  # the old name of settings: merged into it, with a warning
     n_layer: int | None = None          # null: the size's
     n_embd: int | None = None
     n_head: int | None = None
@@ -40,6 +43,26 @@ class ModelConfig:
                                         # padded logits are -inf; params/FLOPs count the real vocabulary
     dropout: float = 0.1
     attention: str = "auto"             # auto (Triton flash attention on CUDA, SDPA on CPU) | sdpa | triton
+
+
+# Config keys that were renamed; the old name still works on the command line, with a FutureWarning
+# (meant for the person running the command, so Python shows it). In YAML, model.linear is a field of
+# ModelConfig that flyweight.train.model_config merges into model.settings.
+RENAMED_KEYS = {"model.linear": "model.settings"}
+
+
+def renamed_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides with each renamed key (``model.linear.compression=8``) given its new name."""
+    out = []
+    for arg in overrides:
+        for old, new in RENAMED_KEYS.items():
+            m = re.match(rf"^([+~]*){re.escape(old)}(?=[.=]|$)", arg)
+            if m:
+                warnings.warn(f"{old} is deprecated: it is {new} now ({arg} -> {m[1]}{new}{arg[m.end():]})",
+                              FutureWarning, stacklevel=2)
+                arg = f"{m[1]}{new}{arg[m.end():]}"
+        out.append(arg)
+    return out
 
 
 GROUPS = {("model", "gpt2"): ModelConfig, ("data", "base"): DataConfig, ("optim", "adamw"): OptimConfig,

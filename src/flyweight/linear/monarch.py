@@ -166,5 +166,5 @@ class MonarchLinear(StructuredLinear):
         self._zero_bias()
         return self
 
-    def structure_config(self) -> dict:
+    def settings(self) -> dict:
         return {"nblocks": self.nblocks}

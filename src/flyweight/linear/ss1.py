@@ -185,7 +185,7 @@ class SS1Linear(StructuredLinear):
         settings.setdefault("pad", in_features % block != 0)
         return settings
 
-    def structure_config(self) -> dict:
+    def settings(self) -> dict:
         return {
             "compression": self.compression,
             "seed": self.seed,

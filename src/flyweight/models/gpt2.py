@@ -41,7 +41,7 @@ from flyweight.linear.config import make_config
 from flyweight.utils.optional import HAS_TRITON
 
 __all__ = [
-    "DEFAULT_LINEAR",
+    "DEFAULT_SETTINGS",
     "GPT2_ROLES",
     "GPT2_SIZES",
     "PaddedVocabHead",
@@ -61,7 +61,7 @@ GPT2_SIZES = {
 }
 GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
 # The default settings of each kind (docs/training.md, the wt103/* experiments): SS1 R=4, Monarch b=4, low-rank f=8.
-DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "dense": {},
     "ss1": {"compression": 4},
     "monarch": {"nblocks": 4},
@@ -85,19 +85,19 @@ def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
     return out
 
 
-def _settings_for(kind: str, main_kind: str, linear: dict | None) -> dict[str, Any]:
+def _settings_for(kind: str, main_kind: str, settings: dict | None) -> dict[str, Any]:
     """Per-kind layer settings: nested {kind: {...}} applies by kind, a flat dict to the main kind."""
-    settings = dict(DEFAULT_LINEAR.get(kind, {}))
+    out = dict(DEFAULT_SETTINGS.get(kind, {}))
     given: dict[str, Any] = {}
-    if linear:
-        if all(k in LINEAR_KINDS for k in linear):
-            given = dict(linear.get(kind, {}))
+    if settings:
+        if all(k in LINEAR_KINDS for k in settings):
+            given = dict(settings.get(kind, {}))
         elif kind == main_kind:
-            given = dict(linear)
+            given = dict(settings)
     if "rank" in given and "compression" not in given:
-        settings.pop("compression", None)  # a low-rank rank replaces the default compression, not joins it
-    settings.update(given)
-    return settings
+        out.pop("compression", None)  # a low-rank rank replaces the default compression, not joins it
+    out.update(given)
+    return out
 
 
 def _role_shapes(role: str, n_embd: int, vocab_size: int) -> list[tuple[str, int, int]]:
@@ -129,7 +129,7 @@ def build_gpt2(
     kind: str = "dense",
     roles: Iterable[str] = ("mlp", "attn_qkv", "attn_out"),
     lm_head: bool = False,
-    linear: dict | None = None,
+    settings: dict | None = None,
     n_layer: int | None = None,
     n_embd: int | None = None,
     n_head: int | None = None,
@@ -144,9 +144,9 @@ def build_gpt2(
 ):
     """A ``transformers.GPT2LMHeadModel`` whose block linears are ``kind`` (per role: ``kinds``).
 
-    linear: settings for the kind, flat ({"compression": 2}) for ``kind`` or nested per kind
-    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_LINEAR. SS1 layers
-    get hash seeds ``seed_ss1 + index`` (``linear["seed"]``, default 1024), distinct per layer.
+    settings: the kind's settings, flat ({"compression": 2}) for ``kind`` or nested per kind
+    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_SETTINGS. SS1 layers
+    get hash seeds ``seed_ss1 + index`` (``settings["seed"]``, default 1024), distinct per layer.
     seed: seeds the weight initialisation (global RNG left untouched). device: e.g. "meta" to
     count parameters without allocating.
     pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
@@ -194,7 +194,7 @@ def build_gpt2(
 
     for k in {kinds.get(role, kind) for role in role_list} - {"dense"}:
         k_roles = [role for role in role_list if kinds.get(role, kind) == k]
-        _check_layer_settings(k, k_roles, _settings_for(k, kind, linear), dims["n_embd"], vocab_size)
+        _check_layer_settings(k, k_roles, _settings_for(k, kind, settings), dims["n_embd"], vocab_size)
 
     config = GPT2Config(
         vocab_size=vocab_size,
@@ -219,7 +219,7 @@ def build_gpt2(
         for k, k_roles in by_kind.items():
             if k == "dense":
                 continue
-            config = make_config(k, **_settings_for(k, kind, linear))
+            config = make_config(k, **_settings_for(k, kind, settings))
             report = convert(model, config, target_modules=k_roles, init="random", seed_offset=ss1_seen)
             if report.skipped:
                 raise ValueError(
@@ -238,7 +238,7 @@ def build_gpt2(
     if spec is not None:
         spec["builder"] = {
             "size": size, "kind": kind, "roles": role_list, "kinds": kinds,
-            "linear": linear or {}, **dims,
+            "linear": settings or {}, **dims,  # the key keeps its name: the saved config.json format
         }
     return model
 
