@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
 import inspect
 import json
@@ -35,7 +34,7 @@ from flyweight.bench.report import write_report
 from flyweight.utils.config_dict import plain_config
 from flyweight.utils.device import device_name, resolve_device
 from flyweight.utils.dtypes import LOW_PRECISION, dtype_named
-from flyweight.utils.io import atomic_write_json, atomic_write_text, remove_stale_temps
+from flyweight.utils.io import atomic_write_json, atomic_write_text, read_csv, remove_stale_temps
 
 COMPARE_KEYS = {
     "dir": "output folder (null: runs/compare/<hash of every setting that changes a result>)",
@@ -170,10 +169,7 @@ def variant_config(cfg: dict, variant: dict, steps: int | None, max_time: float 
 
 # ---- what the report reads back from a variant's files ----------------------------------------------
 def read_csv_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path) if path.exists() else []
 
 
 def read_steps(steps_csv: Path) -> dict[int, dict]:

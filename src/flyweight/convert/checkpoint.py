@@ -236,9 +236,9 @@ def load_checked_state(model: nn.Module, weights_file: Path, tied: dict[str, str
 
 def restore_padded_vocabulary(model: nn.Module) -> None:
     """A padded vocabulary (config.flyweight_real_vocab_size < vocab_size) gets its -inf head back."""
-    config = getattr(model, "config", None)
-    real = getattr(config, "flyweight_real_vocab_size", None) if config is not None else None
-    if real is not None and int(real) < int(config.vocab_size):
-        from flyweight.models.gpt2 import _install_padded_head
+    from flyweight.convert.vocab import REAL_VOCAB_KEY, install_padded_head
 
-        _install_padded_head(model, int(real))
+    config = getattr(model, "config", None)
+    real = getattr(config, REAL_VOCAB_KEY, None) if config is not None else None
+    if real is not None and int(real) < int(config.vocab_size):
+        install_padded_head(model, int(real))

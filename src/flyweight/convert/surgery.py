@@ -242,7 +242,7 @@ def convert(
     SS1 layers get distinct hash seeds ``config.seed + seed_offset + index``, recorded in the report
     and in the saved structure. A layer whose sizes the kind cannot take is skipped with the reason
     logged and reported.
-    auto: True (or a ``flyweight.bench.autoselect.AutoSelect`` workload) keeps dense every layer that
+    auto: True (or a ``flyweight.convert.autoselect.AutoSelect`` workload) keeps dense every layer that
     the measured speed table does not show faster than dense.
 
     Deprecated form: ``convert(model, "ss1", targets=..., skip=..., filter_fn=(name, in, out) -> reason,
@@ -271,7 +271,7 @@ def convert(
     cls = linear_class(kind)
     settings = cfg.settings()
     if auto:
-        from flyweight.bench.autoselect import AutoSelect, auto_filter
+        from flyweight.convert.autoselect import AutoSelect, auto_filter
 
         measured = auto_filter(kind, settings, auto if isinstance(auto, AutoSelect) else AutoSelect(), cls)
         given = reason_fn

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flyweight.attention.hf_backends import CAUSAL_BATCH, IMPLEMENTATIONS
+from flyweight.convert.vocab import real_vocab_size
 from flyweight.kernels.lm_loss import fused_linear_nll, nll_and_grad_
 
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
@@ -131,8 +132,7 @@ class NextTokenNLL(nn.Module):
             if not isinstance(head, nn.Linear) or head.bias is not None:
                 raise ValueError(f"{option} needs a bias-free nn.Linear output embedding, got {type(head).__name__}; "
                                  f"turn {option} off")
-            config = model.config
-            self.vocab = int(getattr(config, "flyweight_real_vocab_size", None) or config.vocab_size)
+            self.vocab = real_vocab_size(model)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not (self.loss_chunk or self.fused_loss):

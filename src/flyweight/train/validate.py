@@ -150,7 +150,7 @@ def check_model(m: Mapping, max_length: int | None) -> None:
 
 def check_lm_config(cfg: Mapping, mode: str = "train") -> None:
     """Raise :class:`ConfigError` (a ``ValueError``) for the first bad value of an "lm" config; no work done."""
-    from flyweight.configs.schema import ModelConfig
+    from flyweight.train.model_config import ModelConfig
     from flyweight.data.datamodule import DataConfig
     from flyweight.train.lm import TrainerConfig
     from flyweight.train.optim import OptimConfig

@@ -13,6 +13,7 @@ across restarts; a name from another machine (a shared filesystem) is only judge
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -182,6 +183,12 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False,
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def cache_root() -> Path:

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from flyweight.bench.layers import read_csv, settings_label
+from flyweight.utils.io import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class Decision:
 
 def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def settings_label(settings: dict) -> str:
+    """How a speed table names a kind's settings: ``compression=4,pad=False`` (``-`` for none)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-"
 
 
 def _parse_settings(label: str) -> dict[str, str]:
