@@ -98,16 +98,19 @@ def numerics(run: Run, args, dev):
     w, m = (8, 16) if args.smoke else (256, 256)
     E = 16 if args.smoke else 64
     # smoke: one padded case in bf16 (each new dtype / padding flag compiles every kernel again)
-    cases = [] if args.smoke else [dict(T=T, B=1, H=4, scale=1.0, pad=False) for T in Ts]
-    cases.append(dict(T=Ts[0], B=2, H=2, scale=1.0, pad=True))
+    cases = [] if args.smoke else [dict(name=f"t{T}", T=T, B=1, H=4, scale=1.0, pad=False) for T in Ts]
+    cases.append(dict(name="pad", T=Ts[0], B=2, H=2, scale=1.0, pad=True))
     if not args.smoke:
-        cases.append(dict(T=Ts[0], B=1, H=2, scale=3.0, pad=False))  # large logits
+        cases.append(dict(name="logits3", T=Ts[0], B=1, H=2, scale=3.0, pad=False))  # large logits
+    if args.cases:
+        cases = [c for c in cases if c["name"] in args.cases.split(",")]
+    cases = [{k: v for k, v in c.items() if k != "name"} for c in cases]
     dtypes = [torch.float32] if dev.type == "cpu" else [torch.float16, torch.bfloat16]
     if args.smoke and dev.type != "cpu":
         dtypes = [torch.bfloat16]
     for case in cases:
         for causal in (False, True):
-            for kind in ("local", "performer", "sblocal"):
+            for kind in args.kinds.split(","):
                 for dtype in dtypes:
                     if run.left() <= 0:
                         run.log(f"numerics: budget spent, skipping {kind} {case}")
@@ -320,6 +323,9 @@ def main():
     p = part_parser(__doc__, PARTS, budget_s=300.0)
     p.add_argument("--lengths", default="1024,4096,16384,65536", help="T of the timing and causal parts")
     p.add_argument("--device", default=DEV.type)
+    p.add_argument("--kinds", default="local,performer,sblocal", help="numerics: the kinds checked")
+    p.add_argument("--cases", default="", help="numerics: a subset of the cases t1031,t4096,pad,logits3 "
+                                               "(default: all)")
     args = p.parse_args()
     parts = chosen_parts(p, args, PARTS)
     run = Run(args.out, args.budget_s, args.smoke,
