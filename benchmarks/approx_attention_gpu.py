@@ -12,7 +12,7 @@ Parts (each in its own try/except; a failure is logged with its traceback and th
   abs error of the output (and of dq, dk, dv). PASS when kernel error <= 2 x PyTorch error + 1e-4 x
   max|ref|. Odd T, a padding mask, large logits. -> numerics.csv
 * timing: B = 1, H = 12, E = 64, T in {1024, 4096, 16384, 65536}, w = 256, m = 256, bf16, non-causal:
-  forward and forward+backward (median of CUDA-event timed calls after warm-up; column ``bwd``: Triton
+  forward and forward+backward (median time per call, ``gpu_harness.time_us``; column ``bwd``: Triton
   kernels, or autograd through the PyTorch path) and the peak memory of one call above what was allocated before it, for SDPA (exact full attention, flash/cuDNN) and each
   variant's kernel and PyTorch paths side by side. -> timing.csv
 * causal: the same for causal SDPA and the causal variants.
@@ -20,17 +20,16 @@ Parts (each in its own try/except; a failure is logged with its traceback and th
   it: images/s and peak memory with full / local / performer / sblocal token attentions at the 1/32
   budgets (model/t2tattn_cfg), kernel path and PyTorch path, and the logits' max difference between the
   two paths. -> t2t.csv
-Also: run.log, autotune.json (the tiles the autotuner chose per kernel and key).
+Also: run.log, env.json (device and versions), autotune.json (the tiles the autotuner chose per kernel
+and key). Rows are appended to OUT/<part>.csv as they finish (``gpu_harness.Run``).
 
 --budget-s: no new measurement starts once the budget is spent (rows not run are logged as skipped).
 The PyTorch-path rows at T = 65536 forward+backward are skipped (tens of GB, seconds per call).
-CPU dry run (tiny sizes, interpreter): TRITON_INTERPRET=1 ... --smoke --device cpu.
+CPU dry run (tiny sizes; without CUDA the kernels run in the Triton interpreter): ... --smoke.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 import sys
@@ -41,49 +40,25 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before flyweight's kernels and gpu_harness are imported
+if "--smoke" in sys.argv:  # one tile per kernel, read when the kernels are built: a smoke run does not tune
+    os.environ.setdefault("FLYWEIGHT_APPROX_AUTOTUNE", "0")
+
+from gpu_harness import DEV, Run, chosen_parts, part_parser, peak_mib, run_parts, time_us, write_env  # noqa: E402
+
 from flyweight.attention import make_attention  # noqa: E402  (after the sys.path insert)
 
-T0 = time.time()
-LOG = None
-
-
-def log(msg):
-    line = f"[{time.time() - T0:7.1f}s] {msg}"
-    print(line, flush=True)
-    if LOG is not None:
-        LOG.write(line + "\n")
-        LOG.flush()
-
-
-class Rows:
-    """A CSV file written row by row (flushed), header from the first row's keys."""
-
-    def __init__(self, path):
-        self.path, self.f, self.w = path, None, None
-
-    def add(self, row):
-        if self.w is None:
-            self.f = open(self.path, "w", newline="")
-            self.w = csv.DictWriter(self.f, fieldnames=list(row), extrasaction="ignore")
-            self.w.writeheader()
-        self.w.writerow(row)
-        self.f.flush()
-
-
-class Budget:
-    def __init__(self, seconds):
-        self.end = time.time() + seconds
-
-    def left(self):
-        return self.end - time.time()
-
-    def spent(self):
-        return self.left() <= 0
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+PARTS = ("numerics", "timing", "t2t", "causal")
+NUMERICS_COLUMNS = ["kind", "causal", "dtype", "T", "B", "H", "scale", "pad", "w", "m", "E",
+                    *(f"{p}_{q}" for p in ("kernel", "torch") for q in ("out_err", "dq_err", "dk_err", "dv_err",
+                                                                         "finite")),
+                    "status"]
+TIMING_COLUMNS = ["part", "kind", "impl", "causal", "B", "H", "T", "E", "w", "m", "dtype", "bwd", "fwd_ms",
+                  "fwd_peak_mib", "fwd_bwd_ms", "fwd_bwd_peak_mib", "speedup_vs_sdpa_fwd", "speedup_vs_sdpa_fwd_bwd",
+                  "mem_vs_sdpa_fwd", "status"]
+T2T_COLUMNS = ["part", "model", "attention", "impl", "batch", "img", "dtype", "tokens", "kernel_used", "ms_per_batch",
+               "images_per_s", "peak_mib", "logits_max_diff_vs_auto", "status"]
 
 
 def variant(kind, impl, causal, w, m, seed=0):
@@ -118,33 +93,36 @@ def max_err(a, b):
     return (a.double() - b).abs().max().item()
 
 
-def numerics(args, dev, rows, budget):
+def numerics(run: Run, args, dev):
     Ts = [37] if args.smoke else [1031, 4096]
     w, m = (8, 16) if args.smoke else (256, 256)
     E = 16 if args.smoke else 64
     # smoke: one padded case in bf16 (each new dtype / padding flag compiles every kernel again)
-    cases = [] if args.smoke else [dict(T=T, B=1, H=4, scale=1.0, pad=False) for T in Ts]
-    cases.append(dict(T=Ts[0], B=2, H=2, scale=1.0, pad=True))
+    cases = [] if args.smoke else [dict(name=f"t{T}", T=T, B=1, H=4, scale=1.0, pad=False) for T in Ts]
+    cases.append(dict(name="pad", T=Ts[0], B=2, H=2, scale=1.0, pad=True))
     if not args.smoke:
-        cases.append(dict(T=Ts[0], B=1, H=2, scale=3.0, pad=False))  # large logits
+        cases.append(dict(name="logits3", T=Ts[0], B=1, H=2, scale=3.0, pad=False))  # large logits
+    if args.cases:
+        cases = [c for c in cases if c["name"] in args.cases.split(",")]
+    cases = [{k: v for k, v in c.items() if k != "name"} for c in cases]
     dtypes = [torch.float32] if dev.type == "cpu" else [torch.float16, torch.bfloat16]
     if args.smoke and dev.type != "cpu":
         dtypes = [torch.bfloat16]
     for case in cases:
         for causal in (False, True):
-            for kind in ("local", "performer", "sblocal"):
+            for kind in args.kinds.split(","):
                 for dtype in dtypes:
-                    if budget.spent():
-                        log(f"numerics: budget spent, skipping {kind} {case}")
+                    if run.left() <= 0:
+                        run.log(f"numerics: budget spent, skipping {kind} {case}")
                         return
                     try:
                         row = numerics_case(kind, causal, dtype, case, w, m, E, dev, args.smoke)
                     except Exception as e:  # noqa: BLE001
                         row = dict(kind=kind, causal=causal, dtype=str(dtype), **case,
                                    status=f"error {type(e).__name__}: {str(e)[:160]}")
-                        log(traceback.format_exc())
-                    rows.add(row)
-                    log(f"numerics {row}")
+                        run.log(traceback.format_exc())
+                    run.row("numerics", row)
+                    run.log(f"numerics {row}")
 
 
 def numerics_case(kind, causal, dtype, case, w, m, E, dev, smoke):
@@ -190,46 +168,12 @@ def numerics_case(kind, causal, dtype, case, w, m, E, dev, smoke):
 # ------------------------------------------------------------------------------------------------
 # timing
 # ------------------------------------------------------------------------------------------------
-def time_ms(fn, dev, min_iters=5, max_iters=50, target_ms=200.0):
-    """Median ms of fn() (CUDA events), after warm-up; iteration count adapts to the call's cost."""
-    fn()
-    sync(dev)
-    t = time.perf_counter()
-    fn()
-    sync(dev)
-    first = (time.perf_counter() - t) * 1e3
-    iters = int(max(min_iters, min(max_iters, target_ms / max(first, 1e-3))))
-    times = []
-    for _ in range(iters):
-        if dev.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
+def time_ms(fn, rep_ms: int = 200) -> float:
+    """Median ms of fn() (``gpu_harness.time_us``: CUDA events after warm-up; a few wall-clock calls on CPU)."""
+    return time_us(fn, rep_ms=rep_ms) / 1e3
 
 
-def peak_mib(fn, dev):
-    """Peak memory of one fn() call above what was allocated before it (MiB); CUDA only."""
-    if dev.type != "cuda":
-        return float("nan")
-    sync(dev)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    sync(dev)
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def timing(args, dev, rows, budget, causal):
+def timing(run: Run, args, dev, causal):
     Ts = [200] if args.smoke else [int(t) for t in args.lengths.split(",")]
     w, m = (16, 16) if args.smoke else (256, 256)
     B, H, E = (1, 2, 16) if args.smoke else (1, 12, 64)
@@ -239,8 +183,8 @@ def timing(args, dev, rows, budget, causal):
     for T in Ts:
         base = {}
         for kind, impl in plan:
-            if budget.spent():
-                log(f"timing: budget spent, skipping T={T} {kind}/{impl}")
+            if run.left() <= 0:
+                run.log(f"timing: budget spent, skipping T={T} {kind}/{impl}")
                 continue
             row = dict(part="causal" if causal else "timing", kind=kind, impl=impl, causal=causal, B=B, H=H,
                        T=T, E=E, w=w if kind in ("local", "sblocal") else "",
@@ -253,10 +197,10 @@ def timing(args, dev, rows, budget, causal):
                 fn = call(attn, causal)
                 x = qkv(B, H, T, E, dtype, dev)
                 with torch.no_grad():
-                    row["fwd_ms"] = time_ms(lambda: fn(*x), dev)
-                    row["fwd_peak_mib"] = peak_mib(lambda: fn(*x), dev)
+                    row["fwd_ms"] = time_ms(lambda: fn(*x))
+                    row["fwd_peak_mib"] = peak_mib(lambda: fn(*x))
                 # forward + backward: skipped for PyTorch paths at the largest T (memory/time)
-                if not (impl == "torch" and T >= 65536) and not budget.spent():
+                if not (impl == "torch" and T >= 65536) and run.left() > 0:
                     xg = [t.detach().requires_grad_() for t in x]
                     go = torch.randn_like(x[2])
 
@@ -264,8 +208,8 @@ def timing(args, dev, rows, budget, causal):
                         out = fn(*xg)
                         torch.autograd.grad(out, xg, go)
 
-                    row["fwd_bwd_ms"] = time_ms(fwd_bwd, dev, max_iters=20)
-                    row["fwd_bwd_peak_mib"] = peak_mib(fwd_bwd, dev)
+                    row["fwd_bwd_ms"] = time_ms(fwd_bwd)
+                    row["fwd_bwd_peak_mib"] = peak_mib(fwd_bwd)
                     del xg, go
                 row["status"] = "ok"
                 if kind == "sdpa":
@@ -281,11 +225,11 @@ def timing(args, dev, rows, budget, causal):
                 row["status"] = "OOM"
             except Exception as e:  # noqa: BLE001
                 row["status"] = f"error {type(e).__name__}: {str(e)[:160]}"
-                log(traceback.format_exc())
+                run.log(traceback.format_exc())
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            rows.add(row)
-            log(f"{row['part']} {fmt(row)}")
+            run.row("timing", row)
+            run.log(f"{row['part']} {fmt(row)}")
 
 
 def backward_kind(kind, impl):
@@ -317,7 +261,7 @@ T2T_SPECS = {  # model/t2tattn_cfg: the 1/32-memory budgets for 3136 / 784 token
 }
 
 
-def t2t(args, dev, rows, budget):
+def t2t(run: Run, args, dev):
     from flyweight.models.t2t_vit import build_t2t_vit
 
     batch, img = (2, 64) if args.smoke else (64, 224)
@@ -329,8 +273,8 @@ def t2t(args, dev, rows, budget):
     for name, (s1, s2) in T2T_SPECS.items():
         logits = {}
         for impl in (("auto",) if name == "full" or args.smoke else ("auto", "torch")):
-            if budget.spent():
-                log(f"t2t: budget spent, skipping {name}/{impl}")
+            if run.left() <= 0:
+                run.log(f"t2t: budget spent, skipping {name}/{impl}")
                 continue
             row = dict(part="t2t", model="t2t_vit_t_14", attention=name, impl=impl, batch=batch, img=img,
                        dtype="bfloat16 autocast", tokens=f"{(img // 4) ** 2}/{(img // 8) ** 2}")
@@ -346,10 +290,10 @@ def t2t(args, dev, rows, budget):
                         return model(images)
 
                 logits[impl] = fwd().float()
-                ms = time_ms(fwd, dev, min_iters=3, max_iters=20, target_ms=1000.0)
+                ms = time_ms(fwd, rep_ms=1000)
                 row["ms_per_batch"] = ms
                 row["images_per_s"] = batch / ms * 1e3
-                row["peak_mib"] = peak_mib(fwd, dev)
+                row["peak_mib"] = peak_mib(fwd)
                 if "auto" in logits and "torch" in logits:
                     row["logits_max_diff_vs_auto"] = (logits["auto"] - logits["torch"]).abs().max().item()
                 row["status"] = "ok"
@@ -357,69 +301,67 @@ def t2t(args, dev, rows, budget):
                 row["status"] = "OOM"
             except Exception as e:  # noqa: BLE001
                 row["status"] = f"error {type(e).__name__}: {str(e)[:160]}"
-                log(traceback.format_exc())
-            rows.add(row)
-            log(f"t2t {row}")
+                run.log(traceback.format_exc())
+            run.row("t2t", row)
+            run.log(f"t2t {row}")
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
 
+def numerics_default_tiles(run: Run, args, dev):
+    """The numerics part with every kernel at its default tile (no compile of every tile twice)."""
+    from flyweight.kernels._tiles import set_autotune
+
+    set_autotune(False)
+    try:
+        numerics(run, args, dev)
+    finally:
+        set_autotune(True)
+
+
 def main():
-    global LOG
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes (< 90 s): catches errors")
-    p.add_argument("--budget-s", type=float, default=300.0, help="no new measurement after this many seconds")
-    p.add_argument("--parts", default="numerics,timing,t2t,causal")
+    p = part_parser(__doc__, PARTS, budget_s=300.0)
     p.add_argument("--lengths", default="1024,4096,16384,65536", help="T of the timing and causal parts")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=DEV.type)
+    p.add_argument("--kinds", default="local,performer,sblocal", help="numerics: the kinds checked")
+    p.add_argument("--cases", default="", help="numerics: a subset of the cases t1031,t4096,pad,logits3 "
+                                               "(default: all)")
     args = p.parse_args()
-    if args.smoke:  # one tile per kernel: a smoke run catches errors, it does not tune
-        os.environ.setdefault("FLYWEIGHT_APPROX_AUTOTUNE", "0")
-    os.makedirs(args.out, exist_ok=True)
-    LOG = open(os.path.join(args.out, "run.log"), "w")
+    parts = chosen_parts(p, args, PARTS)
+    run = Run(args.out, args.budget_s, args.smoke,
+              columns={"numerics": NUMERICS_COLUMNS, "timing": TIMING_COLUMNS, "t2t": T2T_COLUMNS})
     dev = torch.device(args.device)
     import triton
 
-    log(f"torch {torch.__version__}, triton {triton.__version__}, device "
-        f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, parts {args.parts}, "
-        f"smoke {args.smoke}, budget {args.budget_s} s")
-    budget = Budget(args.budget_s)
-    parts = [s.strip() for s in args.parts.split(",") if s.strip()]
-    known = {"numerics", "timing", "causal", "t2t"}
-    if set(parts) - known:
-        raise SystemExit(f"unknown parts {sorted(set(parts) - known)}; valid: {sorted(known)}")
-    timing_rows = Rows(os.path.join(args.out, "timing.csv"))
-    for part in parts:
-        log(f"=== {part} (budget left {budget.left():.0f} s)")
-        try:
-            if part == "numerics":
-                from flyweight.kernels._tiles import set_autotune
+    run.log(f"torch {torch.__version__}, triton {triton.__version__}, device "
+            f"{torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, parts {args.parts}, "
+            f"smoke {args.smoke}, budget {args.budget_s} s")
+    write_env(args.out, args)
 
-                set_autotune(False)  # correctness of the default tiles; no compile of every tile twice
-                try:
-                    numerics(args, dev, Rows(os.path.join(args.out, "numerics.csv")), budget)
-                finally:
-                    set_autotune(True)
-            elif part == "timing":
-                timing(args, dev, timing_rows, budget, causal=False)
-            elif part == "causal":
-                timing(args, dev, timing_rows, budget, causal=True)
-            elif part == "t2t":
-                t2t(args, dev, Rows(os.path.join(args.out, "t2t.csv")), budget)
-        except Exception:  # noqa: BLE001
-            log(f"part {part} failed:\n{traceback.format_exc()}")
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+    def part(fn):
+        def go():
+            try:
+                fn()
+            finally:
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+        return go, 1  # each part starts while any budget is left; its own loops stop when it is spent
+
+    plan = {"numerics": part(lambda: numerics_default_tiles(run, args, dev)),
+            "timing": part(lambda: timing(run, args, dev, causal=False)),
+            "causal": part(lambda: timing(run, args, dev, causal=True)),
+            "t2t": part(lambda: t2t(run, args, dev))}
+    run_parts(run, PARTS, parts, plan)
     try:
         from flyweight.kernels._tiles import chosen_configs
 
         with open(os.path.join(args.out, "autotune.json"), "w") as f:
             json.dump(chosen_configs(), f, indent=1)
-        log(f"autotuner choices: {json.dumps(chosen_configs())}")
+        run.log(f"autotuner choices: {json.dumps(chosen_configs())}")
     except Exception:  # noqa: BLE001
-        log(traceback.format_exc())
-    log("done")
+        run.log(traceback.format_exc())
+    run.log("summary:\n  " + "\n  ".join(run.summary or ["(nothing to summarise)"]))
+    run.log(f"done in {time.time() - run.t0:.0f} s")
 
 
 if __name__ == "__main__":

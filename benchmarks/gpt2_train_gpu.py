@@ -77,7 +77,7 @@ def environment() -> dict:
 
 
 def build(kind: str, args, vocab: int, pad: int, dropout: float):
-    kw = {"size": args.size, "kind": kind, "linear": KINDS[kind], "n_positions": args.seq_len,
+    kw = {"size": args.size, "kind": kind, "settings": KINDS[kind], "n_positions": args.seq_len,
           "vocab_size": vocab, "pad_vocab_to": pad or None, "dropout": dropout, "seed": args.seed,
           "attention": "triton" if args.sdpa_backend == "triton" else "sdpa"}
     if args.size == "tiny":

@@ -1,7 +1,7 @@
 """What every GPU benchmark script here shares: the output folder and budget, the timers, the GPT-2 under
 test and the part-based command line.
 
-    from gpu_harness import CUDA, DEV, Run, graph_us, host_us, hf_gpt2, part_parser, run_parts, sync, time_us
+    from gpu_harness import CUDA, DEV, Run, graph_us, host_us, hf_gpt2, part_parser, peak_mib, run_parts, sync, time_us
 
 Import it after setting ``TRITON_INTERPRET`` (it imports triton). Without CUDA the timers fall back to
 short wall-clock loops, so a script's CPU dry run exercises the same code.
@@ -128,6 +128,19 @@ def host_us(fn, n: int = 200) -> float:
     elapsed = time.perf_counter() - t
     sync()
     return elapsed / n * 1e6
+
+
+def peak_mib(fn) -> float:
+    """Peak memory of one fn() call above what was allocated before it (MiB); nan without CUDA."""
+    if not CUDA:
+        return float("nan")
+    sync()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def poison() -> None:

@@ -58,12 +58,12 @@ _early_autotune_flag()
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 from gpu_harness import (  # noqa: E402
-    DEV, Run, adamw_step, chosen_parts, graph_us, hf_gpt2, host_us, part_parser, poison, rel_err, run_parts, sync,
-    time_steps, time_us, write_env,
+    DEV, Run, adamw_step, chosen_parts, graph_us, hf_gpt2, host_us, part_parser, peak_mib, poison, rel_err, run_parts,
+    sync, time_steps, time_us, write_env,
 )
 
 import flyweight  # noqa: E402
-from flyweight.kernels.monarch import monarch_meta, tuning  # noqa: E402
+from flyweight.kernels.monarch import monarch_sizes, tuning  # noqa: E402
 from flyweight.kernels.monarch import op as monarch_op  # noqa: E402
 from flyweight.linear import MonarchLinear  # noqa: E402
 
@@ -167,7 +167,7 @@ def fused_forward():
 
 
 def fused_applies(k: int, n: int, nblocks: int) -> bool:
-    return monarch_op.fused_applies(monarch_meta(k, n, nblocks))
+    return monarch_op.fused_applies(monarch_sizes(k, n, nblocks))
 
 
 def call_fns(variant, k, n, m, nblocks=4, grad=False):
@@ -197,19 +197,14 @@ def call_fns(variant, k, n, m, nblocks=4, grad=False):
     return [lambda l=l, x=x, g=g: l(x).backward(g) for l, x, g in zip(layers, xs, gs)]
 
 
-def peak_mib(variant, k, n, m, nblocks=4) -> float:
+def layer_peak_mib(variant, k, n, m, nblocks=4) -> float:
     if not CUDA:
         return float("nan")
     layer = make(variant, k, n, nblocks)
     x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16, requires_grad=True)
     g = torch.randn(m, n, device=DEV, dtype=torch.bfloat16)
     layer(x).backward(g)  # gradients allocated: the peak below is the step's own working memory
-    sync()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    layer(x).backward(g)
-    sync()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return peak_mib(lambda: layer(x).backward(g))
 
 
 # ---- numerics ---------------------------------------------------------------------------------
@@ -342,7 +337,7 @@ def measure_shape(run: Run, part: str, name: str, k: int, n: int, m: int, nblock
             run.row(part, {"shape": name, "K": k, "N": n, "M": m, "nblocks": nblocks, "pass": pass_,
                            "timing": timing, "variant": variant, "us": round(us, 1),
                            "speedup_vs_dense": round(dense / us, 3), "speedup_vs_fly": round(fly / us, 3),
-                           "peak_mib": round(peak_mib(variant, k, n, m, nblocks), 1)
+                           "peak_mib": round(layer_peak_mib(variant, k, n, m, nblocks), 1)
                            if (pass_ == "fwdbwd" and timing == "eager") else ""})
         if ("monarch-strided", "graph") in res:
             run.log(f"  Y/dY kernels joined vs strided: {res[('monarch-strided', 'graph')]:.0f} us strided, "

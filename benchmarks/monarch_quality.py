@@ -77,8 +77,8 @@ def val_loss(model, val: torch.Tensor, n_batches: int = 40) -> float:
 
 
 def train_variant(kind: str, nblocks: int | None, train_tok, val_tok, steps: int, lr: float) -> dict:
-    linear = {"nblocks": nblocks} if kind == "monarch" else None
-    model = build_gpt2("small", kind=kind, linear=linear, n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS,
+    settings = {"nblocks": nblocks} if kind == "monarch" else None
+    model = build_gpt2("small", kind=kind, settings=settings, n_layer=LAYERS, n_embd=WIDTH, n_head=HEADS,
                        n_positions=CONTEXT, vocab_size=VOCAB, dropout=0.0, seed=0)
     params, flops = block_linear_stats(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.95))

@@ -51,8 +51,9 @@ from gpu_harness import (  # noqa: E402
 )
 
 import flyweight  # noqa: E402
-from flyweight.bench.autoselect import user_table_path  # noqa: E402
-from flyweight.bench.layers import LAYER_COLUMNS, settings_label  # noqa: E402
+from flyweight.convert.autoselect import user_table_path  # noqa: E402
+from flyweight.bench.layers import LAYER_COLUMNS  # noqa: E402
+from flyweight.convert.autoselect import settings_label  # noqa: E402
 from flyweight.decode import StaticDecoder, greedy_generate  # noqa: E402
 from flyweight.kernels.ss1 import set_compiled_route  # noqa: E402
 from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
@@ -237,7 +238,7 @@ def tuning(run: Run) -> None:
             us = {}
             for cfg in CANDIDATES:
                 ss1_op.config_for = lambda m, cfg=cfg: cfg
-                us[cfg] = graph_us([lambda: ss1_op.sketch_triton(x, layer.meta, torch.bfloat16)])
+                us[cfg] = graph_us([lambda: ss1_op.sketch_triton(x, layer.sketch_args, torch.bfloat16)])
             ss1_op.config_for = config_for
             pick, best = config_for(m), min(us, key=us.get)
             for cfg, t in us.items():

@@ -60,13 +60,13 @@ def make_tokenizer(folder: Path, vocab_size: int = 320, texts: list[str] | None 
     return folder
 
 
-def tiny_lm_cfg(data_path, tokenizer_dir, cache_dir, *, corpus="wikitext103", kind="dense", linear=None,
+def tiny_lm_cfg(data_path, tokenizer_dir, cache_dir, *, corpus="wikitext103", kind="dense", settings=None,
                 **overrides) -> dict:
     """A plain-dict config of the "lm" task: 2-layer GPT-2, 128 wide, tiny windows, CPU."""
     cfg = {
         "seed": 1111,
         "device": "cpu",
-        "model": {"size": "tiny", "kind": kind, "linear": linear or {}, "n_positions": 64, "dropout": 0.1},
+        "model": {"size": "tiny", "kind": kind, "settings": settings or {}, "n_positions": 64, "dropout": 0.1},
         "data": {"corpus": corpus, "path": data_path if isinstance(data_path, dict) else str(data_path), "tokenizer": str(tokenizer_dir), "max_length": 32,
                  "global_batch_size": 8, "micro_batch_size": 4, "progress": False,
                  "cache_dir": str(cache_dir)},

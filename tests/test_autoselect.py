@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("rich")
 
 import flyweight
-from flyweight.bench.autoselect import AutoSelect, SpeedTable, find_table, shipped_table_path, user_table_path
+from flyweight.convert.autoselect import AutoSelect, SpeedTable, find_table, shipped_table_path, user_table_path
 from flyweight.bench.layers import LAYER_COLUMNS, write_csv
 from flyweight.models.gpt2 import build_gpt2
 
@@ -56,7 +56,7 @@ def test_table_lookup_order(tmp_path, monkeypatch, caplog):
 
 def test_shipped_table_reads_and_decides_by_its_rows():
     table = SpeedTable.from_csv(shipped_table_path())
-    from flyweight.bench.layers import read_csv
+    from flyweight.utils.io import read_csv
 
     ss1 = [r for r in read_csv(shipped_table_path()) if r["kind"] == "ss1"]
     assert ss1

@@ -157,9 +157,9 @@ CASES = [
     ("lm-max-length-over-n-positions", lambda tmp: _lm(tmp, data={"max_length": 128}), ValueError,
      r"data\.max_length=128: must be <= model\.n_positions=64 .*for example data\.max_length=64"),
     ("lm-n-layer-0", lambda tmp: _lm(tmp, model={"n_layer": 0}), ValueError, r"n_layer must be a positive integer, got 0"),
-    ("lm-ss1-compression-3", lambda tmp: _lm(tmp, model={"kind": "ss1", "linear": {"compression": 3}}), ValueError,
+    ("lm-ss1-compression-3", lambda tmp: _lm(tmp, model={"kind": "ss1", "settings": {"compression": 3}}), ValueError,
      r"kind 'ss1' with settings \{'compression': 3\} cannot build .*compression must be a power of two"),
-    ("lm-misspelt-layer-setting", lambda tmp: _lm(tmp, model={"kind": "ss1", "linear": {"compresion": 4}}),
+    ("lm-misspelt-layer-setting", lambda tmp: _lm(tmp, model={"kind": "ss1", "settings": {"compresion": 4}}),
      (TypeError, ValueError), r"compresion.*did you mean 'compression'"),
     ("lm-precision-unknown", lambda tmp: _lm(tmp, trainer={"precision": "fp16"}), ValueError,
      r"trainer\.precision='fp16': must be one of auto, .*16-mixed.*; for example trainer\.precision=bf16-mixed"),
@@ -200,7 +200,7 @@ def test_float_inputs_still_work_after_the_dtype_check():
 def test_validate_linear_returns_the_structure_and_allocates_nothing():
     config = validate_linear("ss1", 768, 3072, compression=8, seed=7)
     assert config["compression"] == 8 and config["seed"] == 7
-    assert config == make_linear("ss1", 768, 3072, compression=8, seed=7).structure_config()
+    assert config == make_linear("ss1", 768, 3072, compression=8, seed=7).settings()
 
 
 def test_hub_tokenizer_without_network_fails_fast(monkeypatch):
@@ -291,7 +291,7 @@ def test_build_gpt2_checks_layer_settings_before_building(monkeypatch):
     monkeypatch.setattr(transformers, "GPT2LMHeadModel", must_not_build)
     with pytest.raises(ValueError, match=r"kind 'ss1' with settings \{'compression': 3\} cannot build mlp\.c_fc "
                                          r"\(768->3072, role mlp\): compression must be a power of two"):
-        build_gpt2("small", kind="ss1", linear={"compression": 3}, device="meta")
+        build_gpt2("small", kind="ss1", settings={"compression": 3}, device="meta")
 
 
 def test_train_lm_checks_the_model_before_reading_any_data(tmp_path):
@@ -300,12 +300,12 @@ def test_train_lm_checks_the_model_before_reading_any_data(tmp_path):
     from flyweight.train.lm import train_lm
 
     cfg = tiny_lm_cfg(write_wikitext(tmp_path / "wt"), make_tokenizer(tmp_path / "tok"), tmp_path / "cache",
-                      kind="ss1", linear={"compression": 3})
+                      kind="ss1", settings={"compression": 3})
     with pytest.raises(ValueError, match="compression must be a power of two"):
         train_lm(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing tokenized or written
 
 
 def test_lowrank_rank_replaces_the_default_compression():
-    model = build_gpt2("tiny", kind="lowrank", linear={"rank": 4}, device="meta")
+    model = build_gpt2("tiny", kind="lowrank", settings={"rank": 4}, device="meta")
     assert model.transformer.h[0].mlp.c_fc.rank == 4

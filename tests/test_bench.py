@@ -9,9 +9,10 @@ pytest.importorskip("rich")
 
 import torch
 
-from flyweight.bench.layers import LAYER_COLUMNS, bench_layer, parse_shapes, read_csv, run_layer_grid, write_csv
+from flyweight.bench.layers import LAYER_COLUMNS, bench_layer, parse_shapes, run_layer_grid, write_csv
 from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
 from flyweight.utils.device import resolve_device
+from flyweight.utils.io import read_csv
 
 CPU = torch.device("cpu")
 
@@ -65,7 +66,7 @@ def test_shapes_and_env():
 
 
 def test_autoselect_keeps_dense_where_slower_or_unmeasured(tmp_path):
-    from flyweight.bench.autoselect import SpeedTable
+    from flyweight.convert.autoselect import SpeedTable
 
     def row(kind, tokens, speedup, shape=(768, 3072)):
         return {"kind": kind, "settings": "compression=4" if kind == "ss1" else "-", "in_features": shape[0],
@@ -91,7 +92,7 @@ def test_pareto_front():
 
 def test_convert_with_measured_auto_selection_keeps_slow_layers_dense():
     import flyweight
-    from flyweight.bench.autoselect import SpeedTable
+    from flyweight.convert.autoselect import SpeedTable
     from flyweight.models.gpt2 import build_gpt2
 
     model = build_gpt2("tiny", kind="dense", seed=0, dropout=0.0)  # 128 wide: fc 128->512, proj 512->128

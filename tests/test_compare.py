@@ -29,7 +29,7 @@ def tiny_compare_cfg(tmp_path, *extra):
         f"compare.dir={tmp_path / 'cmp'}", "compare.progress_bar=false", "compare.inference.batch=1",
         "compare.inference.seq_len=16", "compare.inference.prompt_len=4", "compare.inference.decode_tokens=2",
         "compare.inference.budget_s=0.01", "compare.inference.repeats=2", "compare.evals=3",
-        "compare.variants=[{name: dense, kind: dense}, {name: ss1-r2, kind: ss1, linear: {compression: 2}}]",
+        "compare.variants=[{name: dense, kind: dense}, {name: ss1-r2, kind: ss1, settings: {compression: 2}}]",
         *extra,
     ]
     with initialize_config_module(config_module="flyweight.configs", version_base="1.3"):
@@ -113,7 +113,7 @@ def test_time_budget_splits_the_comparison_across_commands(tmp_path):
     ("model.kind=ss1", "compare.only"),
     ("compare.only=[dense,ss9]", "valid keys: dense, ss1-r2"),
     ("compare.variants.1.kind=sss1", "valid kinds"),
-    ("+compare.variants.1.linear.compresion=2", "valid: compression"),
+    ("+compare.variants.1.settings.compresion=2", "valid: compression"),
     ("+compare.budgte=3", "valid keys: dir, variants"),
 ])
 def test_bad_compare_settings_fail_before_any_work(tmp_path, override, message):

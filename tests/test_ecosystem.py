@@ -56,7 +56,7 @@ def test_reload_bit_identical_every_kind(tmp_path, kind, kw, pad):
     give the saved function bit for bit (-inf on padding rows included); so does save_structured."""
     from transformers import AutoModelForCausalLM
 
-    model = build_gpt2("tiny", kind=kind, linear=kw, seed=3, pad_vocab_to=pad, vocab_size=1000).eval()
+    model = build_gpt2("tiny", kind=kind, settings=kw, seed=3, pad_vocab_to=pad, vocab_size=1000).eval()
     x = torch.randint(0, 1000, (2, 12))
     with torch.no_grad():
         ref = model(x).logits
@@ -122,7 +122,7 @@ def test_typed_configs_round_trip_and_match_layer_arguments(tmp_path):
         assert LinearConfig.from_pretrained(tmp_path / cfg.kind) == cfg
         # every config field is a constructor argument of its layer (no drift)
         params = set(inspect.signature(LINEAR_KINDS[cfg.kind].__init__).parameters)
-        assert set(cfg.layer_kwargs()) <= params
+        assert set(cfg.settings()) <= params
     assert SS1Config().to_dict()["kind"] == "ss1"
     with pytest.raises(ValueError, match="no setting 'nblocks'.*valid settings: block_k"):
         SS1Config.from_dict({"nblocks": 4})
@@ -193,7 +193,7 @@ def test_old_call_still_works_with_deprecation_warning():
 
 def test_hydra_linear_settings_are_checked_by_the_typed_config():
     with pytest.raises(ValueError, match="MonarchConfig.*no setting 'compression'"):
-        build_gpt2("tiny", kind="monarch", linear={"compression": 4}, vocab_size=100, device="meta")
+        build_gpt2("tiny", kind="monarch", settings={"compression": 4}, vocab_size=100, device="meta")
 
 
 # ---- the package ----------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_kind_without_normal_init_names_the_fix():
 
     try:
         with pytest.raises(NotImplementedError, match=r"define normal_init_\(std, generator\)"):
-            flyweight.convert.normal_init_(NoInit(4, 4), 0.02)
+            NoInit(4, 4).normal_init_(0.02)
     finally:
         unregister_linear("noinit-test")
 
@@ -433,7 +433,7 @@ def test_triton_only_where_it_exists():
 def test_declared_floors_cover_what_the_code_imports():
     from packaging.version import Version
 
-    # transformers.masking_utils (flyweight.attention.hf_triton) exists from 4.53 on; dtype= from 4.56
+    # transformers.masking_utils (flyweight.attention.hf_backends) exists from 4.53 on; dtype= from 4.56
     floor = min(Version(s.version) for s in _requirement("transformers").specifier if s.operator == ">=")
     assert floor >= Version("4.56")
     torch_floor = min(Version(s.version) for s in _requirement("torch").specifier if s.operator == ">=")

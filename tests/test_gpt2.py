@@ -7,7 +7,7 @@ import pytest
 import torch
 from _numerics import TOLERANCE
 
-from flyweight.convert import StructureMismatchError, normal_init_
+from flyweight.convert import StructureMismatchError
 from flyweight.linear import LowRankLinear, MonarchLinear, SS1Linear, StructuredLinear, make_linear
 from flyweight.models.gpt2 import (
     GPT2_SIZES,
@@ -128,14 +128,14 @@ def test_roles_and_per_role_kinds():
 
 
 def test_linear_settings_flat_and_nested():
-    m = tiny("ss1", linear={"compression": 2})
+    m = tiny("ss1", settings={"compression": 2})
     assert m.transformer.h[0].mlp.c_fc.compression == 2
-    m = tiny("ss1", kinds={"mlp": "monarch"}, linear={"ss1": {"compression": 2}, "monarch": {"nblocks": 2}})
+    m = tiny("ss1", kinds={"mlp": "monarch"}, settings={"ss1": {"compression": 2}, "monarch": {"nblocks": 2}})
     assert m.transformer.h[0].attn.c_attn.compression == 2 and m.transformer.h[0].mlp.c_fc.nblocks == 2
 
 
 def test_ss1_seeds_distinct_and_recorded():
-    model = tiny("ss1", kinds={"attn_out": "ss1"}, linear={"seed": 7})
+    model = tiny("ss1", kinds={"attn_out": "ss1"}, settings={"seed": 7})
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SS1Linear)}
     seeds = [m.seed for m in layers.values()]
     assert len(seeds) == 8 and len(set(seeds)) == 8 and min(seeds) == 7
@@ -152,7 +152,7 @@ def test_ss1_seeds_distinct_and_recorded():
 def test_normal_init_gives_dense_equivalent_std(kind, kw):
     torch.manual_seed(0)
     layer = make_linear(kind, 512, 768, **kw)
-    normal_init_(layer, 0.02)
+    layer.normal_init_(0.02)
     w = layer.to_dense()
     assert abs(w.mean().item()) < 1e-3
     assert abs(w.std().item() / 0.02 - 1) < 0.05

@@ -82,7 +82,7 @@ def test_gradcheck(kind, kwargs, i, o):
 @pytest.mark.parametrize("kind,kwargs,i,o", CASES, ids=IDS)
 def test_projection_of_own_dense_form_reproduces_function(kind, kwargs, i, o):
     layer = build(kind, kwargs, i, o)
-    cfg = layer.structure_config()
+    cfg = layer.settings()
     again = type(layer).from_dense(layer.to_dense(), layer.bias.detach(), **cfg)
     x = torch.randn(5, i, dtype=F64)
     torch.testing.assert_close(again(x), layer(x), **TOLERANCE[torch.float64].close())

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from _numerics import assert_within_baseline, check_kernel, upstream_gradient
 
-from flyweight.kernels.monarch import monarch_meta, route, slot_table
+from flyweight.kernels.monarch import monarch_sizes, route, slot_table
 from flyweight.kernels.monarch import op as O
 from flyweight.linear import MonarchLinear
 
@@ -75,12 +75,12 @@ CASES = [  # (in, out, nblocks, M, bias): rectangular both ways, padded widths, 
 def test_slot_vec_runs_are_contiguous():
     """Where op.slot_vec promises runs of 8, each aligned group of 8 slots is one plane, in order."""
     for in_f, out_f, b in [(256, 128, 4), (768, 3072, 4), (3072, 768, 4), (768, 2304, 2), (768, 3072, 8)]:
-        meta = monarch_meta(in_f, out_f, b)
-        vec = O.slot_vec(meta)
-        _, planes, cols = slot_table(meta).long()
-        off = planes * meta.mid * 1000 + cols  # any plane stride
+        sizes = monarch_sizes(in_f, out_f, b)
+        vec = O.slot_vec(sizes)
+        _, planes, cols = slot_table(sizes).long()
+        off = planes * sizes.mid * 1000 + cols  # any plane stride
         if vec == 1:
-            assert (meta.mid % b) or (meta.mid // b) % 8
+            assert (sizes.mid % b) or (sizes.mid // b) % 8
             continue
         groups = off.view(b, -1, vec)
         assert torch.all(groups - groups[..., :1] == torch.arange(vec))
@@ -90,9 +90,9 @@ def test_slot_vec_runs_are_contiguous():
 def test_slot_table_is_the_stride_permutation():
     """Slot u of block k sends W1 row t to H[plane, :, col] with plane*1 + col*b = k*r + t."""
     for in_f, out_f, b, _, _ in CASES:
-        meta = monarch_meta(in_f, out_f, b)
-        rows, planes, cols = slot_table(meta).long()
-        r = meta.mid
+        sizes = monarch_sizes(in_f, out_f, b)
+        rows, planes, cols = slot_table(sizes).long()
+        r = sizes.mid
         for k in range(b):
             assert sorted(rows[k].tolist()) == list(range(r))  # each W1 row once
             assert torch.equal(cols[k] * b + planes[k], k * r + rows[k])
@@ -151,13 +151,13 @@ def test_no_grad_and_frozen_input():
 def test_custom_op_matches_eager():
     torch.manual_seed(11)
     layer = MonarchLinear(50, 70, nblocks=4).to(DEVICE, KERNEL_DTYPE)
-    meta = list(layer.meta)
+    sizes = list(layer.sizes)
     x = torch.randn(13, 50, device=DEVICE, dtype=KERNEL_DTYPE)
     _, baseline = monarch_functions(layer)
-    check_kernel(lambda x, w1, w2, bias: O.monarch_fwd(x, w1, w2, bias, layer.slot_table, meta)[0], baseline,
+    check_kernel(lambda x, w1, w2, bias: O.monarch_fwd(x, w1, w2, bias, layer.slot_table, sizes)[0], baseline,
                  monarch_inputs(layer, x), KERNEL_DTYPE)
     torch.library.opcheck(O.monarch_fwd, (x, layer.w1.detach(), layer.w2.detach(),
-                                          layer.bias.detach(), layer.slot_table, meta),
+                                          layer.bias.detach(), layer.slot_table, sizes),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -183,7 +183,7 @@ def test_cpu_path_unchanged_and_table_moves():
     y = layer(x)
     assert torch.equal(y, layer._matmul(x) + layer.bias)
     assert "slot_table" not in layer.state_dict()
-    assert torch.equal(layer.slot_table, slot_table(layer.meta))
+    assert torch.equal(layer.slot_table, slot_table(layer.sizes))
     layer.to(torch.float64)
     assert layer.slot_table.dtype == torch.int32  # buffers of integer dtype keep it
 
@@ -258,10 +258,10 @@ def test_fused_forward_matches_float64(monkeypatch, in_f, out_f, b, m):
     layer = MonarchLinear(in_f, out_f, nblocks=b).to(DEVICE, KERNEL_DTYPE)
     layer.backend = "triton"
     x = torch.randn(m, in_f, device=DEVICE, dtype=KERNEL_DTYPE)
-    meta = layer.meta
-    if not O.fused_applies(meta):
+    sizes = layer.sizes
+    if not O.fused_applies(sizes):
         with pytest.raises(ValueError, match="divide the middle width"):
-            O.fused_forward(x, layer.w1, layer.w2, layer.bias, meta)
+            O.fused_forward(x, layer.w1, layer.w2, layer.bias, sizes)
         return
     monkeypatch.setattr(tuning, "FUSED", "inference")
     calls = []

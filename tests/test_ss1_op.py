@@ -103,13 +103,13 @@ def test_sketch_kernel_tiles_match_float64(cfg, monkeypatch):
     torch.manual_seed(3)
     layer = SS1Linear(200, 24, compression=4, block_k=16, block_n=8, vec=4, pad=True, device=DEVICE)
     x = torch.randn(37, 200, device=DEVICE)
-    got = {"sketch": sketch_triton(x, layer.meta, torch.float32)}
-    plain = {"sketch": sketch_torch(x, layer.sketch_index, layer.meta, torch.float32)}
-    ref = {"sketch": sketch_torch(x.double().cpu(), layer.sketch_index.cpu(), layer.meta, F64)}
+    got = {"sketch": sketch_triton(x, layer.sketch_args, torch.float32)}
+    plain = {"sketch": sketch_torch(x, layer.sketch_index, layer.sketch_args, torch.float32)}
+    ref = {"sketch": sketch_torch(x.double().cpu(), layer.sketch_index.cpu(), layer.sketch_args, F64)}
     assert_within_baseline(got, ref, torch.float32, plain)
     strided = torch.randn(37, 300, device=DEVICE)[:, 50:250]  # a column slice: read in place
-    torch.testing.assert_close(sketch_triton(strided, layer.meta, torch.float32).cpu(),
-                               sketch_torch(strided.cpu(), layer.sketch_index.cpu(), layer.meta, torch.float32))
+    torch.testing.assert_close(sketch_triton(strided, layer.sketch_args, torch.float32).cpu(),
+                               sketch_torch(strided.cpu(), layer.sketch_index.cpu(), layer.sketch_args, torch.float32))
 
 
 @needs_kernels
@@ -117,10 +117,10 @@ def test_triton_op_route_matches_torch_sketch():
     torch.manual_seed(4)
     layer = SS1Linear(128, 40, compression=4, block_k=16, block_n=8, vec=4, device=DEVICE)
     x = torch.randn(9, 128, device=DEVICE)
-    got = ss1_sketch_op(x, list(layer.meta), torch.float32)
-    torch.testing.assert_close(got, sketch_torch(x, layer.sketch_index, layer.meta, torch.float32))
+    got = ss1_sketch_op(x, list(layer.sketch_args), torch.float32)
+    torch.testing.assert_close(got, sketch_torch(x, layer.sketch_index, layer.sketch_args, torch.float32))
     if ON_GPU:  # the fake implementation traces the body: only with compiled kernels
-        torch.library.opcheck(ss1_sketch_op, (x, list(layer.meta), torch.float32))
+        torch.library.opcheck(ss1_sketch_op, (x, list(layer.sketch_args), torch.float32))
 
 
 def test_compile_fullgraph_on_a_fresh_layer():

@@ -28,6 +28,7 @@ from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.models.gpt2 import build_gpt2
 from flyweight.train import lm_nll_sum, lr_factor, param_groups, perplexity
 from flyweight.train.lm import eval_lm, train_lm
+from flyweight.train.model_config import gpt2_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = {"dense": {}, "ss1": {"compression": 4}, "monarch": {"nblocks": 4}, "lowrank": {"compression": 8}}
@@ -83,7 +84,7 @@ def test_lr_schedule_warmup_then_decay():
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_two_layer_gpt2_overfits_2k_tokens(kind, files, tmp_path):
     split = {"train": str(files["small"]), "val": str(files["small"])}  # val = the training text
-    cfg = tiny_lm_cfg(split, files["tok"], tmp_path / "cache", corpus="text", kind=kind, linear=KINDS[kind],
+    cfg = tiny_lm_cfg(split, files["tok"], tmp_path / "cache", corpus="text", kind=kind, settings=KINDS[kind],
                       model={"dropout": 0.0}, data={"global_batch_size": 16, "micro_batch_size": 16},
                       optim={"lr": 5e-3, "warmup_steps": 5, "weight_decay": 0.0}, trainer={"max_steps": 100})
     res = train_lm(cfg, tmp_path / "run")
@@ -209,7 +210,7 @@ def test_seed_experiment_resolves_with_expected_layers(name):
     assert cfg.data.corpus == "wikitext103" and cfg.data.max_length == 1024 and cfg.data.global_batch_size == 512
     assert (cfg.optim.lr, cfg.optim.weight_decay) == ((6e-4 if size == "small" else 1.5e-4), 0.1)
     assert (cfg.trainer.max_epochs, cfg.optim.warmup_epochs, cfg.trainer.grad_clip) == (100, 1.0, 1.0)
-    model = build_gpt2(**{k: v for k, v in cfg.model.items() if v is not None}, device="meta")
+    model = build_gpt2(**gpt2_kwargs(cfg.model), device="meta")
     block = model.transformer.h[0]
     layers = [block.mlp.c_fc, block.mlp.c_proj, block.attn.c_attn, block.attn.c_proj]
     if kind == "dense":
@@ -220,10 +221,21 @@ def test_seed_experiment_resolves_with_expected_layers(name):
 
 
 def test_compression_override_reaches_the_layers():
-    cfg = compose_experiment("wt103/gpt2-lowrank", "model.linear.compression=4", "trainer.devices=2")
-    model = build_gpt2(**{k: v for k, v in cfg.model.items() if v is not None}, device="meta")
+    cfg = compose_experiment("wt103/gpt2-lowrank", "model.settings.compression=4", "trainer.devices=2")
+    model = build_gpt2(**gpt2_kwargs(cfg.model), device="meta")
     fc = model.transformer.h[0].mlp.c_fc
     assert fc.rank == 768 * 3072 // ((768 + 3072) * 4) and cfg.trainer.devices == 2
+
+
+def test_the_old_model_linear_key_still_overrides_with_a_warning():
+    from flyweight.configs.schema import renamed_overrides
+
+    with pytest.warns(FutureWarning, match="model.linear is deprecated: it is model.settings"):
+        args = renamed_overrides(["model.linear.compression=4", "+model.linear.rank=2", "trainer.devices=2"])
+    assert args == ["model.settings.compression=4", "+model.settings.rank=2", "trainer.devices=2"]
+    with pytest.warns(FutureWarning, match="model.linear is deprecated: it is model.settings"):  # a YAML file's key
+        kwargs = gpt2_kwargs({"kind": "lowrank", "settings": {"compression": 8}, "linear": {"compression": 4}})
+    assert kwargs["settings"] == {"compression": 4} and "linear" not in kwargs
 
 
 def test_run_py_cfg_job_prints_seed_experiment():

@@ -18,6 +18,7 @@ from flyweight.models.gpt2 import (
     save_structured,
 )
 from flyweight.train.metrics import NextTokenNLL, lm_nll_sum
+from flyweight.train.model_config import gpt2_kwargs
 from flyweight.train.optim import OptimConfig, make_optimizer
 
 V = 101  # padded to 128 by pad_vocab_to=64
@@ -161,6 +162,6 @@ def test_experiment_configs_pad_on_gpu_runs_only():
         cpu = compose(config_name="config", overrides=["experiment=tiny-lm"])
         off = compose(config_name="config", overrides=["experiment=wt103/gpt2", "model.pad_vocab_to=null"])
     assert gpu.model.pad_vocab_to == 64 and cpu.model.pad_vocab_to is None and off.model.pad_vocab_to is None
-    model = build_gpt2(**{k: v for k, v in gpu.model.items() if v is not None}, device="meta")
+    model = build_gpt2(**gpt2_kwargs(gpu.model), device="meta")
     assert isinstance(model.lm_head, PaddedVocabHead) and model.config.vocab_size == 50304
     assert abs(num_parameters(model) / 1e6 - 60.7) <= 0.05  # wt103/gpt2-ss1's SS1 count, padding not counted

@@ -126,7 +126,7 @@ def test_auto_choices_fall_back_and_explicit_triton_names_the_cause(monkeypatch)
     import torch
 
     import flyweight.attention.base as attention_base
-    import flyweight.attention.hf_triton as hf_triton
+    import flyweight.attention.hf_backends as hf_backends
     import flyweight.models.gpt2 as gpt2
     import flyweight.train.fastpath as fastpath
     import flyweight.utils.optional as optional
@@ -141,4 +141,4 @@ def test_auto_choices_fall_back_and_explicit_triton_names_the_cause(monkeypatch)
         attention_base.use_kernel("triton", q, q, q)
     model = gpt2.build_gpt2("tiny", kind="dense", vocab_size=100, device="meta")
     with pytest.raises(RuntimeError, match="attention='triton' needs Triton"):
-        hf_triton.use_attention(model, "triton")
+        hf_backends.use_attention(model, "triton")

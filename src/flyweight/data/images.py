@@ -187,3 +187,36 @@ def upscale_batch(images_u8: torch.Tensor, size: int, mean: float, std: float) -
     if size != x.shape[-1]:
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return (x - mean) / std
+
+
+class ShuffledImageBatches(torch.utils.data.IterableDataset):
+    """``steps`` training batches of (uint8 images, labels, flip mask), all drawn from one seeded generator.
+
+    Batch ``s`` takes the ``batch_size`` images at positions ``s * batch_size mod N`` onwards of the current
+    permutation; when fewer than ``batch_size`` remain, a fresh permutation starts and the batch is its first
+    ``batch_size``. The flip mask (True with probability 1/2 per image, all False when ``hflip`` is off) is
+    drawn right after the batch's indices, so the sequence of draws, and therefore a run, depends on the seed
+    alone, never on how far ahead a loader prefetches. Yields whole batches: use ``DataLoader(batch_size=None)``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, seed: int,
+                 hflip: bool = False):
+        if batch_size > images.shape[0]:
+            raise ValueError(f"batch_size={batch_size} is larger than the {images.shape[0]} training images")
+        self.images, self.labels = images, labels
+        self.steps, self.batch_size, self.seed, self.hflip = int(steps), int(batch_size), int(seed), bool(hflip)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        n, bs = self.images.shape[0], self.batch_size
+        order = torch.randperm(n, generator=gen)
+        for step in range(self.steps):
+            idx = order[(step * bs) % n:][:bs]
+            if idx.numel() < bs:  # the permutation is used up: next epoch
+                order = torch.randperm(n, generator=gen)
+                idx = order[:bs]
+            flip = torch.rand(bs, generator=gen) < 0.5 if self.hflip else torch.zeros(bs, dtype=torch.bool)
+            yield self.images[idx], self.labels[idx], flip

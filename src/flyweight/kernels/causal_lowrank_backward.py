@@ -30,7 +30,7 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.causal_feature_attention import CHUNK, causal_lowrank_forward
-from flyweight.kernels.feature_attention import dot_f32, feature_logs, load_projection
+from flyweight.kernels.feature_attention import dot_f32, feature_logs, load_projection, saved_output_dtype
 from flyweight.kernels.local_attention import (
     _load_tile,
     _window_keep,
@@ -175,7 +175,7 @@ def _causal_lowrank_dq_kernel(
             uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
-            dq = dot_f32(ds, k.to(tl.float32), dq)
+            dq = dot_f32(ds, k, dq)
             dfq -= dot_f32(dp_window, fk)
         dq = dq * scale
     dq += _feature_grad_to_input(fq * dfq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
@@ -251,7 +251,7 @@ def _causal_lowrank_dkdv_kernel(
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
             dv = dot_f32(tl.trans(e - p), u, dv)
-            dk = dot_f32(tl.trans(ds), q.to(tl.float32), dk)
+            dk = dot_f32(tl.trans(ds), q, dk)
             dfk -= dot_f32(tl.trans(dp_window), fq)
         dk = dk * scale
     dk += _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
@@ -313,12 +313,13 @@ class _CausalLowRankFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, proj, temp, cosh, window_left, eps, key_padding_mask):
         o, state = causal_lowrank_forward(q, k, v, proj, temp, cosh=cosh, window_left=window_left, eps=eps,
-                                          key_padding_mask=key_padding_mask, return_state=True)
+                                          key_padding_mask=key_padding_mask, return_state=True,
+                                          out_dtype=saved_output_dtype(ctx))
         w_hi, w_lo, m, ck, kvs, kss, stats = state
         ctx.save_for_backward(q, k, v, o, w_hi, w_lo, ck, kvs, kss, stats,
                               *(() if key_padding_mask is None else (key_padding_mask,)))
         ctx.meta = (m, temp, window_left, key_padding_mask is not None)
-        return o
+        return o.to(v.dtype)
 
     @staticmethod
     def backward(ctx, do):

@@ -235,8 +235,21 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     return ck.contiguous(), kv, ksum
 
 
-def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=False, return_state=False):
+def saved_output_dtype(ctx):
+    """The output dtype a kernel forward writes when its autograd wrapper will run the backward: fp32.
+
+    The backward's row terms (``rowsum(dO * O)``, the cotangent of the normaliser) then see the output
+    before it is rounded to fp16 / bf16. With the rounded output they carried its rounding error, which
+    at large logits cost the Performer and Scatterbrain backward 2.1-2.8x the PyTorch path's dq / dk
+    error (whose autograd keeps the fp32 output). Inference (no grad) writes the input dtype directly.
+    """
+    return torch.float32 if any(ctx.needs_input_grad[:3]) else None
+
+
+def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=False, return_state=False,
+                      out_dtype=None):
     """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
     check_kernel_inputs("performer attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
@@ -244,7 +257,7 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     EV = v.shape[-1]
     w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],

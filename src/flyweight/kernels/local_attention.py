@@ -37,21 +37,44 @@ EXACT_DOT = tl.constexpr(INTERPRET)  # under the interpreter fp32 products are e
 
 @triton.jit
 def dot_f32(a, b, acc=None):
-    """``acc + a @ b`` for fp32 operands (fp32 result), to about 2^-16 relative on CUDA.
+    """``acc + a @ b`` in fp32 for fp32 or low-precision operands, to about 2^-16 relative on CUDA.
 
-    On CUDA as three bf16 tensor-core products, a_hi b_hi + a_hi b_lo + a_lo b_hi with x_hi = bf16(x) and
-    x_lo = bf16(x - x_hi): the bf16 analogue of tf32x3, at twice tf32's rate. Triton 3.6 miscompiles
-    some fp32-operand (tf32 / tf32x3) products on Hopper, e.g. (16 x 16) @ (16 x 64) with the
-    right-hand operand row-major: an illegal shared-memory read at run time. bf16 operands avoid it.
+    On CUDA as bf16 tensor-core products of each operand's split x = x_hi + x_lo (x_hi = bf16(x),
+    x_lo = bf16(x - x_hi)): a_hi b_hi + a_hi b_lo + a_lo b_hi, the bf16 analogue of tf32x3 at twice
+    tf32's rate. An operand that is already bf16 is exact as it is and is not split (pass the
+    loaded tile, not ``x.to(tl.float32)``), so bf16 inputs take two products, or one.
+    Why not tf32 / tf32x3: Triton 3.6 miscompiles some fp32-operand products on Hopper, e.g.
+    (16 x 16) @ (16 x 64) with the right-hand operand row-major (an illegal shared-memory read).
+    Why no split of a bf16 operand: its low part is identically zero, and on Hopper with a pipelined
+    loop (num_stages >= 2) Triton 3.6 then computes wrong, run-to-run different dQ / dK in the local
+    backward once the grid has more than one wave (bf16, B * H * T >= 16384: errors 50-100x the
+    PyTorch path's; exact with num_stages = 1 or with the unsplit operand).
     Under ``TRITON_INTERPRET=1`` an exact fp32 product.
     """
     if EXACT_DOT:
-        out = tl.dot(a, b, acc, input_precision="ieee")
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif a.dtype == tl.bfloat16:
+        if b.dtype == tl.bfloat16:
+            out = tl.dot(a, b, acc)
+        else:
+            b32 = b.to(tl.float32)
+            b_hi = b32.to(tl.bfloat16)
+            b_lo = (b32 - b_hi.to(tl.float32)).to(tl.bfloat16)
+            out = tl.dot(a, b_lo, acc)
+            out = tl.dot(a, b_hi, out)
+    elif b.dtype == tl.bfloat16:
+        a32 = a.to(tl.float32)
+        a_hi = a32.to(tl.bfloat16)
+        a_lo = (a32 - a_hi.to(tl.float32)).to(tl.bfloat16)
+        out = tl.dot(a_lo, b, acc)
+        out = tl.dot(a_hi, b, out)
     else:
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
-        b_hi = b.to(tl.bfloat16)
-        b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
+        a32 = a.to(tl.float32)
+        b32 = b.to(tl.float32)
+        a_hi = a32.to(tl.bfloat16)
+        a_lo = (a32 - a_hi.to(tl.float32)).to(tl.bfloat16)
+        b_hi = b32.to(tl.bfloat16)
+        b_lo = (b32 - b_hi.to(tl.float32)).to(tl.bfloat16)
         out = tl.dot(a_hi, b_lo, acc)
         out = tl.dot(a_lo, b_hi, out)
         out = tl.dot(a_hi, b_hi, out)
@@ -174,7 +197,7 @@ def _local_bwd_dkdv_kernel(
         dp_t = tl.dot(v, tl.trans(do))
         ds_t = p_t * (dp_t - delta[None, :])
         # dS stays fp32 (dot_f32): the PyTorch path's dS is fp32, rounding it to bf16 costs ~4x its error
-        dk = dot_f32(ds_t, q.to(tl.float32), dk)
+        dk = dot_f32(ds_t, q, dk)
     key_ok = (offs_n < T)[:, None]
     tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=key_ok & (offs_d < E)[None, :])
@@ -219,7 +242,7 @@ def _local_bwd_dq_kernel(
         p = tl.where(keep, tl.math.exp2(s), 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
-        dq = dot_f32(ds, k.to(tl.float32), dq)
+        dq = dot_f32(ds, k, dq)
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
              (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
 

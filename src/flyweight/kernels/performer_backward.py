@@ -28,6 +28,7 @@ from flyweight.kernels.feature_attention import (
     feature_logs,
     load_projection,
     performer_forward,
+    saved_output_dtype,
 )
 from flyweight.kernels.local_attention import (
     check_kernel_inputs,
@@ -196,12 +197,13 @@ def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
 class _PerformerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, proj, temp, eps, key_padding_mask):
-        o, state = performer_forward(q, k, v, proj, temp, eps, key_padding_mask, return_state=True)
+        o, state = performer_forward(q, k, v, proj, temp, eps, key_padding_mask, return_state=True,
+                                     out_dtype=saved_output_dtype(ctx))
         w_hi, w_lo, m, ck, kv, ksum = state
         ctx.save_for_backward(q, k, v, o, w_hi, w_lo, ck, kv, ksum,
                               *(() if key_padding_mask is None else (key_padding_mask,)))
         ctx.meta = (m, temp, eps, key_padding_mask is not None)
-        return o
+        return o.to(v.dtype)
 
     @staticmethod
     def backward(ctx, do):

@@ -36,6 +36,7 @@ from flyweight.kernels.feature_attention import (
     _num_splits,
     feature_logs,
     load_projection,
+    saved_output_dtype,
 )
 from flyweight.kernels.local_attention import (
     _load_tile,
@@ -127,7 +128,7 @@ def _sblocal_bwd_query_kernel(
             uv = dot_f32(u, tl.trans(v))
             ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
             dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
-            dq_s = dot_f32(ds, k.to(tl.float32), dq_s)
+            dq_s = dot_f32(ds, k, dq_s)
             dfq = dot_f32(dp, fk, dfq)
         dlq = fq * ls[:, None] * dfq
         dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
@@ -194,7 +195,7 @@ def _sblocal_bwd_key_kernel(
         ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
         dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
         dv = dot_f32(tl.trans(e - p), u, dv)
-        dk_s = dot_f32(tl.trans(ds), q.to(tl.float32), dk_s)
+        dk_s = dot_f32(tl.trans(ds), q, dk_s)
         dfk = dot_f32(tl.trans(dp * ls[:, None]), fq, dfk)
     dk = scale * dk_s + _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     rows = offs_n < T
@@ -249,12 +250,13 @@ def sblocal_backward(do, q, k, v, o, state, temp, left, right, key_padding_mask)
 class _SBLocalFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, proj, temp, left, right, key_padding_mask):
-        o, state = sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask, return_state=True)
+        o, state = sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask, return_state=True,
+                                   out_dtype=saved_output_dtype(ctx))
         w_hi, w_lo, m, ck, kv, ksum, stats = state
         ctx.save_for_backward(q, k, v, o, w_hi, w_lo, ck, kv, ksum, stats,
                               *(() if key_padding_mask is None else (key_padding_mask,)))
         ctx.meta = (m, temp, left, right, key_padding_mask is not None)
-        return o
+        return o.to(v.dtype)
 
     @staticmethod
     def backward(ctx, do):

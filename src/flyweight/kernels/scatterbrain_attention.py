@@ -124,8 +124,10 @@ _FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
                    ["T", "D", "DV", "MF", "HAS_PAD"])
 
 
-def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, return_state=False):
+def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, return_state=False,
+                    out_dtype=None):
     """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
     check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
@@ -133,7 +135,7 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, ret
     EV = v.shape[-1]
     w_hi, w_lo, m = projection_halves(proj, True, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=v.dtype)
+    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

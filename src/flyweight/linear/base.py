@@ -43,24 +43,24 @@ def linear_class(kind: str) -> type["StructuredLinear"]:
     return LINEAR_KINDS.get_or_raise(kind)
 
 
-def make_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any):
-    """Build a linear layer by registry name ("dense", "lowrank", "monarch", "ss1")."""
+def make_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **settings: Any):
+    """Build a linear layer by registry name ("dense", "lowrank", "monarch", "ss1") with the kind's settings."""
     cls = linear_class(kind)
-    check_kwargs(cls, kwargs)
-    return cls(in_features, out_features, bias=bias, **kwargs)
+    check_settings(cls, settings)
+    return cls(in_features, out_features, bias=bias, **settings)
 
 
-def linear_kwargs(cls: type["StructuredLinear"]) -> tuple[str, ...]:
-    """The keyword arguments a kind's constructor accepts besides in/out features and bias."""
+def setting_names(cls: type["StructuredLinear"]) -> tuple[str, ...]:
+    """The settings of a kind: the keyword arguments its constructor accepts besides in/out features and bias."""
     params = inspect.signature(cls.__init__).parameters
     return tuple(n for n in params if n not in ("self", "in_features", "out_features", "bias")
                  and params[n].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD))
 
 
-def check_kwargs(cls: type["StructuredLinear"], kwargs: dict[str, Any]) -> None:
-    """A misspelt argument names itself, its likely meaning and the valid ones (not a bare TypeError)."""
-    valid = linear_kwargs(cls)
-    unknown = [k for k in kwargs if k not in valid]
+def check_settings(cls: type["StructuredLinear"], settings: dict[str, Any]) -> None:
+    """A misspelt setting names itself, its likely meaning and the valid ones (not a bare TypeError)."""
+    valid = setting_names(cls)
+    unknown = [k for k in settings if k not in valid]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, valid, n=1)
@@ -69,15 +69,15 @@ def check_kwargs(cls: type["StructuredLinear"], kwargs: dict[str, Any]) -> None:
                         f"{', '.join(valid) or 'none'}")
 
 
-def validate_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **kwargs: Any) -> dict:
-    """Check that ``make_linear(kind, in_features, out_features, bias, **kwargs)`` would succeed,
-    without allocating (the layer is built on the meta device); return its ``structure_config()``.
+def validate_linear(kind: str, in_features: int, out_features: int, bias: bool = True, **settings: Any) -> dict:
+    """Check that ``make_linear(kind, in_features, out_features, bias, **settings)`` would succeed,
+    without allocating (the layer is built on the meta device); return its ``settings()``.
 
     Meant for configs: call it for every layer shape before any data is loaded or tokenized, so a bad
     ``compression`` or a misspelt argument fails in a second, with the layer's own message.
     """
-    layer = make_linear(kind, in_features, out_features, bias=bias, device="meta", **kwargs)
-    return layer.structure_config()
+    layer = make_linear(kind, in_features, out_features, bias=bias, device="meta", **settings)
+    return layer.settings()
 
 
 def check_positive_int(name: str, value: Any) -> int:
@@ -97,8 +97,8 @@ class StructuredLinear(nn.Module):
     """A drop-in replacement for ``nn.Linear``: y = x W^T + b with a structured W.
 
     Subclasses implement ``_matmul`` (x of shape (M, in) -> (M, out), no bias), ``to_dense``,
-    ``from_dense``, ``flops_per_token``, ``structure_config`` and ``normal_init_`` (the kind owns
-    its initialisation: ``build_gpt2`` and ``flyweight.convert.normal_init_`` call it).
+    ``from_dense``, ``flops_per_token``, ``settings`` and ``normal_init_`` (the kind owns
+    its initialisation: ``build_gpt2`` calls it).
     """
 
     kind: ClassVar[str] = "?"
@@ -171,20 +171,26 @@ class StructuredLinear(nn.Module):
         """Forward FLOPs for one input row (multiply-add = 2 FLOPs; bias not counted)."""
         raise NotImplementedError
 
-    def structure_config(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this exact structure with ``make_linear``."""
+    def settings(self) -> dict[str, Any]:
+        """The kind's settings (keyword arguments) that rebuild this exact structure with ``make_linear``."""
         return {}
 
     def linear_config(self):
         """This layer's structure as its kind's typed config (``flyweight.linear.config``)."""
         from flyweight.linear.config import config_class
 
-        return config_class(self.kind).from_dict(self.structure_config())
+        return config_class(self.kind).from_dict(self.settings())
 
     def normal_init_(self, std: float, generator: torch.Generator | None = None) -> "StructuredLinear":
         """Draw the weights so the entries of ``to_dense()`` have mean 0 and std ``std``; zero the bias.
 
-        GPT-2's initialisation in the dense-equivalent sense (``flyweight.convert.init``)."""
+        GPT-2's initialisation in the dense-equivalent sense: GPT-2 draws every weight from N(0, std),
+        and a structured layer asks the same of its dense equivalent W = to_dense(), so for
+        uncorrelated inputs the output variance equals that of a dense GPT-2 layer (K * std**2 *
+        Var(x)). Each kind gets there its own way: dense and SS1 store each entry of W once (the
+        stored weight ~ N(0, std)); low-rank and Monarch sum products of two factors per entry and
+        balance the factors' stds, so Adam's equal step sizes move both alike.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} (kind {self.kind!r}) does not define normal_init_(std, generator): "
             "add it to the class, drawing the weights so that to_dense() has entries of std `std`"
@@ -196,7 +202,7 @@ class StructuredLinear(nn.Module):
                 self.bias.zero_()
 
     def extra_repr(self) -> str:
-        extra = ", ".join(f"{k}={v}" for k, v in self.structure_config().items())
+        extra = ", ".join(f"{k}={v}" for k, v in self.settings().items())
         base = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         return f"{base}, {extra}" if extra else base
 

@@ -35,8 +35,8 @@ class LinearConfig:
 
     kind: ClassVar[str] = "?"
 
-    def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the layer constructor / ``from_dense`` (None fields left out)."""
+    def settings(self) -> dict[str, Any]:
+        """The kind's settings: keyword arguments for the layer constructor / ``from_dense`` (None fields left out)."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

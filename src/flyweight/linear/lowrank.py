@@ -94,5 +94,5 @@ class LowRankLinear(StructuredLinear):
         self._zero_bias()
         return self
 
-    def structure_config(self) -> dict:
+    def settings(self) -> dict:
         return {"rank": self.rank}

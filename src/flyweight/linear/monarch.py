@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flyweight.kernels.monarch import compute_dtype, monarch_linear, monarch_meta, route, slot_table
+from flyweight.kernels.monarch import compute_dtype, monarch_linear, monarch_sizes, route, slot_table
 from flyweight.linear.base import StructuredLinear, check_positive_int, register_linear, uniform_
 
 
@@ -57,7 +57,7 @@ class MonarchLinear(StructuredLinear):
         self.mid = min(self.p_in, self.p_out)
         self.w1 = nn.Parameter(torch.empty(nblocks, self.mid, self.p_in, device=device, dtype=dtype))
         self.w2 = nn.Parameter(torch.empty(nblocks, self.p_out, self.mid, device=device, dtype=dtype))
-        self.meta = monarch_meta(in_features, out_features, nblocks)  # the integers every kernel call passes
+        self.sizes = monarch_sizes(in_features, out_features, nblocks)  # the ints every kernel call passes
         # the kernels' slot table (stride permutation); derived from the sizes, so not in the state dict
         self.register_buffer("slot_table", torch.empty(0, dtype=torch.int32), persistent=False)
         self.build_slot_table()
@@ -66,7 +66,7 @@ class MonarchLinear(StructuredLinear):
     def build_slot_table(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the slot-table buffer, e.g. after ``to_empty()`` left it uninitialised."""
         device = torch.device(self.w1.device if device is None else device)
-        self.slot_table = slot_table(self.meta).to(device)
+        self.slot_table = slot_table(self.sizes).to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if route(x, self.backend) == "torch":
@@ -77,7 +77,7 @@ class MonarchLinear(StructuredLinear):
         if table.get_device() != x.get_device() or table.numel() != 3 * self.nblocks * self.mid:
             self.build_slot_table(x.device)  # a layer moved without .to() (or built on the meta device)
             table = self.slot_table
-        y = monarch_linear(x.reshape(-1, self.in_features), self.w1, self.w2, self.bias, table, self.meta,
+        y = monarch_linear(x.reshape(-1, self.in_features), self.w1, self.w2, self.bias, table, self.sizes,
                            compute_dtype(x))
         return y.view(*lead, self.out_features)
 
@@ -166,5 +166,5 @@ class MonarchLinear(StructuredLinear):
         self._zero_bias()
         return self
 
-    def structure_config(self) -> dict:
+    def settings(self) -> dict:
         return {"nblocks": self.nblocks}

@@ -94,7 +94,7 @@ class SS1Linear(StructuredLinear):
         self.layout = SS1Layout(
             in_features, out_features, compression, block_k, block_n, vec, coeffs, padded_in
         )
-        self.meta = self.layout.sketch_meta()  # the integers every call passes to the op
+        self.sketch_args = self.layout.sketch_args()  # the integers every call passes to the op
         self.weight = nn.Parameter(
             torch.empty(out_features, self.layout.compressed_in, device=device, dtype=dtype)
         )
@@ -135,10 +135,10 @@ class SS1Linear(StructuredLinear):
         if x.dim() == 0 or x.shape[-1] != self.in_features or not x.is_floating_point() or x.is_meta:
             self._check_input(x)  # the common case pays only these attribute reads
         if x.dim() == 2:
-            return ss1_linear(x, self.weight, self.bias, self.sketch_index, self.unsketch_index, self.meta,
-                              self.backend)
+            return ss1_linear(x, self.weight, self.bias, self.sketch_index, self.unsketch_index,
+                              self.sketch_args, self.backend)
         y = ss1_linear(x.reshape(-1, self.in_features), self.weight, self.bias, self.sketch_index,
-                       self.unsketch_index, self.meta, self.backend)
+                       self.unsketch_index, self.sketch_args, self.backend)
         return y.view(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> torch.Tensor:
@@ -154,10 +154,10 @@ class SS1Linear(StructuredLinear):
         layer = cls._empty_like_dense(weight, bias, kwargs)
         work = torch.float64 if weight.dtype == torch.float64 else torch.float32
         gather = layer.layout.sketch_index().to(weight.device)
-        sums = sketch_torch(weight.detach().to(work), gather, layer.meta, work)
+        sums = sketch_torch(weight.detach().to(work), gather, layer.sketch_args, work)
         # the same sketch of a row of ones counts the real (unpadded) entries each slot serves
         counts = sketch_torch(torch.ones(1, layer.in_features, dtype=work, device=weight.device), gather,
-                              layer.meta, work)
+                              layer.sketch_args, work)
         with torch.no_grad():
             layer.weight.copy_(sums / counts.clamp(min=1))
         layer._copy_bias(bias)
@@ -185,7 +185,7 @@ class SS1Linear(StructuredLinear):
         settings.setdefault("pad", in_features % block != 0)
         return settings
 
-    def structure_config(self) -> dict:
+    def settings(self) -> dict:
         return {
             "compression": self.compression,
             "seed": self.seed,

@@ -16,7 +16,7 @@ parameter and FLOP counts below cover the real vocabulary only (see ``PaddedVoca
 
 Initialisation follows GPT-2: N(0, 0.02), residual projections (attn.c_proj, mlp.c_proj) N(0,
 0.02/sqrt(2*n_layer)), zero biases. For a structured layer "std" means the std of the entries of
-its dense equivalent (see ``flyweight.convert.init``).
+its dense equivalent (``StructuredLinear.normal_init_``, which each kind defines).
 """
 
 from __future__ import annotations
@@ -27,22 +27,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from flyweight.attention.hf_triton import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from flyweight.attention.hf_triton import use_attention
+from flyweight.attention.hf_backends import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from flyweight.attention.hf_backends import use_attention
 from flyweight.convert.checkpoint import load_structured as _load_structured
 from flyweight.convert.checkpoint import save_structured
-from flyweight.convert.init import normal_init_
-from flyweight.convert.surgery import convert, get_structure, is_linear_like, mark_flyweight_checkpoint
+from flyweight.convert.surgery import convert, get_structure, is_linear_like
+from flyweight.convert.vocab import PaddedVocabHead, pad_vocabulary_, real_vocab_size
 from flyweight.linear import LINEAR_KINDS, StructuredLinear
 from flyweight.linear.base import check_positive_int, validate_linear
 from flyweight.linear.config import make_config
 from flyweight.utils.optional import HAS_TRITON
 
 __all__ = [
-    "DEFAULT_LINEAR",
+    "DEFAULT_SETTINGS",
     "GPT2_ROLES",
     "GPT2_SIZES",
     "PaddedVocabHead",
@@ -62,7 +61,7 @@ GPT2_SIZES = {
 }
 GPT2_ROLES = ("mlp", "attn_qkv", "attn_out", "lm_head")
 # The default settings of each kind (docs/training.md, the wt103/* experiments): SS1 R=4, Monarch b=4, low-rank f=8.
-DEFAULT_LINEAR: dict[str, dict[str, Any]] = {
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "dense": {},
     "ss1": {"compression": 4},
     "monarch": {"nblocks": 4},
@@ -86,19 +85,19 @@ def _expand_roles(roles: Iterable[str], lm_head: bool) -> list[str]:
     return out
 
 
-def _settings_for(kind: str, main_kind: str, linear: dict | None) -> dict[str, Any]:
+def _settings_for(kind: str, main_kind: str, settings: dict | None) -> dict[str, Any]:
     """Per-kind layer settings: nested {kind: {...}} applies by kind, a flat dict to the main kind."""
-    settings = dict(DEFAULT_LINEAR.get(kind, {}))
+    out = dict(DEFAULT_SETTINGS.get(kind, {}))
     given: dict[str, Any] = {}
-    if linear:
-        if all(k in LINEAR_KINDS for k in linear):
-            given = dict(linear.get(kind, {}))
+    if settings:
+        if all(k in LINEAR_KINDS for k in settings):
+            given = dict(settings.get(kind, {}))
         elif kind == main_kind:
-            given = dict(linear)
+            given = dict(settings)
     if "rank" in given and "compression" not in given:
-        settings.pop("compression", None)  # a low-rank rank replaces the default compression, not joins it
-    settings.update(given)
-    return settings
+        out.pop("compression", None)  # a low-rank rank replaces the default compression, not joins it
+    out.update(given)
+    return out
 
 
 def _role_shapes(role: str, n_embd: int, vocab_size: int) -> list[tuple[str, int, int]]:
@@ -130,7 +129,7 @@ def build_gpt2(
     kind: str = "dense",
     roles: Iterable[str] = ("mlp", "attn_qkv", "attn_out"),
     lm_head: bool = False,
-    linear: dict | None = None,
+    settings: dict | None = None,
     n_layer: int | None = None,
     n_embd: int | None = None,
     n_head: int | None = None,
@@ -145,9 +144,9 @@ def build_gpt2(
 ):
     """A ``transformers.GPT2LMHeadModel`` whose block linears are ``kind`` (per role: ``kinds``).
 
-    linear: settings for the kind, flat ({"compression": 2}) for ``kind`` or nested per kind
-    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_LINEAR. SS1 layers
-    get hash seeds ``seed_ss1 + index`` (``linear["seed"]``, default 1024), distinct per layer.
+    settings: the kind's settings, flat ({"compression": 2}) for ``kind`` or nested per kind
+    ({"ss1": {"compression": 2}, "monarch": {"nblocks": 8}}); defaults: DEFAULT_SETTINGS. SS1 layers
+    get hash seeds ``seed_ss1 + index`` (``settings["seed"]``, default 1024), distinct per layer.
     seed: seeds the weight initialisation (global RNG left untouched). device: e.g. "meta" to
     count parameters without allocating.
     pad_vocab_to: pad the tied embedding/lm_head to a multiple of this many rows (64: 50257 ->
@@ -156,7 +155,7 @@ def build_gpt2(
     attention: "sdpa" (PyTorch's fused kernels), "triton" (flyweight's Triton flash attention; calls
     with a padding mask or attention dropout still use SDPA) or "auto" (triton where CUDA is, else
     sdpa). Either way a padding-free causal batch
-    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_triton``).
+    gets no materialised mask, also under torch.compile (``flyweight.attention.hf_backends``).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -195,7 +194,7 @@ def build_gpt2(
 
     for k in {kinds.get(role, kind) for role in role_list} - {"dense"}:
         k_roles = [role for role in role_list if kinds.get(role, kind) == k]
-        _check_layer_settings(k, k_roles, _settings_for(k, kind, linear), dims["n_embd"], vocab_size)
+        _check_layer_settings(k, k_roles, _settings_for(k, kind, settings), dims["n_embd"], vocab_size)
 
     config = GPT2Config(
         vocab_size=vocab_size,
@@ -220,7 +219,7 @@ def build_gpt2(
         for k, k_roles in by_kind.items():
             if k == "dense":
                 continue
-            config = make_config(k, **_settings_for(k, kind, linear))
+            config = make_config(k, **_settings_for(k, kind, settings))
             report = convert(model, config, target_modules=k_roles, init="random", seed_offset=ss1_seen)
             if report.skipped:
                 raise ValueError(
@@ -232,14 +231,14 @@ def build_gpt2(
         _gpt2_init_(model)
         if pad_vocab_to and pad_vocab_to > 1:
             # after the init, so the real rows hold exactly the values of an unpadded build
-            _pad_vocabulary_(model, pad_vocab_to)
+            pad_vocabulary_(model, pad_vocab_to)
 
     use_attention(model, attention)
     spec = get_structure(model)
     if spec is not None:
         spec["builder"] = {
             "size": size, "kind": kind, "roles": role_list, "kinds": kinds,
-            "linear": linear or {}, **dims,
+            "linear": settings or {}, **dims,  # the key keeps its name: the saved config.json format
         }
     return model
 
@@ -250,79 +249,7 @@ def _gpt2_init_(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, StructuredLinear):
             std = residual_std if name.endswith(".c_proj") else INIT_STD
-            normal_init_(module, std)
-
-
-# ---- vocabulary padding ---------------------------------------------------------------------------
-REAL_VOCAB_KEY = "flyweight_real_vocab_size"  # HF config attribute: saved in config.json with the model
-
-
-class PaddedVocabHead(nn.Linear):
-    """The tied lm_head of a vocabulary padded from ``vocab_size`` to ``out_features`` rows.
-
-    The padding exists only so the logits GEMM (and its two backward GEMMs) see a width that is a
-    multiple of 64; 50257 is odd, so every row of the logits is misaligned for the tensor cores
-    (what it buys on a GPU is measured by ``benchmarks/gpt2_train_gpu.py --pad-vocab 64,0``). The padded rows'
-    logits are overwritten with -inf, so the softmax gives them exactly zero probability: the loss,
-    perplexity and ``generate()`` are those of the real vocabulary, and the padded rows never receive
-    a gradient. (-inf rather than slicing the logits: the model's logits keep the width
-    ``config.vocab_size`` that Hugging Face's own ``labels=`` loss reshapes them by. A loss that
-    spreads mass over every column, e.g. label smoothing, must use the first ``vocab_size`` only.)
-    """
-
-    def __init__(self, in_features: int, out_features: int, vocab_size: int, device=None, dtype=None):
-        if not 0 < vocab_size <= out_features:
-            raise ValueError(f"vocab_size={vocab_size} must be in 1..out_features={out_features}")
-        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
-        self.vocab_size = vocab_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, self.weight)
-        # in place on a (B, T, padding) slice: no copy of the logits; the matmul saved its inputs,
-        # not its output, so autograd allows it (the filled entries get a zero gradient)
-        logits[..., self.vocab_size:] = float("-inf")
-        return logits
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, vocab_size={self.vocab_size} (rows {self.vocab_size}.. padding, logits -inf)"
-
-
-def real_vocab_size(model: nn.Module) -> int:
-    """The vocabulary the model predicts: ``config.vocab_size`` less any padding rows."""
-    config = model.config
-    return int(getattr(config, REAL_VOCAB_KEY, None) or config.vocab_size)
-
-
-def _install_padded_head(model: nn.Module, vocab_size: int) -> None:
-    """Replace the tied nn.Linear lm_head by a ``PaddedVocabHead`` sharing the embedding's weight."""
-    head = model.get_output_embeddings()
-    if isinstance(head, PaddedVocabHead):
-        return
-    if type(head) is not nn.Linear or head.bias is not None:
-        raise ValueError(f"vocabulary padding needs GPT-2's tied nn.Linear lm_head, found {type(head).__name__}")
-    rows, width = head.weight.shape  # the weight's, not the attributes: they may predate the padding
-    new = PaddedVocabHead(width, rows, vocab_size, device="meta")
-    new.weight = head.weight  # the same Parameter: the tie to the embedding is kept
-    model.set_output_embeddings(new)
-
-
-def _pad_vocabulary_(model: nn.Module, multiple: int) -> None:
-    config = model.config
-    real = int(config.vocab_size)
-    rows = -(-real // multiple) * multiple
-    if rows == real:
-        return  # already aligned: nothing to pad, an ordinary model
-    old = model.get_input_embeddings()
-    emb = nn.Embedding(rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
-    with torch.no_grad():
-        emb.weight[:real].copy_(old.weight)
-        emb.weight[real:].zero_()  # never looked up (token ids < real) and never updated
-    model.set_input_embeddings(emb)
-    model.lm_head.weight = emb.weight
-    config.vocab_size = rows
-    setattr(config, REAL_VOCAB_KEY, real)
-    mark_flyweight_checkpoint(config)  # a plain from_pretrained must restore the -inf head too
-    _install_padded_head(model, real)
+            module.normal_init_(std)
 
 
 def load_structured(path, *, device: str | torch.device | None = None, model: nn.Module | None = None) -> nn.Module:

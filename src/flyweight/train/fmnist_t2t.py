@@ -13,13 +13,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from flyweight.attention import matched_budget
 from flyweight.utils.device import device_name, resolve_device
@@ -28,6 +25,7 @@ from flyweight.models.t2t_vit import T2TViT, T2TViTConfig
 from flyweight.models.t2t_vit_checkpoint import load_t2t_vit, save_t2t_vit
 from flyweight.train.image_eval import evaluate, summarize_seeds
 from flyweight.utils.io import atomic_write, atomic_write_text
+from flyweight.utils.rng import seed_all
 
 TABLE_COLUMNS = [
     "dataset",
@@ -58,52 +56,39 @@ def _batches(images, labels, batch_size, size, mean, std):
 
 
 def train(cfg: DictConfig, model: T2TViT, images, labels, device, mean, std) -> dict:
+    """Train ``model`` with Lightning (``ImageClassifierModule``) on uint8 images: ``cfg.train.steps``
+    optimizer steps of ``cfg.train.batch_size`` images (``ShuffledImageBatches`` seeded by ``cfg.train_seed``)."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from flyweight.data.images import ShuffledImageBatches
+    from flyweight.train.image_module import ImageClassifierModule
+    from flyweight.train.logs import quiet_lightning
+    from flyweight.train.optim import OptimConfig
+    from flyweight.train.progress import StepProgressBar
+
+    quiet_lightning()
     t = cfg.train
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "cls_token"]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and n != "cls_token")]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": float(t.weight_decay)}, {"params": other, "weight_decay": 0.0}],
-        lr=float(t.lr),
+    steps, bs = int(t.steps), int(t.batch_size)
+    batches = ShuffledImageBatches(images, labels, steps, bs, seed=int(cfg.train_seed), hflip=bool(t.hflip))
+    optim = OptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), schedule="cosine",
+                        warmup_steps=int(t.warmup_steps))
+    module = ImageClassifierModule(model, optim, int(t.warmup_steps), steps, img_size=int(cfg.img_size), mean=mean,
+                                   std=std, label_smoothing=float(t.label_smoothing), max_grad_norm=1.0,
+                                   no_decay=("cls_token",))
+    trainer = L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_steps=steps, max_epochs=1,
+        logger=False, enable_checkpointing=False,
+        enable_model_summary=False, callbacks=[StepProgressBar("fmnist train")], num_sanity_val_steps=0,
     )
-    steps, warmup = int(t.steps), int(t.warmup_steps)
-
-    def lr_at(step):  # linear warmup, cosine decay to 0
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    gen = torch.Generator().manual_seed(int(cfg.train_seed))
-    order = torch.randperm(images.shape[0], generator=gen)
-    bs = int(t.batch_size)
-    model.train()
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(steps), desc="train")
-    for step in bar:
-        idx = order[(step * bs) % images.shape[0] :][:bs]
-        if idx.numel() < bs:  # wrap around: next epoch, fresh permutation
-            order = torch.randperm(images.shape[0], generator=gen)
-            idx = order[:bs]
-        x = upscale_batch(images[idx], cfg.img_size, mean, std).to(device)
-        if bool(t.hflip):
-            flip = torch.rand(bs, generator=gen) < 0.5
-            x[flip] = x[flip].flip(-1)
-        loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=float(t.label_smoothing))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     model.eval()
     return {
-        "steps": steps,
+        "steps": trainer.global_step,
         "batch_size": bs,
-        "train_images_seen": steps * bs,
-        "train_seconds": time.perf_counter() - t0,
-        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "train_images_seen": trainer.global_step * bs,
+        "train_seconds": module.train_seconds,
+        "final_loss": sum(module.losses[-20:]) / len(module.losses[-20:]),
     }
 
 
@@ -137,7 +122,7 @@ def run(cfg: DictConfig, out_dir) -> dict:
             num_classes=10,
             **OmegaConf.to_container(fm.model, resolve=True),
         )
-        torch.manual_seed(int(fm.train_seed))
+        seed_all(int(fm.train_seed))
         model = T2TViT(model_cfg).to(device)
         print(
             f"[fmnist] training {model.num_parameters() / 1e6:.2f}M-parameter T2T-ViT at {fm.img_size} px, "

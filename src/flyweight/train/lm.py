@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import time
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ import torch
 
 from flyweight.data.datamodule import DataConfig, LMDataModule, accumulation
 from flyweight.train.checkpoints import AtomicCheckpointIO, open_checkpoint, resume_point
-from flyweight.train.logs import trim_csv
+from flyweight.train.logs import quiet_lightning, trim_csv
 from flyweight.train.fastpath import probe_micro_batch, resolve_attention, resolve_compile, resolve_micro_batch
 from flyweight.train.metrics import peak_flops
 from flyweight.train.progress import StepProgressBar
@@ -185,12 +184,6 @@ def _results_common(cfg: dict, model, dm: LMDataModule, dcfg: DataConfig, flops:
     }
 
 
-def _quiet_lightning() -> None:
-    # Lightning prints through its own handler; under Hydra the root handler would print it twice
-    logging.getLogger("lightning.pytorch").propagate = False
-    logging.getLogger("lightning.fabric").propagate = False
-
-
 def _require_wandb() -> None:
     import importlib.util
 
@@ -248,7 +241,7 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
 
     cfg = plain_config(cfg)
     check_lm_config(cfg, "train")  # the whole config, before any data is read or model built
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tcfg, dcfg, accelerator, devices, world, seed, dm = _setup(cfg, out, ("train", "val"))
@@ -438,7 +431,7 @@ def eval_lm(cfg, out_dir: str | Path) -> dict | None:
     from flyweight.models.gpt2 import model_flops_per_token
 
     cfg = plain_config(cfg)
-    _quiet_lightning()
+    quiet_lightning()
     out = Path(out_dir)
     if not cfg.get("ckpt"):
         raise ValueError("mode=eval needs ckpt=PATH (a run's checkpoints/*.ckpt or its model/ folder)")

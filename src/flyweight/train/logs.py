@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
@@ -95,3 +96,9 @@ class ResumableCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ResumingWriter(self.log_dir, self._keep_below)
         return self._experiment
+
+
+def quiet_lightning() -> None:
+    """Lightning prints through its own handler; under Hydra the root handler would print it twice."""
+    logging.getLogger("lightning.pytorch").propagate = False
+    logging.getLogger("lightning.fabric").propagate = False

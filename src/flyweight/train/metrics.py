@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flyweight.attention.hf_triton import CAUSAL_BATCH, IMPLEMENTATIONS
+from flyweight.attention.hf_backends import CAUSAL_BATCH, IMPLEMENTATIONS
+from flyweight.convert.vocab import real_vocab_size
 from flyweight.kernels.lm_loss import fused_linear_nll, nll_and_grad_
 
 # Dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name().
@@ -120,7 +121,7 @@ class NextTokenNLL(nn.Module):
         self.loss_chunk = loss_chunk
         self.fused_loss = bool(fused_loss)
         # every window is an unpadded causal sequence: flyweight's attention implementations then drop
-        # the mask transformers materialises under torch.compile (flyweight.attention.hf_triton)
+        # the mask transformers materialises under torch.compile (flyweight.attention.hf_backends)
         impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
         self._causal = {CAUSAL_BATCH: True} if impl in IMPLEMENTATIONS.values() else {}
         if loss_chunk and fused_loss:
@@ -131,8 +132,7 @@ class NextTokenNLL(nn.Module):
             if not isinstance(head, nn.Linear) or head.bias is not None:
                 raise ValueError(f"{option} needs a bias-free nn.Linear output embedding, got {type(head).__name__}; "
                                  f"turn {option} off")
-            config = model.config
-            self.vocab = int(getattr(config, "flyweight_real_vocab_size", None) or config.vocab_size)
+            self.vocab = real_vocab_size(model)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if not (self.loss_chunk or self.fused_loss):

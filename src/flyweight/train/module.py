@@ -18,6 +18,7 @@ import torch
 
 from flyweight.train.finite import check_finite_loss
 from flyweight.train.metrics import NextTokenNLL, mfu, perplexity
+from flyweight.train.model_config import gpt2_kwargs
 from flyweight.train.optim import OptimConfig, make_optimizer, make_scheduler
 from flyweight.utils.rng import capture_rng, restore_rng
 
@@ -26,7 +27,7 @@ def build_model(model_cfg: dict, vocab_size: int, seed: int | None = None):
     """The GPT-2 of ``model_cfg`` (the keyword arguments of ``build_gpt2``) for this vocabulary."""
     from flyweight.models.gpt2 import build_gpt2
 
-    kwargs = {k: v for k, v in dict(model_cfg).items() if v is not None}
+    kwargs = gpt2_kwargs(model_cfg)
     kwargs.setdefault("vocab_size", vocab_size)  # the real vocabulary; pad_vocab_to pads the rows beyond it
     if kwargs["vocab_size"] < vocab_size:
         raise ValueError(f"model.vocab_size={kwargs['vocab_size']} is smaller than the tokenizer's {vocab_size}")

@@ -3,7 +3,8 @@
 Decay applies to every parameter with two or more dimensions that is not an embedding: dense
 weights and the factors of structured layers alike (low-rank A/B, Monarch blocks, the SS1 weight).
 Biases, norm gains and embedding tables (and the lm_head tied to the token embedding) get none.
-The rule looks only at shapes and module types, so it never needs to know which layer kind it sees.
+The rule looks only at shapes and module types, so it never needs to know which layer kind it sees;
+a model may name further parameters to exclude (``no_decay``, e.g. a vision transformer's ``cls_token``).
 """
 
 from __future__ import annotations
@@ -29,21 +30,22 @@ class OptimConfig:
                                   # on CUDA without an fp16 GradScaler (and clips the gradients itself)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: {matrices: weight_decay} and {biases, norms, embeddings: 0}."""
+def param_groups(model: nn.Module, weight_decay: float, no_decay: tuple[str, ...] = ()) -> list[dict]:
+    """Two AdamW groups: {matrices: weight_decay} and {biases, norms, embeddings, ``no_decay`` names: 0}."""
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    decay, no_decay, seen = [], [], set()
-    for _, p in model.named_parameters():
+    seen: set[int] = set()
+    decay, other = [], []
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue  # tied weights appear once
         seen.add(id(p))
-        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (decay if p.ndim >= 2 and id(p) not in embedding_params and name not in no_decay else other).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: tuple[str, ...] = ()) -> torch.optim.AdamW:
     fused = bool(cfg.fused)
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, no_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                              eps=cfg.eps, fused=fused or None)
 
 

@@ -5,7 +5,7 @@ Hydra's typed groups (configs/schema.py) already refuse unknown keys and wrong t
 what they cannot say is a range or a relation between keys, and a plain-dict config (``train_lm(dict)``)
 gets no type checks at all. Without this, ``data.micro_batch_size=0`` ended in a ``ZeroDivisionError``,
 ``trainer.max_steps=-1`` in ``__len__() should return >= 0``, ``data.max_length`` > ``model.n_positions``
-in an ``IndexError`` once training started, and ``model.linear.compression=3`` only failed after the data
+in an ``IndexError`` once training started, and ``model.settings.compression=3`` only failed after the data
 was tokenized (issue 15). The model's own settings are checked by building it on the meta device
 (``build_gpt2(..., device="meta")``: no memory, the layers' own messages).
 """
@@ -137,7 +137,9 @@ def check_model(m: Mapping, max_length: int | None) -> None:
     if max_length is not None and max_length > m["n_positions"]:
         raise ConfigError("data.max_length", max_length, f"must be <= model.n_positions={m['n_positions']} (the "
                           "model has no position embedding beyond it)", str(m["n_positions"]))
-    kwargs = {k: v for k, v in m.items() if v is not None}
+    from flyweight.train.model_config import gpt2_kwargs
+
+    kwargs = gpt2_kwargs(m)
     if "vocab_size" not in kwargs:
         if m.get("lm_head"):
             return  # the converted lm_head's shape needs the tokenizer's vocabulary: checked when built
@@ -148,7 +150,7 @@ def check_model(m: Mapping, max_length: int | None) -> None:
 
 def check_lm_config(cfg: Mapping, mode: str = "train") -> None:
     """Raise :class:`ConfigError` (a ``ValueError``) for the first bad value of an "lm" config; no work done."""
-    from flyweight.configs.schema import ModelConfig
+    from flyweight.train.model_config import ModelConfig
     from flyweight.data.datamodule import DataConfig
     from flyweight.train.lm import TrainerConfig
     from flyweight.train.optim import OptimConfig

@@ -1,4 +1,4 @@
-"""Files that are either complete or absent: atomic writes, stale temporary files, sha256.
+"""Files that are either complete or absent: atomic writes, stale temporary files, sha256, the cache root.
 
 A file a run produces (checkpoint, result, report, token cache, manifest) is written to a temporary
 name *beside* its target (same directory, so same filesystem), flushed and fsynced, then moved over
@@ -13,6 +13,7 @@ across restarts; a name from another machine (a shared filesystem) is only judge
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -182,6 +183,21 @@ def remove_stale_temps(folder: str | Path, recursive: bool = False,
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cache_root() -> Path:
+    """Where flyweight keeps what it downloads and builds: ``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``."""
+    return Path(os.environ.get("FLYWEIGHT_CACHE", Path.home() / ".cache" / "flyweight")).expanduser()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -8,8 +8,8 @@
 """
 
 from flyweight.kernels.monarch.backend import BACKENDS, check_backend, compute_dtype, route
-from flyweight.kernels.monarch.layout import MonarchMeta, monarch_meta, slot_table
+from flyweight.kernels.monarch.layout import MonarchSizes, monarch_sizes, slot_table
 from flyweight.kernels.monarch.op import monarch_linear
 
-__all__ = ["BACKENDS", "MonarchMeta", "check_backend", "compute_dtype", "monarch_linear", "monarch_meta",
+__all__ = ["BACKENDS", "MonarchSizes", "check_backend", "compute_dtype", "monarch_linear", "monarch_sizes",
            "route", "slot_table"]

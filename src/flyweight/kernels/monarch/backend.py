@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from flyweight.kernels._triton_env import INTERPRET
-from flyweight.utils.optional import HAS_TRITON, require_triton
+from flyweight.kernels._triton_env import require_kernel_device
+from flyweight.utils.optional import HAS_TRITON
 
 BACKENDS = ("auto", "torch", "triton")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -42,12 +42,7 @@ def route(x: torch.Tensor, backend: str = "auto") -> str:
     if backend == "auto":
         return "triton" if HAS_TRITON and x.device.type == "cuda" and compute_dtype(x) in KERNEL_DTYPES else "torch"
     check_backend(backend)
-    require_triton("Monarch backend='triton'")
-    if x.device.type != "cuda" and not INTERPRET:
-        raise RuntimeError(
-            f"Monarch backend='triton' needs a CUDA tensor (got device {x.device}); on CPU set "
-            "TRITON_INTERPRET=1 before importing flyweight, or use backend='auto' or 'torch'"
-        )
+    require_kernel_device(x, "Monarch backend='triton'")
     if x.device.type == "cuda" and compute_dtype(x) not in KERNEL_DTYPES:
         raise ValueError(f"Monarch backend='triton' on CUDA supports float16 and bfloat16; got "
                          f"{compute_dtype(x)} (use backend='auto' to fall back to PyTorch)")

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 
-class MonarchMeta(NamedTuple):
+class MonarchSizes(NamedTuple):
     """The integers one Monarch call needs: a tuple, so torch.compile treats it as a constant."""
 
     in_features: int  # K
@@ -35,15 +35,15 @@ class MonarchMeta(NamedTuple):
     mid: int  # r
 
 
-def monarch_meta(in_features: int, out_features: int, nblocks: int) -> MonarchMeta:
+def monarch_sizes(in_features: int, out_features: int, nblocks: int) -> MonarchSizes:
     p_in = -(-in_features // nblocks)
     p_out = -(-out_features // nblocks)
-    return MonarchMeta(in_features, out_features, nblocks, p_in, p_out, min(p_in, p_out))
+    return MonarchSizes(in_features, out_features, nblocks, p_in, p_out, min(p_in, p_out))
 
 
-def slot_table(meta: MonarchMeta) -> torch.Tensor:
+def slot_table(sizes: MonarchSizes) -> torch.Tensor:
     """(3, b, r) int32 on CPU: W1 row, plane and column of every slot (see the module docstring)."""
-    b, r = meta.nblocks, meta.mid
+    b, r = sizes.nblocks, sizes.mid
     t = torch.arange(r, dtype=torch.int64).expand(b, r)
     mid = torch.arange(b, dtype=torch.int64).view(b, 1) * r + t  # middle index k*r + t
     plane, col = mid % b, mid // b

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import triton
 
 from flyweight.kernels._triton_env import INTERPRET
+from flyweight.kernels.monarch import joined_kernels as J
 from flyweight.kernels.monarch import kernels as K
 
 
@@ -95,14 +96,14 @@ CACHE_RESULTS = os.environ.get("FLYWEIGHT_MONARCH_TUNE_CACHE", "1") != "0"
 KERNELS = {
     "first": K.monarch_first_kernel,
     "second": K.monarch_second_kernel,
-    "second_joined": K.monarch_second_joined_kernel,
+    "second_joined": J.monarch_second_joined_kernel,
     "dmid": K.monarch_dmid_kernel,
     "dinput": K.monarch_dinput_kernel,
     "dw1": K.monarch_dw1_kernel,
     "dw2": K.monarch_dw2_kernel,
-    "dmid_joined": K.monarch_dmid_joined_kernel,
-    "dw2_joined": K.monarch_dw2_joined_kernel,
-    "fused": K.monarch_fused_kernel,
+    "dmid_joined": J.monarch_dmid_joined_kernel,
+    "dw2_joined": J.monarch_dw2_joined_kernel,
+    "fused": J.monarch_fused_kernel,
 }
 _KEYS = ["M_BUCKET", "R"]  # plus NB: an argument of every kernel (a constexpr of second_joined)
 _SIZE_KEYS = {"first": ["P_IN"], "second": ["P_OUT"], "second_joined": ["P_OUT"], "dmid": ["P_OUT"],

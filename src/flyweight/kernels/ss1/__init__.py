@@ -8,7 +8,7 @@
 """
 
 from flyweight.kernels.ss1.backend import BACKENDS, COMPILED_ROUTES, check_backend, set_compiled_route, sketch_route
-from flyweight.kernels.ss1.layout import HASH_PRIME, SketchMeta, SS1Layout, draw_hash_coeffs, valid_widths_near
+from flyweight.kernels.ss1.layout import HASH_PRIME, SketchArgs, SS1Layout, draw_hash_coeffs, valid_widths_near
 from flyweight.kernels.ss1.op import sketch, ss1_linear
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "COMPILED_ROUTES",
     "HASH_PRIME",
     "SS1Layout",
-    "SketchMeta",
+    "SketchArgs",
     "check_backend",
     "draw_hash_coeffs",
     "set_compiled_route",

@@ -20,8 +20,8 @@ import os
 
 import torch
 
-from flyweight.kernels._triton_env import INTERPRET
-from flyweight.utils.optional import HAS_TRITON, require_triton
+from flyweight.kernels._triton_env import require_kernel_device
+from flyweight.utils.optional import HAS_TRITON
 
 BACKENDS = ("auto", "torch", "triton")
 COMPILED_ROUTES = ("inductor", "triton_op")
@@ -67,12 +67,7 @@ def sketch_route(x: torch.Tensor, backend: str = "auto") -> str:
         return "triton"
     if backend != "triton":
         check_backend(backend)
-    require_triton("SS1 backend='triton'")
-    if x.device.type != "cuda" and not INTERPRET:
-        raise RuntimeError(
-            f"SS1 backend='triton' needs a CUDA tensor (got device {x.device}); on CPU set "
-            "TRITON_INTERPRET=1 before importing flyweight, or use backend='auto' or 'torch'"
-        )
+    require_kernel_device(x, "SS1 backend='triton'")
     if x.dtype not in TRITON_DTYPES:
         raise ValueError(f"SS1 backend='triton' supports float16, bfloat16, float32; got {x.dtype}")
     return "triton_op" if torch.compiler.is_compiling() else "triton"

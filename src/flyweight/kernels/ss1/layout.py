@@ -49,7 +49,7 @@ def valid_widths_near(width: int, multiple: int) -> tuple[int, int]:
     return below, above
 
 
-class SketchMeta(NamedTuple):
+class SketchArgs(NamedTuple):
     """The integers one sketch call needs: a tuple, so torch.compile treats it as a constant."""
 
     in_features: int
@@ -104,10 +104,10 @@ class SS1Layout:
         """D = block_k // vec: the number of distinct rotations (and of phases)."""
         return self.block_k // self.vec
 
-    def sketch_meta(self) -> SketchMeta:
+    def sketch_args(self) -> SketchArgs:
         d = self.num_rotations
         r0, r1, _, _ = self.hash_coeffs
-        return SketchMeta(self.in_features, self.padded_in, self.num_supergroups, self.compression,
+        return SketchArgs(self.in_features, self.padded_in, self.num_supergroups, self.compression,
                           self.block_k, self.vec, d, r0 % d, r1 % d)
 
     # ---- the hash ------------------------------------------------------------------------

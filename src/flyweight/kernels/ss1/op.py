@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
 from flyweight.kernels.ss1.backend import sketch_route
-from flyweight.kernels.ss1.layout import SketchMeta
+from flyweight.kernels.ss1.layout import SketchArgs
 from flyweight.kernels.ss1.tuning import clamp, config_for
 from flyweight.utils.optional import HAS_TRITON
 
@@ -31,51 +31,52 @@ if HAS_TRITON:  # without Triton (macOS, Windows) only the "torch" route exists 
 _CPU_UPCAST = (torch.float16, torch.bfloat16)
 
 
-def sketch_triton(x: torch.Tensor, meta: SketchMeta, out_dtype: torch.dtype, wrap: bool = False) -> torch.Tensor:
+def sketch_triton(x: torch.Tensor, args: SketchArgs, out_dtype: torch.dtype,
+                  wrap: bool = False) -> torch.Tensor:
     """S0 (M, K/R) of x (M, in_features) by the Triton kernel; ``wrap``: launched through
     ``wrap_triton`` (inside the ``triton_op``)."""
-    if x.dim() != 2 or x.shape[1] != meta.in_features:
-        raise ValueError(f"ss1 sketch: x must be (M, {meta.in_features}), got {tuple(x.shape)}")
+    if x.dim() != 2 or x.shape[1] != args.in_features:
+        raise ValueError(f"ss1 sketch: x must be (M, {args.in_features}), got {tuple(x.shape)}")
     m = x.shape[0]
-    kc = meta.num_supergroups * meta.block_k
+    kc = args.num_supergroups * args.block_k
     s = torch.empty((m, kc), device=x.device, dtype=out_dtype)
     if m == 0:
         return s
     cfg = clamp(config_for(m), m, kc)
     kernel = wrap_triton(ss1_sketch_kernel) if wrap else ss1_sketch_kernel
     kernel[(triton.cdiv(m, cfg.BM), triton.cdiv(kc, cfg.BJ))](
-        x, s, m, meta.in_features, kc, x.stride(0), x.stride(1), s.stride(0), meta.r0m, meta.r1m,
-        R=meta.compression, BK=meta.block_k, VEC=meta.vec, D=meta.num_rotations,
+        x, s, m, args.in_features, kc, x.stride(0), x.stride(1), s.stride(0), args.r0m, args.r1m,
+        R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations,
         BM=cfg.BM, BJ=cfg.BJ, num_warps=cfg.num_warps,
     )
     return s
 
 
-def _ss1_sketch_op(x: torch.Tensor, meta: list[int], out_dtype: torch.dtype) -> torch.Tensor:
+def _ss1_sketch_op(x: torch.Tensor, args: list[int], out_dtype: torch.dtype) -> torch.Tensor:
     """The Triton sketch as an operator torch.compile can see (the ``triton_op`` route)."""
-    return sketch_triton(x, SketchMeta(*meta), out_dtype, wrap=True)
+    return sketch_triton(x, SketchArgs(*args), out_dtype, wrap=True)
 
 
 ss1_sketch_op = triton_op("flyweight::ss1_sketch", mutates_args=())(_ss1_sketch_op) if HAS_TRITON else None
 
 
-def sketch_torch(x: torch.Tensor, sketch_index: torch.Tensor, meta: SketchMeta,
+def sketch_torch(x: torch.Tensor, sketch_index: torch.Tensor, args: SketchArgs,
                  out_dtype: torch.dtype) -> torch.Tensor:
     """S0 by PyTorch ops: gather the rotated chunks, sum the R of each supergroup."""
     m = x.shape[0]
-    if meta.padded_in != meta.in_features:
-        x = F.pad(x, (0, meta.padded_in - meta.in_features))
+    if args.padded_in != args.in_features:
+        x = F.pad(x, (0, args.padded_in - args.in_features))
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    chunks = x.index_select(1, sketch_index).view(m, meta.num_supergroups, meta.compression, meta.block_k)
-    return chunks.sum(2, dtype=acc).to(out_dtype).view(m, meta.num_supergroups * meta.block_k)
+    chunks = x.index_select(1, sketch_index).view(m, args.num_supergroups, args.compression, args.block_k)
+    return chunks.sum(2, dtype=acc).to(out_dtype).view(m, args.num_supergroups * args.block_k)
 
 
-def _sketch_forward(x, sketch_index, meta: SketchMeta, route: str, out_dtype: torch.dtype) -> torch.Tensor:
+def _sketch_forward(x, sketch_index, args: SketchArgs, route: str, out_dtype: torch.dtype) -> torch.Tensor:
     if route == "triton":
-        return sketch_triton(x, meta, out_dtype)
+        return sketch_triton(x, args, out_dtype)
     if route == "triton_op":
-        return ss1_sketch_op(x, list(meta), out_dtype)
-    return sketch_torch(x, sketch_index, meta, out_dtype)
+        return ss1_sketch_op(x, list(args), out_dtype)
+    return sketch_torch(x, sketch_index, args, out_dtype)
 
 
 class _Sketch(torch.autograd.Function):
@@ -86,10 +87,10 @@ class _Sketch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, sketch_index, unsketch_index, meta, route, out_dtype):
+    def forward(ctx, x, sketch_index, unsketch_index, args, route, out_dtype):
         ctx.save_for_backward(unsketch_index)
         ctx.x_dtype = x.dtype
-        return _sketch_forward(x, sketch_index, meta, route, out_dtype)
+        return _sketch_forward(x, sketch_index, args, route, out_dtype)
 
     @staticmethod
     def backward(ctx, ds):
@@ -97,18 +98,18 @@ class _Sketch(torch.autograd.Function):
         return ds.index_select(1, unsketch_index).to(ctx.x_dtype), None, None, None, None, None
 
 
-def sketch(x: torch.Tensor, sketch_index: torch.Tensor, unsketch_index: torch.Tensor, meta: SketchMeta,
+def sketch(x: torch.Tensor, sketch_index: torch.Tensor, unsketch_index: torch.Tensor, args: SketchArgs,
            backend: str = "auto", out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The phase-0 sketch S0 (M, K/R) of x (M, in_features), differentiable in x."""
     route = sketch_route(x, backend)
     dtype = x.dtype if out_dtype is None else out_dtype
     if x.requires_grad and torch.is_grad_enabled():
-        return _Sketch.apply(x, sketch_index, unsketch_index, meta, route, dtype)
-    return _sketch_forward(x, sketch_index, meta, route, dtype)  # no autograd record to pay for
+        return _Sketch.apply(x, sketch_index, unsketch_index, args, route, dtype)
+    return _sketch_forward(x, sketch_index, args, route, dtype)  # no autograd record to pay for
 
 
 def ss1_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sketch_index: torch.Tensor,
-               unsketch_index: torch.Tensor, meta: SketchMeta, backend: str = "auto") -> torch.Tensor:
+               unsketch_index: torch.Tensor, args: SketchArgs, backend: str = "auto") -> torch.Tensor:
     """y = x W^T + b for the SS1 weight in the stored layout Wr (N, K/R); x (M, in_features).
 
     ``sketch_index`` (padded_in,) and ``unsketch_index`` (in_features,) are the layout's index
@@ -116,15 +117,15 @@ def ss1_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     """
     device_type = x2d.device.type
     if torch.is_autocast_enabled(device_type):
-        s0 = sketch(x2d, sketch_index, unsketch_index, meta, backend, torch.get_autocast_dtype(device_type))
+        s0 = sketch(x2d, sketch_index, unsketch_index, args, backend, torch.get_autocast_dtype(device_type))
         return F.linear(s0, weight, bias)  # autocast casts the parameters, as for a dense layer
     dtype = x2d.dtype
     if device_type == "cpu" and dtype in _CPU_UPCAST:
         y = ss1_linear(x2d.float(), weight.float(), None if bias is None else bias.float(), sketch_index,
-                       unsketch_index, meta, backend)
+                       unsketch_index, args, backend)
         return y.to(dtype)
     if weight.dtype != dtype:  # parameters follow the input's dtype, like every flyweight layer
         weight = weight.to(dtype)
     if bias is not None and bias.dtype != dtype:
         bias = bias.to(dtype)
-    return F.linear(sketch(x2d, sketch_index, unsketch_index, meta, backend), weight, bias)
+    return F.linear(sketch(x2d, sketch_index, unsketch_index, args, backend), weight, bias)

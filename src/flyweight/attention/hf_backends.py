@@ -1,6 +1,6 @@
 """flyweight's attention implementations for Hugging Face models.
 
-    from flyweight.attention.hf_triton import use_attention
+    from flyweight.attention.hf_backends import use_attention
     use_attention(model, "triton")     # every attention layer of a HF model (GPT-2 here) switched in place
 
 Hugging Face models look their attention function up by ``config._attn_implementation`` in

@@ -5,7 +5,7 @@ import pytest
 import torch
 from _numerics import TOLERANCE, assert_within_baseline
 
-from flyweight.attention import hf_triton
+from flyweight.attention import hf_backends
 from flyweight.models.gpt2 import build_gpt2
 
 
@@ -21,7 +21,7 @@ def test_triton_attention_matches_sdpa_logits_and_gradients(monkeypatch):
     real = fa.flash_attention
     monkeypatch.setattr(fa, "flash_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
     ref_model, model = pair()
-    assert model.config._attn_implementation == hf_triton.IMPLEMENTATIONS["triton"]
+    assert model.config._attn_implementation == hf_backends.IMPLEMENTATIONS["triton"]
     ids = torch.randint(0, 120, (2, 37), generator=torch.Generator().manual_seed(0))
     ref = ref_model(input_ids=ids, use_cache=False).logits
     got = model(input_ids=ids, use_cache=False).logits

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from flyweight.bench.layers import read_csv, settings_label
+from flyweight.utils.io import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class Decision:
 
 def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes")
+
+
+def settings_label(settings: dict) -> str:
+    """How a speed table names a kind's settings: ``compression=4,pad=False`` (``-`` for none)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(settings.items())) or "-"
 
 
 def _parse_settings(label: str) -> dict[str, str]:
@@ -85,13 +90,13 @@ class SpeedTable:
         return Decision(False, speedup, f"measured {speedup:.2f}x (<= {min_speedup:.2f}x) at M={nearest} "
                                         f"({mode}): kept dense")
 
-    def settings_for(self, kind: str, layer_kwargs: dict, defaults: dict) -> dict:
-        """The measured settings label that a layer built with ``layer_kwargs`` matches (or its kwargs)."""
+    def settings_for(self, kind: str, settings: dict, defaults: dict) -> dict:
+        """The measured settings label that a layer built with ``settings`` matches (or the settings)."""
         for label in sorted(self._labels.get(kind, ())):
             wanted = _parse_settings(label)
-            if all(str(layer_kwargs.get(k, defaults.get(k))) == v for k, v in wanted.items()):
-                return {k: layer_kwargs.get(k, defaults.get(k)) for k in wanted}
-        return dict(layer_kwargs)
+            if all(str(settings.get(k, defaults.get(k))) == v for k, v in wanted.items()):
+                return {k: settings.get(k, defaults.get(k)) for k in wanted}
+        return dict(settings)
 
     def keep_dense(self, kind: str, settings: dict, tokens: int, dtype: str = "bfloat16", pass_: str = "fwd",
                    min_speedup: float = 1.0, compiled: bool = False):
@@ -156,14 +161,14 @@ def find_table(policy: AutoSelect) -> SpeedTable:
     return SpeedTable.from_csv(SHIPPED_TABLE)
 
 
-def auto_filter(kind: str, layer_kwargs: dict, policy: AutoSelect, layer_class=None):
+def auto_filter(kind: str, settings: dict, policy: AutoSelect, layer_class=None):
     """``convert``'s filter for ``auto=``: keep dense every layer the table does not show faster."""
     table = find_table(policy)
     defaults = {}
     if layer_class is not None:
         defaults = {n: p.default for n, p in inspect.signature(layer_class).parameters.items()
                     if p.default is not inspect.Parameter.empty}
-    settings = table.settings_for(kind, layer_kwargs, defaults)
-    log.info("auto-selection for %s %s from %s", kind, settings_label(settings), table.source)
-    return table.keep_dense(kind, settings, policy.tokens, policy.dtype, policy.pass_, policy.min_speedup,
+    measured = table.settings_for(kind, settings, defaults)
+    log.info("auto-selection for %s %s from %s", kind, settings_label(measured), table.source)
+    return table.keep_dense(kind, measured, policy.tokens, policy.dtype, policy.pass_, policy.min_speedup,
                             policy.compiled)
