@@ -171,7 +171,7 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
                            return_state=False, out_dtype=None):
     """Causal Performer (window_left None, exp features, eps) or causal sblocal (window_left = w - 1,
     cosh features) forward through the kernels (no autograd; the modules wrap it).
-    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
     denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"

@@ -249,7 +249,7 @@ def saved_output_dtype(ctx):
 def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=False, return_state=False,
                       out_dtype=None):
     """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
-    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
     check_kernel_inputs("performer attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))

@@ -36,6 +36,14 @@ EXACT_DOT = tl.constexpr(INTERPRET)  # under the interpreter fp32 products are e
 
 
 @triton.jit
+def _bf16_split(x):
+    """x = hi + lo (to about 2^-16 relative) with hi = bf16(x) and lo = bf16(x - hi), computed in fp32."""
+    x32 = x.to(tl.float32)
+    hi = x32.to(tl.bfloat16)
+    return hi, (x32 - hi.to(tl.float32)).to(tl.bfloat16)
+
+
+@triton.jit
 def dot_f32(a, b, acc=None):
     """``acc + a @ b`` in fp32 for fp32 or low-precision operands, to about 2^-16 relative on CUDA.
 
@@ -57,24 +65,16 @@ def dot_f32(a, b, acc=None):
         if b.dtype == tl.bfloat16:
             out = tl.dot(a, b, acc)
         else:
-            b32 = b.to(tl.float32)
-            b_hi = b32.to(tl.bfloat16)
-            b_lo = (b32 - b_hi.to(tl.float32)).to(tl.bfloat16)
+            b_hi, b_lo = _bf16_split(b)
             out = tl.dot(a, b_lo, acc)
             out = tl.dot(a, b_hi, out)
     elif b.dtype == tl.bfloat16:
-        a32 = a.to(tl.float32)
-        a_hi = a32.to(tl.bfloat16)
-        a_lo = (a32 - a_hi.to(tl.float32)).to(tl.bfloat16)
+        a_hi, a_lo = _bf16_split(a)
         out = tl.dot(a_lo, b, acc)
         out = tl.dot(a_hi, b, out)
     else:
-        a32 = a.to(tl.float32)
-        b32 = b.to(tl.float32)
-        a_hi = a32.to(tl.bfloat16)
-        a_lo = (a32 - a_hi.to(tl.float32)).to(tl.bfloat16)
-        b_hi = b32.to(tl.bfloat16)
-        b_lo = (b32 - b_hi.to(tl.float32)).to(tl.bfloat16)
+        a_hi, a_lo = _bf16_split(a)
+        b_hi, b_lo = _bf16_split(b)
         out = tl.dot(a_hi, b_lo, acc)
         out = tl.dot(a_lo, b_hi, out)
         out = tl.dot(a_hi, b_hi, out)

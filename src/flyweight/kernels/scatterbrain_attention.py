@@ -127,7 +127,7 @@ _FWD = TiledKernel("sblocal_fwd", _sblocal_fwd_kernel,
 def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, return_state=False,
                     out_dtype=None):
     """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
-    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output``).
+    out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
     check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
