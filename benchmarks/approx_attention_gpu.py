@@ -103,7 +103,11 @@ def numerics(run: Run, args, dev):
     if not args.smoke:
         cases.append(dict(name="logits3", T=Ts[0], B=1, H=2, scale=3.0, pad=False))  # large logits
     if args.cases:
-        cases = [c for c in cases if c["name"] in args.cases.split(",")]
+        wanted = args.cases.split(",")
+        unknown = sorted(set(wanted) - {c["name"] for c in cases})
+        if unknown:
+            raise SystemExit(f"--cases: unknown {unknown}; valid: {','.join(c['name'] for c in cases)}")
+        cases = [c for c in cases if c["name"] in wanted]
     cases = [{k: v for k, v in c.items() if k != "name"} for c in cases]
     dtypes = [torch.float32] if dev.type == "cpu" else [torch.float16, torch.bfloat16]
     if args.smoke and dev.type != "cpu":

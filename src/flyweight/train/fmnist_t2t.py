@@ -71,8 +71,7 @@ def train(cfg: DictConfig, model: T2TViT, images, labels, device, mean, std) -> 
     t = cfg.train
     steps, bs = int(t.steps), int(t.batch_size)
     batches = ShuffledImageBatches(images, labels, steps, bs, seed=int(cfg.train_seed), hflip=bool(t.hflip))
-    optim = OptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), schedule="cosine",
-                        warmup_steps=int(t.warmup_steps))
+    optim = OptimConfig(lr=float(t.lr), weight_decay=float(t.weight_decay), schedule="cosine")
     module = ImageClassifierModule(model, optim, int(t.warmup_steps), steps, img_size=int(cfg.img_size), mean=mean,
                                    std=std, label_smoothing=float(t.label_smoothing), max_grad_norm=1.0,
                                    no_decay=("cls_token",))

@@ -61,5 +61,5 @@ class ImageClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = make_optimizer(self.model, self.optim, no_decay=self.no_decay)
-        sched = make_scheduler(opt, self.warmup_steps, self.total_steps, "cosine", self.optim.min_lr_ratio)
+        sched = make_scheduler(opt, self.warmup_steps, self.total_steps, self.optim.schedule, self.optim.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
