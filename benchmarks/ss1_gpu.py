@@ -10,7 +10,8 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
   layers    per shape (GPT-2 small, Llama-3-8B widths), R = 4: CUDA-graph forward (host cost removed,
             layer copies rotated so the working set exceeds L2), eager forward and forward+backward.
   host      host time per call (GPU kept busy by a sleep kernel, so the clock sees only the CPU):
-            nn.Linear against SS1 (Triton and PyTorch sketch), eager and compiled, fwd and fwd+bwd.
+            nn.Linear against SS1 (Triton sketch re-launched without the binder, the same through Triton's
+            binder, PyTorch sketch), eager and compiled, fwd and fwd+bwd.
   tuning    each sketch tile candidate against the pick of ``tuning.config_for``.
   routes    compiled layer fwd+bwd with the sketch traced as PyTorch ops ("inductor") vs a triton_op.
   train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(SS1Config(compression=4)), torch.compile,
@@ -56,8 +57,9 @@ from flyweight.bench.layers import LAYER_COLUMNS  # noqa: E402
 from flyweight.convert.autoselect import settings_label  # noqa: E402
 from flyweight.decode import StaticDecoder, greedy_generate  # noqa: E402
 from flyweight.kernels.ss1 import set_compiled_route  # noqa: E402
+from flyweight.kernels import _launch  # noqa: E402
 from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
-from flyweight.kernels.ss1.tuning import CANDIDATES, config_for  # noqa: E402
+from flyweight.kernels.ss1.tuning import CANDIDATES, config_for, tiles_for, tiles_with  # noqa: E402
 from flyweight.linear import SS1Linear  # noqa: E402
 
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
@@ -210,11 +212,13 @@ def host(run: Run) -> None:
     x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
     xg = x.clone().requires_grad_()
     variants = {"nn.Linear": make("dense", k, n), "ss1 triton sketch": make("ss1", k, n),
-                "ss1 torch sketch": make("ss1", k, n)}
+                "ss1 triton sketch, binder launch": make("ss1", k, n), "ss1 torch sketch": make("ss1", k, n)}
     variants["ss1 torch sketch"].backend = "torch"
     base = {}
     for label, layer in variants.items():
         compiled = torch.compile(copy.deepcopy(layer), backend=COMPILE_BACKEND)
+        # "binder launch": every eager launch through Triton's argument binding (kernels/_launch.py off)
+        ss1_op._launch_sketch.enabled = label != "ss1 triton sketch, binder launch" and _launch.SUPPORTED
         for mode, fn in (("eager", layer), ("compiled", compiled)):
             with torch.no_grad():
                 fwd = host_us(lambda: fn(x))
@@ -226,6 +230,7 @@ def host(run: Run) -> None:
                              "fwd_bwd_vs_linear": round(bwd / base[mode][1], 2)})
             run.log(f"host {label:18s} {mode:8s} fwd {fwd:6.1f} us ({fwd / base[mode][0]:.2f}x nn.Linear), "
                     f"fwd+bwd {bwd:6.1f} us ({bwd / base[mode][1]:.2f}x)")
+    ss1_op._launch_sketch.enabled = _launch.SUPPORTED
 
 
 def tuning(run: Run) -> None:
@@ -237,9 +242,9 @@ def tuning(run: Run) -> None:
             x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
             us = {}
             for cfg in CANDIDATES:
-                ss1_op.config_for = lambda m, cfg=cfg: cfg
+                ss1_op.tiles_for = lambda m, kc, cfg=cfg: tiles_with(cfg, m, kc)
                 us[cfg] = graph_us([lambda: ss1_op.sketch_triton(x, layer.sketch_args, torch.bfloat16)])
-            ss1_op.config_for = config_for
+            ss1_op.tiles_for = tiles_for
             pick, best = config_for(m), min(us, key=us.get)
             for cfg, t in us.items():
                 run.row("tuning", {"shape": name, "M": m, "config": "BM={} BJ={} warps={}".format(*cfg),

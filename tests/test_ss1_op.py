@@ -18,7 +18,7 @@ from _numerics import TOLERANCE, assert_within_baseline, check_kernel
 from flyweight.kernels.ss1 import check_backend, set_compiled_route, sketch_route
 from flyweight.kernels.ss1 import kernels as K
 from flyweight.kernels.ss1.op import sketch_torch, sketch_triton, ss1_sketch_op
-from flyweight.kernels.ss1.tuning import CANDIDATES, SketchConfig
+from flyweight.kernels.ss1.tuning import CANDIDATES, SketchConfig, tiles_with
 from flyweight.linear import SS1Linear
 from test_ss1 import spec_index
 
@@ -99,7 +99,7 @@ def test_sketch_kernel_tiles_match_float64(cfg, monkeypatch):
     """Every tile shape computes the same sketch: fp32 kernel against the float64 gather-and-sum."""
     import flyweight.kernels.ss1.op as op
 
-    monkeypatch.setattr(op, "config_for", lambda m: cfg)
+    monkeypatch.setattr(op, "tiles_for", lambda m, kc: tiles_with(cfg, m, kc))
     torch.manual_seed(3)
     layer = SS1Linear(200, 24, compression=4, block_k=16, block_n=8, vec=4, pad=True, device=DEVICE)
     x = torch.randn(37, 200, device=DEVICE)

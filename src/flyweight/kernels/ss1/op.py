@@ -20,13 +20,14 @@ from torch.library import triton_op, wrap_triton
 
 from flyweight.kernels.ss1.backend import sketch_route
 from flyweight.kernels.ss1.layout import SketchArgs
-from flyweight.kernels.ss1.tuning import clamp, config_for
+from flyweight.kernels.ss1.tuning import tiles_for
 from flyweight.utils.optional import HAS_TRITON
 
 if HAS_TRITON:  # without Triton (macOS, Windows) only the "torch" route exists (see backend.py)
-    import triton
-
+    from flyweight.kernels._launch import CachedLaunch, int_spec
     from flyweight.kernels.ss1.kernels import ss1_sketch_kernel
+
+    _launch_sketch = CachedLaunch(ss1_sketch_kernel)  # eager calls skip Triton's argument binding
 
 _CPU_UPCAST = (torch.float16, torch.bfloat16)
 
@@ -42,13 +43,21 @@ def sketch_triton(x: torch.Tensor, args: SketchArgs, out_dtype: torch.dtype,
     s = torch.empty((m, kc), device=x.device, dtype=out_dtype)
     if m == 0:
         return s
-    cfg = clamp(config_for(m), m, kc)
-    kernel = wrap_triton(ss1_sketch_kernel) if wrap else ss1_sketch_kernel
-    kernel[(triton.cdiv(m, cfg.BM), triton.cdiv(kc, cfg.BJ))](
-        x, s, m, args.in_features, kc, x.stride(0), x.stride(1), s.stride(0), args.r0m, args.r1m,
-        R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations,
-        BM=cfg.BM, BJ=cfg.BJ, num_warps=cfg.num_warps,
-    )
+    cfg, grid = tiles_for(m, kc)
+    sxm, sxk = x.stride()
+    if wrap:
+        wrap_triton(ss1_sketch_kernel)[grid](
+            x, s, m, args.in_features, kc, sxm, sxk, kc, args.r0m, args.r1m,
+            R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations,
+            BM=cfg.BM, BJ=cfg.BJ, num_warps=cfg.num_warps,
+        )
+        return s
+    # everything the kernel specializes on: the layer (constexprs, widths), the tiles, the dtypes, and
+    # the class of each per-call integer and of x's alignment (s is fresh, so aligned)
+    spec = (args, cfg, x.dtype, out_dtype, int_spec(m), int_spec(sxm), int_spec(sxk), x.data_ptr() % 16 == 0)
+    _launch_sketch(spec, grid, x, s, m, args.in_features, kc, sxm, sxk, kc, args.r0m, args.r1m,
+                   args.compression, args.block_k, args.vec, args.num_rotations, cfg.BM, cfg.BJ,
+                   num_warps=cfg.num_warps)
     return s
 
 

@@ -9,6 +9,7 @@ there, and ``benchmarks/ss1_gpu.py --parts tuning`` re-measures how far that pic
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 
@@ -46,3 +47,16 @@ def pow2_at_least(v: int, lo: int = 16) -> int:
 def clamp(cfg: SketchConfig, m: int, kc: int) -> SketchConfig:
     """Shrink tiles that exceed the (power-of-two rounded) problem."""
     return SketchConfig(min(cfg.BM, pow2_at_least(m)), min(cfg.BJ, pow2_at_least(kc)), cfg.num_warps)
+
+
+def tiles_with(cfg: SketchConfig, m: int, kc: int) -> tuple[SketchConfig, tuple[int, int]]:
+    """``cfg`` clamped to an (M, KC) sketch, and the launch grid of those tiles."""
+    cfg = clamp(cfg, m, kc)
+    return cfg, (-(-m // cfg.BM), -(-kc // cfg.BJ))
+
+
+@functools.lru_cache(maxsize=4096)
+def tiles_for(m: int, kc: int) -> tuple[SketchConfig, tuple[int, int]]:
+    """The tiles ``config_for`` picks for an (M, KC) sketch, clamped, and their grid; memoised, since
+    the eager launch path asks on every call and this is pure host time."""
+    return tiles_with(config_for(m), m, kc)

@@ -1,0 +1,81 @@
+"""Re-launching a compiled Triton kernel without Triton's per-call argument binding.
+
+``kernel[grid](*args)`` costs tens of microseconds of host time on every call (measured on the H200
+host: about 44 us of an SS1 layer's 106 us eager forward, BENCHMARKS.md): Triton binds the arguments,
+works out each one's specialization (dtype, 16-byte alignment, divisibility by 16, == 1), hashes them
+into a cache key, builds launch metadata and calls the launch hooks. A layer that launches the same
+kernel with arguments of the same specialization pays all of that again for nothing.
+
+``CachedLaunch`` does the first launch of each specialization through Triton as usual and keeps the
+``CompiledKernel`` it returns; later launches with the same specialization call the compiled kernel's
+launcher directly (what ``CompiledKernel.__getitem__`` does, and what Inductor's generated code does).
+The caller passes ``spec``, a hashable summary of everything Triton would specialize on beyond the
+tensors' dtypes and alignment; ``int_spec`` gives the class of an integer argument the way Triton
+sees it.
+
+Falls back to the ordinary launch (nothing cached) under the interpreter, on Triton versions whose
+launcher signature this was not checked against, and while a launch hook is installed (a profiler
+such as proton), so hooks still see every launch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flyweight.kernels._triton_env import INTERPRET
+
+try:
+    import triton
+
+    _VERSION = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    from triton import knobs as _knobs
+except (ImportError, ValueError):  # no Triton, an unparsable version, or one before triton.knobs (3.4)
+    _knobs = None
+    _VERSION = (0, 0)
+
+# the launcher call ``run(g0, g1, g2, stream, function, packed_metadata, launch_metadata, enter_hook,
+# exit_hook, *all_arguments)`` was read from Triton 3.4-3.6 (jit.py, compiler.py); 3.6 is on the H200
+SUPPORTED = (3, 4) <= _VERSION < (3, 7)
+
+
+def int_spec(v: int) -> int:
+    """Triton's specialization class of an integer argument: == 1, divisible by 16, needs 64 bits."""
+    return (v == 1) | ((v % 16 == 0) << 1) | ((not -2**31 <= v < 2**31) << 2)
+
+
+def _hooks_installed() -> bool:
+    rt = _knobs.runtime
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):  # an empty HookChain calls nothing
+            return True
+    return False
+
+
+class CachedLaunch:
+    """``launch(spec, grid, *args, num_warps=...)``: ``kernel[grid](*args, num_warps=...)`` with the
+    binding skipped after the first call of each ``spec`` on the current CUDA device.
+
+    ``args`` are ALL the kernel's parameters, constexprs included, positionally in signature order
+    (the compiled launcher takes them that way and ignores the constexprs). ``spec`` must change
+    whenever Triton would compile a different kernel: constexpr values, the tensors' dtypes,
+    ``int_spec`` of every specialized integer, whether every pointer is 16-byte aligned, num_warps.
+    """
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled: dict = {}
+        self.enabled = SUPPORTED and not INTERPRET
+
+    def __call__(self, spec, grid, *args, num_warps: int):
+        if self.enabled:
+            device_index = torch._C._cuda_getDevice()  # Triton, too, launches on the current device
+            compiled = self.compiled.get((spec, device_index))
+            if compiled is not None and not _hooks_installed():
+                g1 = grid[1] if len(grid) > 1 else 1
+                g2 = grid[2] if len(grid) > 2 else 1
+                compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device_index), compiled.function,
+                             compiled.packed_metadata, None, None, None, *args)
+                return
+        compiled = self.kernel[grid](*args, num_warps=num_warps)
+        if self.enabled and compiled is not None and hasattr(compiled, "packed_metadata"):
+            self.compiled[(spec, torch._C._cuda_getDevice())] = compiled
