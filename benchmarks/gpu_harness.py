@@ -14,6 +14,7 @@ import contextlib
 import csv
 import json
 import os
+import statistics
 import time
 import traceback
 
@@ -115,19 +116,22 @@ def graph_us(fns: list, warmup_passes: int = 2, rep_ms: int = 50) -> float:
     return us
 
 
-def host_us(fn, n: int = 200) -> float:
-    """CPU time to issue one fn() while the GPU is kept busy (the clock cannot wait on the GPU)."""
+def host_us(fn, n: int = 200, rounds: int = 5) -> float:
+    """CPU time to issue one fn() while the GPU is kept busy (the clock cannot wait on the GPU): the
+    median over ``rounds`` loops of ``n`` calls (one loop swings by 1.5x with the host's load)."""
     for _ in range(10):
         fn()
     sync()
-    if CUDA:
-        torch.cuda._sleep(int(3e8))  # ~0.2 s of GPU spin: the loop's kernels queue behind it
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    elapsed = time.perf_counter() - t
-    sync()
-    return elapsed / n * 1e6
+    per_call = []
+    for _ in range(rounds):
+        if CUDA:
+            torch.cuda._sleep(int(3e8))  # ~0.2 s of GPU spin: the loop's kernels queue behind it
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        per_call.append((time.perf_counter() - t) / n * 1e6)
+        sync()
+    return statistics.median(per_call)
 
 
 def peak_mib(fn) -> float:

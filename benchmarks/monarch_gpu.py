@@ -63,6 +63,7 @@ from gpu_harness import (  # noqa: E402
 )
 
 import flyweight  # noqa: E402
+from flyweight.kernels import _launch  # noqa: E402
 from flyweight.kernels.monarch import monarch_sizes, tuning  # noqa: E402
 from flyweight.kernels.monarch import op as monarch_op  # noqa: E402
 from flyweight.linear import MonarchLinear  # noqa: E402
@@ -308,13 +309,17 @@ def compile_check(run: Run) -> None:
 # ---- host time -------------------------------------------------------------------------------
 def host(run: Run) -> None:
     k, n, m = (64, 96, 8) if (run.smoke or not CUDA) else (768, 3072, 256)
-    for variant in ("dense", "monarch", "fly"):
+    # "monarch, autotuner launch": every launch through triton.autotune and Triton's binding
+    # (kernels/_launch.TunedLaunch off), as before the direct re-launch
+    for variant in ("dense", "monarch", "monarch, autotuner launch", "fly"):
+        _launch.TunedLaunch.enabled = _launch.SUPPORTED and variant != "monarch, autotuner launch"
         for pass_ in ("fwd", "fwdbwd"):
-            fn = call_fns(variant, k, n, m, grad=pass_ == "fwdbwd")[0]
+            fn = call_fns(variant.split(",")[0], k, n, m, grad=pass_ == "fwdbwd")[0]
             us = host_us(fn, n=200 if CUDA else 5)
             run.row("host", {"variant": variant, "pass": pass_, "K": k, "N": n, "M": m,
                              "host_us": round(us, 1)})
             run.log(f"host {variant} {pass_}: {us:.1f} us per call")
+    _launch.TunedLaunch.enabled = _launch.SUPPORTED
 
 
 # ---- layer speed -----------------------------------------------------------------------------

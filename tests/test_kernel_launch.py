@@ -63,3 +63,37 @@ def test_direct_relaunch_matches_a_triton_launch(dtype):
         torch.testing.assert_close(direct, through_triton, rtol=0, atol=0)
         torch.testing.assert_close(direct, op.sketch_torch(x, layer.sketch_index, layer.sketch_args, dtype))
     assert len(op._launch_sketch.compiled) == 5  # the repeated case shares an entry
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _launch.SUPPORTED, reason="Triton version outside the checked launcher range")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autotuned_relaunch_matches_the_autotuner_launch(dtype):
+    """Monarch's six autotuned kernels (forward and backward), re-launched directly after their first
+    call of each key, write exactly what launches through the autotuner write."""
+    from flyweight.kernels.monarch import tuning
+    from flyweight.linear import MonarchLinear
+
+    if not tuning.AUTOTUNE:
+        pytest.skip("FLYWEIGHT_MONARCH_AUTOTUNE=0: the fixed tiles launch through Triton")
+    torch.manual_seed(0)
+    layer = MonarchLinear(768, 1000, nblocks=4, device="cuda", dtype=dtype)
+
+    def run(m):
+        x = torch.randn(m, 768, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(m))
+        x.requires_grad_()
+        layer.zero_grad(set_to_none=True)
+        y = layer(x)
+        y.backward(torch.ones_like(y))
+        return [y.detach(), x.grad, *(p.grad for p in layer.parameters())]
+
+    for m in (1000, 33, 1000):  # a repeat, a second key, the first key again
+        _launch.TunedLaunch.enabled = False
+        through_autotuner = run(m)
+        _launch.TunedLaunch.enabled = True
+        run(m)  # the first call of its key through the autotuner, then cached
+        direct = run(m)
+        for got, want in zip(direct, through_autotuner):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    from flyweight.kernels.monarch import op
+    assert op._direct and all(launch.entries for launch in op._direct.values())

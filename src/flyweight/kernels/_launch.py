@@ -20,6 +20,8 @@ such as proton), so hooks still see every launch.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from flyweight.kernels._triton_env import INTERPRET
@@ -79,3 +81,61 @@ class CachedLaunch:
         compiled = self.kernel[grid](*args, num_warps=num_warps)
         if self.enabled and compiled is not None and hasattr(compiled, "packed_metadata"):
             self.compiled[(spec, torch._C._cuda_getDevice())] = compiled
+
+
+def _arg_key(a):
+    """What of one argument an autotuned kernel's compiled program depends on: a tensor's dtype and
+    16-byte alignment, any other value itself (the autotuning key reads exact integers)."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    return a
+
+
+class TunedLaunch:
+    """``launch(grid_fn, *args, **constexprs)``: ``autotuned[grid_fn](*args, **constexprs)`` for a
+    ``triton.autotune`` kernel, re-launched directly once its config is chosen.
+
+    The first call of each argument key goes through the autotuner (timing the candidates if its key
+    is new, or reading its cache); the config it picked and the ``CompiledKernel`` it launched are
+    kept, and later calls with the same key compute the grid from that config and launch directly.
+    The key is exact (every integer's value, every tensor's dtype and alignment, the constexprs), so
+    it changes whenever the autotuner's key or Triton's specialization would; at most ``max_entries``
+    keys are kept (a new one beyond that clears them).
+    """
+
+    max_entries = 1024
+    enabled = SUPPORTED and not INTERPRET  # one switch for every autotuned kernel (benchmarks turn it off)
+
+    def __init__(self, tuned):
+        self.tuned = tuned
+        fn = tuned.fn
+        while not hasattr(fn, "signature"):  # through heuristics wrappers to the JITFunction
+            fn = fn.fn
+        self.params = list(fn.signature.parameters.values())
+        self.entries: dict = {}
+
+    def __call__(self, grid_fn, *args, **constexprs):
+        if not self.enabled:
+            self.tuned[grid_fn](*args, **constexprs)
+            return
+        key = (tuple(map(_arg_key, args)), tuple(constexprs.items()), torch._C._cuda_getDevice())
+        entry = self.entries.get(key)
+        if entry is not None and not _hooks_installed():
+            compiled, meta, tail = entry
+            grid = grid_fn(meta)
+            g1 = grid[1] if len(grid) > 1 else 1
+            g2 = grid[2] if len(grid) > 2 else 1
+            compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(key[2]), compiled.function,
+                         compiled.packed_metadata, None, None, None, *args, *tail)
+            return
+        compiled = self.tuned[grid_fn](*args, **constexprs)
+        config = getattr(self.tuned, "best_config", None)
+        if compiled is None or config is None or not hasattr(compiled, "packed_metadata"):
+            return
+        values = {**constexprs, **config.kwargs}
+        tail = tuple(values[p.name] if p.name in values else p.default for p in self.params[len(args):])
+        if any(v is inspect.Parameter.empty for v in tail):  # a parameter this launch did not name: no cache
+            return
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[key] = (compiled, dict(config.kwargs), tail)

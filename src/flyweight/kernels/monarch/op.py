@@ -8,7 +8,8 @@ on the host. Inputs and weights must share one dtype (the layer casts); accumula
 
 Host cost: the eager path is one ``autograd.Function`` whose forward does two allocations and two
 launches; all sizes come from the layer's ``MonarchSizes`` (a tuple of ints computed once) and its
-slot table (a buffer on the layer), so nothing is rebuilt per call.
+slot table (a buffer on the layer), so nothing is rebuilt per call. Each launch after the first of
+its argument key skips the autotuner and Triton's binding (``kernels/_launch.TunedLaunch``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flyweight.utils.optional import HAS_TRITON
 if HAS_TRITON:  # without Triton route() never picks these launches (see backend.py)
     import triton
 
+    from flyweight.kernels._launch import TunedLaunch
     from flyweight.kernels.monarch import tuning
     from flyweight.kernels.monarch.tuning import MAX_DW_TILE, launcher, m_bucket
 
@@ -51,12 +53,18 @@ def _target_programs(device: torch.device) -> int:
     return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+_direct: dict = {}  # kernel name -> TunedLaunch: eager re-launches skip the autotuner's and Triton's binding
+
+
 def _launch(name: str, grid_fn, *args, **constexprs) -> None:
     kernel, tile = launcher(name)
-    if tile is None:
-        kernel[grid_fn](*args, **constexprs)
-    else:
+    if tile is not None:
         kernel[grid_fn](*args, **constexprs, **tile)
+        return
+    launch = _direct.get(name)
+    if launch is None or launch.tuned is not kernel:
+        launch = _direct[name] = TunedLaunch(kernel)
+    launch(grid_fn, *args, **constexprs)
 
 
 def _splits(m: int, tiles: int, device: torch.device) -> tuple[int, int]:
