@@ -4,9 +4,11 @@
 
 The model: GPT-2 blocks (2 layers, width 256, 4 heads, context 64) whose MLP and attention linears are
 ``MonarchLinear(nblocks=b)`` (or dense), trained from scratch with AdamW on the project's offline corpus
-(``benchmarks/data/wiki_offline``, GPT-2 tokens). To keep it a CPU-minutes job the vocabulary is the
-training split's 4095 most frequent tokens plus one "other" token (the same map for every variant),
-so the embedding and head are small and the block linears dominate the compute, as they do at scale.
+(``benchmarks/data/wiki_offline``: GPT-2 tokens of the wiki_offline splits, as its ``meta.json`` says,
+written once by the former ``gpt2_train_gpu.py --export-data``, in git before 45c2829). To keep it a
+CPU-minutes job the vocabulary is the training split's 4095 most frequent tokens plus one "other"
+token (the same map for every variant), so the embedding and head are small and the block linears
+dominate the compute, as they do at scale.
 Every variant sees the same batches in the same order; the result is the validation loss after the
 same number of steps, next to the block-linear parameters and FLOPs per token. The speed side of the
 frontier is ``benchmarks/monarch_gpu.py --parts sweep`` (H200).

@@ -216,6 +216,7 @@ def _text(path, val_fraction: float, test_fraction: float, seed: int) -> Corpus:
 
 
 CORPORA = ("wikitext103", "wikitext2", "wiki_offline", "text")  # and the named recipes of sources.RECIPES
+# (and "random": random ids, made by the datamodule itself without a corpus; see random_tokens.py)
 
 
 def make_corpus(kind: str, path=None, val_fraction: float = 0.05, test_fraction: float = 0.05,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from flyweight.data.corpora import make_corpus
 from flyweight.data.fitted_tokenizer import fitted_bpe, is_fitted_spec
+from flyweight.data.random_tokens import RANDOM_CORPUS, random_vocabulary, random_windows
 from flyweight.data.tokenizer import Tokenizer, load_tokenizer
 from flyweight.data.tokens import tokenize_split
 from flyweight.data.windows import ResumableLoader, TokenWindows, TrainBatchSampler, eval_batches
@@ -20,6 +21,7 @@ from flyweight.data.windows import ResumableLoader, TokenWindows, TrainBatchSamp
 @dataclass
 class DataConfig:
     corpus: str = "wiki_offline"   # wikitext103 | wikitext2 | wiki_offline | text | english | english_small
+                                   # | random (random ids, for throughput; see random_tokens.py)
     path: Any = None               # local folder/files of the corpus (see corpora.py)
     tokenizer: str = "gpt2"        # "gpt2" (registry copy), a local folder, "hub:NAME", or "bpe:N" (a byte-level
                                    # BPE of N tokens fitted on this corpus's train split, cached)
@@ -61,6 +63,8 @@ class LMDataModule(L.LightningDataModule):
     def load(self, splits=("train", "val", "test")) -> LMDataModule:
         """Tokenize (once, cached) and window the requested splits. Idempotent."""
         c = self.cfg
+        if c.corpus == RANDOM_CORPUS:
+            return self._load_random(splits)
         cache_dir = self.token_cache_dir()
         if self.tokenizer is None:
             self._corpus = make_corpus(c.corpus, c.path, c.val_fraction, c.test_fraction, c.split_seed)
@@ -72,6 +76,16 @@ class LMDataModule(L.LightningDataModule):
             if split not in self.windows:
                 tokens = tokenize_split(self._corpus, split, self.tokenizer, cache_dir, c.progress)
                 self.windows[split] = TokenWindows(tokens, c.max_length)
+        return self
+
+    def _load_random(self, splits) -> LMDataModule:
+        c = self.cfg
+        if self.tokenizer is None:
+            self.tokenizer = random_vocabulary(c.tokenizer)
+        for split in splits:
+            if split not in self.windows:
+                self.windows[split] = random_windows(self.tokenizer, split, c.global_batch_size, c.max_length,
+                                                     c.split_seed)
         return self
 
     def token_cache_dir(self) -> str | None:

@@ -63,6 +63,7 @@ class TrainerConfig:
     label: str | None = None           # the progress bar's name for this run (compare: the variant)
     resume: str | None = "auto"        # auto: the newest readable <out_dir>/checkpoints/*.ckpt (none: fresh);
                                        # never (or null): start fresh; or a .ckpt path
+    eval_val: bool = True              # evaluate the val split after training (unless just done at the last step)
     eval_test: bool = True             # evaluate the test split after training as well
     peak_tflops: float | None = None   # MFU denominator; None: by GPU name (H100/H200: 989)
     record_indices: bool = False       # write the window indices each rank trained on (tests)
@@ -194,13 +195,20 @@ def _require_wandb() -> None:
 
 
 def _loggers(out_dir: Path, tcfg: TrainerConfig | None = None, cfg: dict | None = None, resume_step: int = 0):
+    import importlib.util
+
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from flyweight.train.logs import ResumableCSVLogger
 
     # Lightning's CSV step column counts from 0: a run resumed at step S logs S next
-    loggers = [ResumableCSVLogger(str(out_dir), name="logs", version="csv", keep_below=resume_step),
-               TensorBoardLogger(str(out_dir), name="logs", version="tb", default_hp_metric=False)]
+    loggers = [ResumableCSVLogger(str(out_dir), name="logs", version="csv", keep_below=resume_step)]
+    # TensorBoard needs tensorboard or tensorboardX (a flyweight dependency, but a bare GPU machine with
+    # torch + lightning only may lack both): without them the run keeps its CSV logs and says so
+    if any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        loggers.append(TensorBoardLogger(str(out_dir), name="logs", version="tb", default_hp_metric=False))
+    else:
+        _say("[flyweight] no TensorBoard logs: neither tensorboard nor tensorboardX is installed")
     if tcfg is not None and tcfg.wandb:
         _require_wandb()
         from lightning.pytorch.loggers import WandbLogger
@@ -233,7 +241,9 @@ def resume_command(out: Path) -> str | None:
     return " ".join([prog, *map(shlex.quote, overrides), shlex.quote(f"hydra.run.dir={Path(out).resolve()}")])
 
 
-def train_lm(cfg, out_dir: str | Path) -> dict | None:
+def train_lm(cfg, out_dir: str | Path, callbacks: tuple = ()) -> dict | None:
+    """Fit the config's model on its data, then evaluate it; ``callbacks``: further Lightning callbacks
+    (the GPU benchmark's profiler, tests)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -297,9 +307,9 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
                       deadline_ckpt=ckpt_dir / "last.ckpt", precision=_precision(tcfg, accelerator),
                       ckpt_dir=ckpt_dir if tcfg.ckpt_every_n_steps else None)
 
-    callbacks = []
+    ckpt_callbacks = []
     if tcfg.ckpt_every_n_steps:
-        callbacks.append(ModelCheckpoint(
+        ckpt_callbacks.append(ModelCheckpoint(
             dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
             every_n_train_steps=int(tcfg.ckpt_every_n_steps), save_top_k=int(tcfg.keep_checkpoints),
             monitor="step", mode="max", save_last=True, save_on_train_epoch_end=False,
@@ -315,8 +325,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         check_val_every_n_epoch=None, val_check_interval=(val_every * accum) if val_every else stop * accum + 1,
         num_sanity_val_steps=0, logger=_loggers(out, tcfg, cfg, resume_step),
         plugins=[AtomicCheckpointIO()],  # checkpoints written beside their target and renamed (checkpoints.py)
-        callbacks=callbacks + ([StepProgressBar(tcfg.label)] if tcfg.progress_bar else []),
-        enable_checkpointing=bool(callbacks), log_every_n_steps=max(1, int(tcfg.log_every_n_steps)),
+        callbacks=ckpt_callbacks + list(callbacks) + ([StepProgressBar(tcfg.label)] if tcfg.progress_bar else []),
+        enable_checkpointing=bool(ckpt_callbacks), log_every_n_steps=max(1, int(tcfg.log_every_n_steps)),
         use_distributed_sampler=False, enable_progress_bar=tcfg.progress_bar, enable_model_summary=False,
         default_root_dir=str(out), deterministic=tcfg.deterministic,
     )
@@ -352,8 +362,8 @@ def train_lm(cfg, out_dir: str | Path) -> dict | None:
         atomic_write_text(out / f"seen_indices_rank{rank}.json", json.dumps(
             {"rank": rank, "indices": module.seen_indices, "params_sha256": params_sha(module.model)}))
     peak_memory = torch.cuda.max_memory_allocated() if accelerator == "gpu" else None
-    if module.eval_results.get("val", {}).get("step") != trainer.global_step:  # not evaluated at the last step yet
-        trainer.validate(module, datamodule=dm, verbose=False)
+    if tcfg.eval_val and module.eval_results.get("val", {}).get("step") != trainer.global_step:
+        trainer.validate(module, datamodule=dm, verbose=False)  # not evaluated at the last step yet
     if tcfg.eval_test:
         trainer.test(module, datamodule=dm, verbose=False)
     if tcfg.save_model and trainer.is_global_zero:
