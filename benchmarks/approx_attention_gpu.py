@@ -14,7 +14,7 @@ Parts (each in its own try/except; a failure is logged with its traceback and th
 * timing: B = 1, H = 12, E = 64, T in {1024, 4096, 16384, 65536}, w = 256, m = 256, bf16, non-causal:
   forward and forward+backward (median time per call, ``gpu_harness.time_us``; column ``bwd``: Triton
   kernels, or autograd through the PyTorch path) and the peak memory of one call above what was allocated before it, for SDPA (exact full attention, flash/cuDNN) and each
-  variant's kernel and PyTorch paths side by side. -> timing.csv
+  variant's kernel and PyTorch paths side by side (``--impls``: only some of them). -> timing.csv
 * causal: the same for causal SDPA and the causal variants.
 * t2t: T2T-ViT-t-14 (random weights) at 224 x 224, batch 64, under bf16 autocast as the evaluation runs
   it: images/s and peak memory with full / local / performer / sblocal token attentions at the 1/32
@@ -182,8 +182,9 @@ def timing(run: Run, args, dev, causal):
     w, m = (16, 16) if args.smoke else (256, 256)
     B, H, E = (1, 2, 16) if args.smoke else (1, 12, 64)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
-    plan = [("sdpa", "-"), ("local", "triton"), ("local", "torch"), ("performer", "triton"),
-            ("performer", "torch"), ("sblocal", "triton"), ("sblocal", "torch")]
+    impls = args.impls.split(",")
+    plan = [("sdpa", "-")] + [(kind, impl) for kind in ("local", "performer", "sblocal") for impl in ("triton", "torch")
+                              if impl in impls]
     for T in Ts:
         base = {}
         for kind, impl in plan:
@@ -328,10 +329,14 @@ def main():
     p.add_argument("--lengths", default="1024,4096,16384,65536", help="T of the timing and causal parts")
     p.add_argument("--device", default=DEV.type)
     p.add_argument("--kinds", default="local,performer,sblocal", help="numerics: the kinds checked")
+    p.add_argument("--impls", default="triton,torch",
+                   help="timing and causal: the paths timed beside SDPA (the kernels, the PyTorch paths)")
     p.add_argument("--cases", default="", help="numerics: a subset of the cases t1031,t4096,pad,logits3 "
                                                "(default: all)")
     args = p.parse_args()
     parts = chosen_parts(p, args, PARTS)
+    if not set(args.impls.split(",")) <= {"triton", "torch"}:
+        p.error(f"--impls takes triton and/or torch, got {args.impls!r}")
     run = Run(args.out, args.budget_s, args.smoke,
               columns={"numerics": NUMERICS_COLUMNS, "timing": TIMING_COLUMNS, "t2t": T2T_COLUMNS})
     dev = torch.device(args.device)
