@@ -32,6 +32,10 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.local_attention import (  # noqa: F401  (dot_f32 is re-exported)
+    _load_tile,
+    _program_head,
+    _program_tile,
+    _store_tile,
     check_kernel_inputs,
     last_dim_contiguous,
     pad_mask_arg,
@@ -67,6 +71,57 @@ def load_projection(WHI, WLO, offs_f, offs_d, D: tl.constexpr):
 
 
 @triton.jit
+def feature_prologue(WHI, WLO, M, D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr):
+    """What every feature kernel sets up first: the column offsets of the (padded) head dims and of the
+    features, which features are real (< M), and the projection halves."""
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_f = tl.arange(0, MF)
+    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    return offs_d, offs_dv, offs_f, offs_f < M, w_hi, w_lo
+
+
+@triton.jit
+def query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok):
+    """(cq, fq) of query rows q: cq the row max of the log-features lq, fq = exp(lq - cq)."""
+    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    cq = tl.max(lq, 1)
+    return cq, tl.math.exp(lq - cq[:, None])
+
+
+@triton.jit
+def key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck):
+    """fk = exp(lk - ck) of key rows k, capped at 1: <= 1 for every real key (ck is their max), and rows
+    past T or padding (which the callers mask) stay finite."""
+    return tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+
+
+@triton.jit
+def load_state(KV, KS, idx, offs_f, offs_dv, MF: tl.constexpr, DV: tl.constexpr):
+    """Low-rank state ``idx``: the (MF, DV) matrix KV[idx] and the (MF,) vector KS[idx] (fp32, padded)."""
+    kv = tl.load(KV + idx * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
+    ks = tl.load(KS + idx * MF + offs_f)
+    return kv, ks
+
+
+@triton.jit
+def lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KV, KS, idx, offs_f, offs_dv,
+                        MF: tl.constexpr, DV: tl.constexpr):
+    """(cq, fq, fq . KV, fq . ksum) of query rows q against low-rank state ``idx``: the numerator and
+    the mass of the low-rank estimate, on the scale exp(cq + ck)."""
+    cq, fq = query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    kv, ks = load_state(KV, KS, idx, offs_f, offs_dv, MF, DV)
+    return cq, fq, dot_f32(fq, kv), tl.sum(fq * ks[None, :], 1)
+
+
+@triton.jit
+def store_state(KV, KS, idx, kv, ks, offs_f, offs_dv, MF: tl.constexpr, DV: tl.constexpr):
+    """Write low-rank state ``idx`` (``load_state``'s counterpart)."""
+    tl.store(KV + idx * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], kv)
+    tl.store(KS + idx * MF + offs_f, ks)
+
+
+@triton.jit
 def _key_feature_sums_kernel(
     K, V, WHI, WLO, PAD, CMAX, KVP, KSP,
     stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_pb,
@@ -76,14 +131,8 @@ def _key_feature_sums_kernel(
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    bh64, off_b, off_h = _program_head(H)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
 
@@ -111,10 +160,9 @@ def _key_feature_sums_kernel(
         kv = dot_f32(tl.trans(fk), v, kv * alpha)
         ks = ks * alpha + tl.sum(fk, 0)
         c = c_new
-    part = bh.to(tl.int64) * nsplit + split
+    part = bh64 * nsplit + split
     tl.store(CMAX + part, c)
-    tl.store(KVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], kv)
-    tl.store(KSP + part * MF + offs_f, ks)
+    store_state(KVP, KSP, part, kv, ks, offs_f, offs_dv, MF, DV)
 
 
 @triton.jit
@@ -125,32 +173,16 @@ def _performer_apply_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_EPS: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    row_ok = offs_m < T
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < E)[None, :], other=0.0)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    cq = tl.max(lq, 1)
-    fq = tl.math.exp(lq - cq[:, None])
-    bh64 = bh.to(tl.int64)
-    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KS + bh64 * MF + offs_f)
-    num = dot_f32(fq, kv)
-    den = tl.sum(fq * ks[None, :], 1)
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
+    cq, fq, num, den = lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KV, KS, bh64,
+                                           offs_f, offs_dv, MF, DV)
     if HAS_EPS:  # eps on the unshifted scale (PerformerAttention's eps)
         ck = tl.load(CK + bh64)
         den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
     out = num / tl.maximum(den, 1e-30)[:, None]
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, stride_ot, T, offs_dv, EV, out)
 
 
 _SUMS = TiledKernel("key_feature_sums", _key_feature_sums_kernel,
