@@ -25,21 +25,10 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.feature_attention import (
-    feature_prologue,
-    key_features,
-    launch_key_feature_sums,
-    lowrank_query_terms,
-    projection_halves,
+    feature_prologue, forward_inputs, key_features, launch_key_feature_sums, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile,
-    _program_tile,
-    _store_tile,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_tile, _store_tile, dot_f32, pad_mask_arg, padded_dim,
 )
 from flyweight.kernels.scatterbrain_attention import _online_offset_step, _window_output
 
@@ -112,8 +101,8 @@ def _causal_lowrank_kernel(
         lowrank_scale = tl.math.exp(g - m_i)
         lowrank_mass = lr_mass * lowrank_scale + prefix_sum
         outside = lowrank_mass - window_lowrank_sum
-        out = _window_output(acc, exact_sum, lr_num, lowrank_scale, outside, m_i, STATS + bh64 * 3 * T + offs_m,
-                             offs_m < T, T)
+        out = _window_output(acc, exact_sum, lr_num, lowrank_scale, outside, m_i,
+                             STATS + bh64 * 3 * T + offs_m, offs_m < T, T)
     else:
         den = lr_mass + prefix_sum
         if HAS_EPS:
@@ -156,13 +145,10 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
     denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"
-    check_kernel_inputs(name, q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

@@ -32,15 +32,8 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.local_attention import (  # noqa: F401  (dot_f32 is re-exported)
-    _load_tile,
-    _program_head,
-    _program_tile,
-    _store_tile,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_head, _program_tile, _store_tile, check_kernel_inputs, last_dim_contiguous,
+    pad_mask_arg, dot_f32, padded_dim,
 )
 
 PROGRAMS_PER_SM = 2
@@ -267,6 +260,16 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     return ck.contiguous(), kv, ksum
 
 
+def forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype):
+    """What the feature-attention forwards start with: q, k, v checked and last-dim contiguous, the
+    projection halves (w_hi, w_lo, m) and the empty output (B, H, T, Ev) in out_dtype (default v's)."""
+    check_kernel_inputs(name, q, k, v, key_padding_mask)
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    halves = projection_halves(proj, cosh, q.dtype, q.shape[-1])
+    o = torch.empty((*q.shape[:3], v.shape[-1]), device=q.device, dtype=out_dtype or v.dtype)
+    return q, k, v, halves, o
+
+
 def saved_output_dtype(ctx):
     """The output dtype a kernel forward writes when its autograd wrapper will run the backward: fp32.
 
@@ -283,13 +286,11 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
-    check_kernel_inputs("performer attention", q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs("performer attention", q, k, v, proj, cosh, key_padding_mask,
+                                                  out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],

@@ -25,23 +25,10 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    feature_prologue,
-    key_feature_sums,
-    key_features,
-    lowrank_query_terms,
-    projection_halves,
+    feature_prologue, forward_inputs, key_feature_sums, key_features, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile,
-    _program_tile,
-    _store_tile,
-    _window_keep,
-    _window_span,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_tile, _store_tile, _window_keep, _window_span, dot_f32, pad_mask_arg, padded_dim,
 )
 
 LOG_FLOOR = tl.constexpr(math.log(1e-24))  # globals read inside @triton.jit must be constexpr (Triton 3.6 compiler)
@@ -129,13 +116,11 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, ret
     """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
-    check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs("sblocal attention", q, k, v, proj, True, key_padding_mask,
+                                                  out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, True, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
