@@ -31,11 +31,11 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.causal_feature_attention import CHUNK, causal_lowrank_forward
 from flyweight.kernels.feature_attention import (
-    feature_prologue, key_features, load_state, saved_output_dtype, store_state,
+    feature_prologue, key_features, load_state, saved_output_dtype, split_range, store_state,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile, _program_head, _program_tile, _store_tile, _window_keep, check_kernel_inputs,
-    last_dim_contiguous, pad_mask_arg, dot_f32, padded_dim,
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, _window_keep, check_kernel_inputs, dot_f32,
+    last_dim_contiguous, pad_mask_arg, padded_dim,
 )
 from flyweight.kernels.performer_backward import (
     _accumulate_state_grads, _feature_grad_to_input, _key_rows, _state_key_grads, _state_query_grad,
@@ -84,8 +84,7 @@ def _suffix_sums_kernel(
     ck = tl.load(CK + bh64)
     acc = tl.zeros([MF, DV], dtype=tl.float32)
     acc_h = tl.zeros([MF], dtype=tl.float32)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, T)
+    lo, hi = split_range(chunk, CHUNK, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, g, h, u, dz, live, m_row, ls = _query_terms(
@@ -216,10 +215,6 @@ _DQ = TiledKernel("causal_lowrank_dq", _causal_lowrank_dq_kernel,
                   [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
 _DKDV = TiledKernel("causal_lowrank_dkdv", _causal_lowrank_dkdv_kernel,
                     [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
-
-
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
 
 
 def causal_lowrank_backward(do, q, k, v, o, state, temp, window_left, key_padding_mask):

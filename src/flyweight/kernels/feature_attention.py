@@ -75,6 +75,13 @@ def feature_prologue(WHI, WLO, M, D: tl.constexpr, DV: tl.constexpr, MF: tl.cons
 
 
 @triton.jit
+def split_range(split, per_split, T):
+    """[lo, hi): the rows of split ``split`` when each takes ``per_split`` of the T rows."""
+    lo = split * per_split
+    return lo, tl.minimum(lo + per_split, T)
+
+
+@triton.jit
 def query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok):
     """(cq, fq) of query rows q: cq the row max of the log-features lq, fq = exp(lq - cq)."""
     lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
@@ -132,8 +139,7 @@ def _key_feature_sums_kernel(
     c = tl.max(tl.full([BLOCK_N], float("-inf"), dtype=tl.float32), 0)  # running max of lk (a scalar)
     kv = tl.zeros([MF, DV], dtype=tl.float32)
     ks = tl.zeros([MF], dtype=tl.float32)
-    lo = split * keys_per_split
-    hi = tl.minimum(lo + keys_per_split, T)
+    lo, hi = split_range(split, keys_per_split, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < hi
@@ -231,6 +237,14 @@ def _num_splits(T, bh, device) -> int:
     return max(1, min(want, triton.cdiv(T, 2 * SPLIT_GRANULE)))  # at least 128 keys per program
 
 
+def split_sizes(T, bh, device) -> tuple[int, int]:
+    """(number of splits, rows per split) for the programs over splits of T rows: a multiple of
+    SPLIT_GRANULE rows each, about ``_num_splits`` of them."""
+    nsplit = _num_splits(T, bh, device)
+    per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
+    return triton.cdiv(T, per_split), per_split
+
+
 def launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, keys_per_split, cmax, kvp, ksp):
     """Per-split max and partial sums into cmax (BH, S), kvp (BH, S, MF, DVp), ksp (BH, S, MF)."""
     B, H, T, E = k.shape
@@ -246,9 +260,7 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     B, H, T, E = k.shape
     EV = v.shape[-1]
     MF = w_hi.shape[0]
-    nsplit = _num_splits(T, B * H, k.device)
-    keys_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, keys_per_split)
+    nsplit, keys_per_split = split_sizes(T, B * H, k.device)
     cmax = torch.empty(B * H, nsplit, device=k.device, dtype=torch.float32)
     kvp = torch.empty(B * H, nsplit, MF, padded_dim(EV), device=k.device, dtype=torch.float32)
     ksp = torch.empty(B * H, nsplit, MF, device=k.device, dtype=torch.float32)

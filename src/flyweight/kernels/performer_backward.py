@@ -23,12 +23,12 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    SPLIT_GRANULE, _num_splits, feature_prologue, key_features, load_state, performer_forward, query_features,
-    saved_output_dtype, store_state,
+    feature_prologue, key_features, load_state, performer_forward, query_features, saved_output_dtype,
+    split_range, split_sizes, store_state,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile, _program_head, _program_tile, _store_tile, check_kernel_inputs, last_dim_contiguous,
-    pad_mask_arg, dot_f32, padded_dim,
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, check_kernel_inputs, dot_f32,
+    last_dim_contiguous, pad_mask_arg, padded_dim,
 )
 
 
@@ -94,8 +94,7 @@ def _performer_bwd_query_kernel(
     o_base = O + off_b * stride_ob + off_h * stride_oh
     dkv = tl.zeros([MF, DV], dtype=tl.float32)
     dks = tl.zeros([MF], dtype=tl.float32)
-    lo = split * rows_per_split
-    hi = tl.minimum(lo + rows_per_split, T)
+    lo, hi = split_range(split, rows_per_split, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < hi
@@ -154,8 +153,18 @@ _KEY = TiledKernel("performer_bwd_key", _performer_bwd_key_kernel,
                    ["T", "D", "DV", "MF", "HAS_PAD"])
 
 
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
+def split_backward_buffers(do, q, k, v, w_hi, w_lo):
+    """What the backwards with a query pass over splits of T (Performer, sblocal) set up: dO last-dim
+    contiguous, the fp32 projection W_hi + W_lo, (number of splits, rows per split), empty dq, dk, dv,
+    and the per-split fp32 partials of dKV (BH, nsplit, MF, DVp) and dksum (BH, nsplit, MF)."""
+    B, H, T, _ = q.shape
+    MF = w_hi.shape[0]
+    nsplit, rows_per_split = split_sizes(T, B * H, q.device)
+    grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dkvp = torch.empty(B * H, nsplit, MF, padded_dim(v.shape[-1]), device=q.device, dtype=torch.float32)
+    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    w32 = (w_hi.float() + w_lo.float()).contiguous()
+    return last_dim_contiguous(do), w32, (nsplit, rows_per_split), grads, (dkvp, dksp)
 
 
 def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
@@ -164,14 +173,8 @@ def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
     EV = v.shape[-1]
     MF, DP = w_hi.shape
     DVP = padded_dim(EV)
-    do = last_dim_contiguous(do)
-    w32 = (w_hi.float() + w_lo.float()).contiguous()
-    nsplit = _num_splits(T, B * H, q.device)
-    rows_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, rows_per_split)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dkvp = torch.empty(B * H, nsplit, MF, DVP, device=q.device, dtype=torch.float32)
-    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    do, w32, (nsplit, rows_per_split), (dq, dk, dv), (dkvp, dksp) = split_backward_buffers(
+        do, q, k, v, w_hi, w_lo)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _QUERY(lambda meta: (nsplit, B * H),
            q, do, o, w_hi, w_lo, w32, kv, ksum, ck, dq, dkvp, dksp, *_s3(q), *_s3(do), *_s3(o), *_s3(dq),

@@ -32,15 +32,15 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    SPLIT_GRANULE, _num_splits, feature_prologue, key_features, load_state, query_features,
-    saved_output_dtype, store_state,
+    feature_prologue, key_features, load_state, query_features, saved_output_dtype, split_range, store_state,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile, _program_head, _program_tile, _store_tile, _window_keep, _window_span, check_kernel_inputs,
-    last_dim_contiguous, pad_mask_arg, dot_f32, padded_dim,
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, _window_keep, _window_span,
+    check_kernel_inputs, dot_f32, last_dim_contiguous, pad_mask_arg, padded_dim,
 )
 from flyweight.kernels.performer_backward import (
     _accumulate_state_grads, _feature_grad_to_input, _key_rows, _state_key_grads, _state_query_grad,
+    split_backward_buffers,
 )
 from flyweight.kernels.scatterbrain_attention import sblocal_forward
 
@@ -112,8 +112,7 @@ def _sblocal_bwd_query_kernel(
     pad_base = PAD + off_b * stride_pb
     dkv = tl.zeros([MF, DV], dtype=tl.float32)
     dks = tl.zeros([MF], dtype=tl.float32)
-    lo_m = split * rows_per_split
-    hi_m = tl.minimum(lo_m + rows_per_split, T)
+    lo_m, hi_m = split_range(split, rows_per_split, T)
     for start_m in range(lo_m, hi_m, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, ls, m_row, u, dz, live = _row_terms(
@@ -193,24 +192,14 @@ _KEY = TiledKernel("sblocal_bwd_key", _sblocal_bwd_key_kernel,
                    tile(16, 16, 4, 1), _KEY_ARGS)
 
 
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def sblocal_backward(do, q, k, v, o, state, temp, left, right, key_padding_mask):
     w_hi, w_lo, m, ck, kv, ksum, stats = state
     B, H, T, E = q.shape
     EV = v.shape[-1]
     MF, DP = w_hi.shape
     DVP = padded_dim(EV)
-    do = last_dim_contiguous(do)
-    w32 = (w_hi.float() + w_lo.float()).contiguous()
-    nsplit = _num_splits(T, B * H, q.device)
-    rows_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, rows_per_split)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dkvp = torch.empty(B * H, nsplit, MF, DVP, device=q.device, dtype=torch.float32)
-    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    do, w32, (nsplit, rows_per_split), (dq, dk, dv), (dkvp, dksp) = split_backward_buffers(
+        do, q, k, v, w_hi, w_lo)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(o), pad_stride)
     consts = (math.sqrt(temp), temp, 0.5 * temp, math.log(m))
