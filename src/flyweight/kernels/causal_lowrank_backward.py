@@ -40,7 +40,9 @@ from flyweight.kernels.local_attention import (
 from flyweight.kernels.performer_backward import (
     _accumulate_state_grads, _feature_grad_to_input, _key_rows, _state_key_grads, _state_query_grad,
 )
-from flyweight.kernels.sblocal_backward import _query_rows, _sblocal_row_terms, _window_terms
+from flyweight.kernels.sblocal_backward import (
+    _query_rows, _sblocal_row_terms, _window_cotangents, _window_weights,
+)
 
 
 @triton.jit
@@ -139,8 +141,9 @@ def _causal_lowrank_dq_kernel(
             k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
             v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
             keep = _window_keep(offs_m, offs_n, T, LEFT, 0, pad_base, HAS_PAD)
-            e, ds, w = _window_terms(q, k, v, u, dz, live, m_row, keep, scale)
+            e = _window_weights(q, k, m_row, keep, scale)
             fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
             dp_window = tl.where(keep, w * ls[:, None], 0.0)
             dq = dot_f32(ds, k, dq)
             dfq -= dot_f32(dp_window, fk)
@@ -194,8 +197,9 @@ def _causal_lowrank_dkdv_kernel(
                 stride_dot, stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp,
                 half_temp, log_m, WINDOW)
             keep = _window_keep(offs_m, offs_n, T, LEFT, 0, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
-            e, ds, w = _window_terms(q, k, v, u, dz, live, m_row, keep, scale)
+            e = _window_weights(q, k, m_row, keep, scale)
             p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
             dp_window = tl.where(keep, w * ls[:, None], 0.0)
             dv = dot_f32(tl.trans(e - p), u, dv)
             dk = dot_f32(tl.trans(ds), q, dk)

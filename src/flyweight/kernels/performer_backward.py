@@ -70,7 +70,8 @@ def _accumulate_state_grads(fq, g, h, dkv, dks):
 
 @triton.jit
 def _state_key_grads(fk, v, dkv, dks):
-    """(dv, d(fk)) of key rows through the state's cotangents (dKV, dksum): fk dKV and v dKV^T + dksum."""
+    """(dv, d(fk)) of key rows through the state's cotangents (dKV, dksum): fk dKV and v dKV^T + dksum
+    (the sblocal and causal key kernels; the Performer key kernel computes them in the other order)."""
     return dot_f32(fk, dkv), dot_f32(v, tl.trans(dkv)) + dks[None, :]
 
 
@@ -139,7 +140,9 @@ def _performer_bwd_key_kernel(
                                  offs_n, stride_kt, stride_vt, T, E, EV, offs_d, offs_dv,
                                  w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck, HAS_PAD)
     dkv, dks = load_state(DKV, DKS, bh64, offs_f, offs_dv, MF, DV)
-    dv, dfk = _state_key_grads(fk, v, dkv, dks)
+    # d(fk) before dv: in this order Triton lays the kernel out in 16 KiB of shared memory, not 32 KiB
+    dfk = dot_f32(v, tl.trans(dkv)) + dks[None, :]
+    dv = dot_f32(fk, dkv)
     dk = _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
     _store_tile(DK + off_b * stride_dkb + off_h * stride_dkh, offs_n, stride_dkt, T, offs_d, E, dk)
     _store_tile(DV_ + off_b * stride_dvb + off_h * stride_dvh, offs_n, stride_dvt, T, offs_dv, EV, dv)

@@ -81,14 +81,19 @@ def _row_terms(Q_BASE, DO_BASE, O_BASE, STATS, offs_m, stride_qt, stride_dot, st
 
 
 @triton.jit
-def _window_terms(q, k, v, u, dz, live, m_row, keep, scale):
-    """Of the (query, key) pairs of the window: the exact weights e = exp(s - M), ds = e (u . v + dz)
-    (both 0 outside ``keep``) and u . v + live dz, the factor of the low-rank estimates' cotangent."""
+def _window_weights(q, k, m_row, keep, scale):
+    """The exact weights e = exp(s - M) of the (query, key) pairs of the window (0 outside ``keep``)."""
     s = tl.dot(q, tl.trans(k)) * scale
-    e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
+    return tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
+
+
+@triton.jit
+def _window_cotangents(u, v, dz, live, e, keep):
+    """ds = e (u . v + dz) of the window's pairs (0 outside ``keep``) and u . v + live dz, the factor
+    of the cotangent of their low-rank estimates."""
     uv = dot_f32(u, tl.trans(v))
     ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
-    return e, ds, uv + (live * dz)[:, None]
+    return ds, uv + (live * dz)[:, None]
 
 
 @triton.jit
@@ -130,8 +135,9 @@ def _sblocal_bwd_query_kernel(
             k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
             v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
             keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)
-            e, ds, w = _window_terms(q, k, v, u, dz, live, m_row, keep, scale)
+            e = _window_weights(q, k, m_row, keep, scale)
             fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
             dp = tl.where(keep, -w, 0.0)
             dq_s = dot_f32(ds, k, dq_s)
             dfq = dot_f32(dp, fk, dfq)
@@ -172,8 +178,9 @@ def _sblocal_bwd_key_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m)
         keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
-        e, ds, w = _window_terms(q, k, v, u, dz, live, m_row, keep, scale)
+        e = _window_weights(q, k, m_row, keep, scale)
         p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
+        ds, w = _window_cotangents(u, v, dz, live, e, keep)
         dp = tl.where(keep, -w, 0.0)
         dv = dot_f32(tl.trans(e - p), u, dv)
         dk_s = dot_f32(tl.trans(ds), q, dk_s)
