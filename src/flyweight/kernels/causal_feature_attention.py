@@ -25,21 +25,13 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.feature_attention import (
-    feature_logs,
-    launch_key_feature_sums,
-    load_projection,
-    projection_halves,
+    feature_prologue, forward_inputs, key_features, launch_key_feature_sums, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_tile, _store_tile, dot_f32, pad_mask_arg, padded_dim,
 )
+from flyweight.kernels.scatterbrain_attention import _online_offset_step, _window_output
 
-LOG_FLOOR = tl.constexpr(math.log(1e-24))  # globals read inside @triton.jit must be constexpr (Triton 3.6 compiler)
 CHUNK = 32 if INTERPRET else 512  # keys per prefix state; a multiple of every BLOCK_M below
 
 
@@ -53,33 +45,19 @@ def _causal_lowrank_kernel(
     WINDOW: tl.constexpr, HAS_EPS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     pad_base = PAD + off_b * stride_pb
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
     ck = tl.load(CK + bh64)
 
     q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
-    cq = tl.max(lq, 1)
-    fq = tl.math.exp(lq - cq[:, None])
     chunk = start_m // CHUNK
     chunk_start = chunk * CHUNK
-    state = (bh64 * NCHUNK + chunk)
-    kv = tl.load(KVS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KSS + state * MF + offs_f)
-    lr_num = dot_f32(fq, kv)  # keys before the chunk
-    lr_mass = tl.sum(fq * ks[None, :], 1)
+    # lr_num, lr_mass: the keys before the chunk
+    cq, fq, lr_num, lr_mass = lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KVS, KSS,
+                                                  bh64 * NCHUNK + chunk, offs_f, offs_dv, MF, DV)
 
     g = cq + ck - log_m
     m_i = g
@@ -100,15 +78,13 @@ def _causal_lowrank_kernel(
             is_pad = tl.load(pad_base + offs_n, mask=offs_n < T, other=1)
             visible = visible & (is_pad == 0)[None, :]
         in_prefix = visible & (offs_n >= chunk_start)[None, :]
-        fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+        fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
         p = dot_f32(fq, tl.trans(fk))
         v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
         if WINDOW:
             in_window = visible & (rel >= -LEFT)
             s = tl.where(in_window, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp(m_i - m_new)
-            exact = tl.math.exp(s - m_new[:, None])
+            m_new, alpha, exact = _online_offset_step(m_i, s)
             p = p * tl.math.exp(g - m_new)[:, None]
             p_window = tl.where(in_window, p, 0.0)
             p_prefix = tl.where(in_prefix, p, 0.0)
@@ -123,23 +99,17 @@ def _causal_lowrank_kernel(
             prefix_sum += tl.sum(p_prefix, 1)
     if WINDOW:
         lowrank_scale = tl.math.exp(g - m_i)
-        floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
         lowrank_mass = lr_mass * lowrank_scale + prefix_sum
         outside = lowrank_mass - window_lowrank_sum
-        z = exact_sum + tl.maximum(outside, floor)
-        out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
-        stats = STATS + bh64 * 3 * T + offs_m  # for the backward: M, z, floor inactive
-        tl.store(stats, m_i, mask=offs_m < T)
-        tl.store(stats + T, z, mask=offs_m < T)
-        tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=offs_m < T)
+        out = _window_output(acc, exact_sum, lr_num, lowrank_scale, outside, m_i,
+                             STATS + bh64 * 3 * T + offs_m, offs_m < T, T)
     else:
         den = lr_mass + prefix_sum
         if HAS_EPS:
             den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
         out = (acc + lr_num) / tl.maximum(den, 1e-30)[:, None]
         tl.store(STATS + bh64 * 3 * T + offs_m, den, mask=offs_m < T)  # for the backward
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, stride_ot, T, offs_dv, EV, out)
 
 
 _FWD = TiledKernel("causal_lowrank_fwd", _causal_lowrank_kernel,
@@ -175,13 +145,10 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
     denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"
-    check_kernel_inputs(name, q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

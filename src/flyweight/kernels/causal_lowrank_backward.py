@@ -30,17 +30,19 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.causal_feature_attention import CHUNK, causal_lowrank_forward
-from flyweight.kernels.feature_attention import dot_f32, feature_logs, load_projection, saved_output_dtype
-from flyweight.kernels.local_attention import (
-    _load_tile,
-    _window_keep,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+from flyweight.kernels.feature_attention import (
+    feature_prologue, key_features, load_state, saved_output_dtype, split_range, store_state,
 )
-from flyweight.kernels.performer_backward import _feature_grad_to_input
+from flyweight.kernels.local_attention import (
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, _window_keep, check_kernel_inputs, dot_f32,
+    last_dim_contiguous, pad_mask_arg, padded_dim,
+)
+from flyweight.kernels.performer_backward import (
+    _accumulate_state_grads, _feature_grad_to_input, _key_rows, _state_key_grads, _state_query_grad,
+)
+from flyweight.kernels.sblocal_backward import (
+    _query_rows, _sblocal_row_terms, _window_cotangents, _window_weights,
+)
 
 
 @triton.jit
@@ -48,23 +50,14 @@ def _query_terms(Q_BASE, DO_BASE, O_BASE, STATS, offs_m, stride_qt, stride_dot, 
                  offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m, WINDOW: tl.constexpr):
     """Per query row (rows past T: fq = g = h = 0): q, fq, the low-rank cotangent terms g, h and, for
     Scatterbrain, u = dO / z, dz, live, M and ls (Performer: u = g, dz = h, live = 1, M = 0, ls = 1)."""
-    row_ok = offs_m < T
-    q = _load_tile(Q_BASE, offs_m, stride_qt, T, offs_d, E)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    cq = tl.max(lq, 1)
-    fq = tl.where(row_ok[:, None], tl.math.exp(lq - cq[:, None]), 0.0)
-    do = _load_tile(DO_BASE, offs_m, stride_dot, T, offs_dv, EV).to(tl.float32)
-    o = _load_tile(O_BASE, offs_m, stride_ot, T, offs_dv, EV).to(tl.float32)
+    q, cq, fq, do, o = _query_rows(Q_BASE, DO_BASE, O_BASE, offs_m, stride_qt, stride_dot, stride_ot, w_hi,
+                                   w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, sqrt_temp, half_temp)
     if WINDOW:
-        m_row = tl.load(STATS + offs_m, mask=row_ok, other=0.0)
-        z = tl.load(STATS + T + offs_m, mask=row_ok, other=1.0)
-        live = tl.load(STATS + 2 * T + offs_m, mask=row_ok, other=0.0)
-        ls = tl.where(row_ok, tl.math.exp(cq + ck - log_m - m_row), 0.0)
-        u = do / z[:, None]
-        dz = -tl.sum(do * o, 1) / z
+        ls, m_row, u, dz, live = _sblocal_row_terms(STATS, offs_m, T, cq, ck, log_m, do, o)
         g = ls[:, None] * u
         h = ls * live * dz
     else:
+        row_ok = offs_m < T
         den = tl.load(STATS + offs_m, mask=row_ok, other=0.0)
         inv = 1.0 / tl.maximum(den, 1e-30)
         g = do * inv[:, None]
@@ -88,19 +81,12 @@ def _suffix_sums_kernel(
     """Per chunk c: sum_{i in c} fq_i g_i^T (MF x DV) and sum_{i in c} h_i fq_i (MF)."""
     chunk = tl.program_id(0)
     nchunk = tl.num_programs(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    bh64, off_b, off_h = _program_head(H)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     ck = tl.load(CK + bh64)
     acc = tl.zeros([MF, DV], dtype=tl.float32)
     acc_h = tl.zeros([MF], dtype=tl.float32)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, T)
+    lo, hi = split_range(chunk, CHUNK, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, g, h, u, dz, live, m_row, ls = _query_terms(
@@ -108,11 +94,8 @@ def _suffix_sums_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m,
             WINDOW)
-        acc = dot_f32(tl.trans(fq), g, acc)
-        acc_h += tl.sum(fq * h[:, None], 0)
-    part = bh64 * nchunk + chunk
-    tl.store(RP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], acc)
-    tl.store(RSP + part * MF + offs_f, acc_h)
+        acc, acc_h = _accumulate_state_grads(fq, g, h, acc, acc_h)
+    store_state(RP, RSP, bh64 * nchunk + chunk, acc, acc_h, offs_f, offs_dv, MF, DV)
 
 
 @triton.jit
@@ -125,17 +108,8 @@ def _causal_lowrank_dq_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     ck = tl.load(CK + bh64)
     q, fq, g, h, u, dz, live, m_row, ls = _query_terms(
         Q + off_b * stride_qb + off_h * stride_qh, DO + off_b * stride_dob + off_h * stride_doh,
@@ -143,10 +117,8 @@ def _causal_lowrank_dq_kernel(
         stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m, WINDOW)
     chunk = start_m // CHUNK
     chunk_start = chunk * CHUNK
-    state = bh64 * NCHUNK + chunk
-    kv = tl.load(KVS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KSS + state * MF + offs_f)
-    dfq = dot_f32(g, tl.trans(kv)) + h[:, None] * ks[None, :]
+    kv, ks = load_state(KVS, KSS, bh64 * NCHUNK + chunk, offs_f, offs_dv, MF, DV)
+    dfq = _state_query_grad(g, h, kv, ks)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     for start_n in range(chunk_start, tl.minimum(start_m + BLOCK_M, T), BLOCK_N):
@@ -157,7 +129,7 @@ def _causal_lowrank_dq_kernel(
         if HAS_PAD:
             is_pad = tl.load(PAD + off_b * stride_pb + offs_n, mask=offs_n < T, other=1)
             seen = seen & (is_pad == 0)[None, :]
-        fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+        fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
         dp = tl.where(seen, dot_f32(g, tl.trans(v)) + h[:, None], 0.0)
         dfq = dot_f32(dp, fk, dfq)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -169,18 +141,15 @@ def _causal_lowrank_dq_kernel(
             k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
             v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
             keep = _window_keep(offs_m, offs_n, T, LEFT, 0, pad_base, HAS_PAD)
-            s = tl.dot(q, tl.trans(k)) * scale
-            e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
-            fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-            uv = dot_f32(u, tl.trans(v))
-            ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
-            dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
+            e = _window_weights(q, k, m_row, keep, scale)
+            fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
+            dp_window = tl.where(keep, w * ls[:, None], 0.0)
             dq = dot_f32(ds, k, dq)
             dfq -= dot_f32(dp_window, fk)
         dq = dq * scale
     dq += _feature_grad_to_input(fq * dfq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
-    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
+    _store_tile(DQ + off_b * stride_dqb + off_h * stride_dqh, offs_m, stride_dqt, T, offs_d, E, dq)
 
 
 @triton.jit
@@ -193,33 +162,17 @@ def _causal_lowrank_dkdv_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    start_n, offs_n, bh64, off_b, off_h = _program_tile(H, BLOCK_N)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     ck = tl.load(CK + bh64)
-    key_ok = offs_n < T
-    if HAS_PAD:
-        is_pad = tl.load(PAD + off_b * stride_pb + offs_n, mask=key_ok, other=1)
-        key_ok = key_ok & (is_pad == 0)
-    k = _load_tile(K + off_b * stride_kb + off_h * stride_kh, offs_n, stride_kt, T, offs_d, E)
-    v = _load_tile(V + off_b * stride_vb + off_h * stride_vh, offs_n, stride_vt, T, offs_dv, EV)
-    v = v.to(tl.float32)
-    lk = feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    fk = tl.where(key_ok[:, None], tl.math.exp(tl.minimum(lk - ck, 0.0)), 0.0)
+    k, v, fk, key_ok = _key_rows(K + off_b * stride_kb + off_h * stride_kh,
+                                 V + off_b * stride_vb + off_h * stride_vh, PAD + off_b * stride_pb,
+                                 offs_n, stride_kt, stride_vt, T, E, EV, offs_d, offs_dv,
+                                 w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck, HAS_PAD)
     chunk = start_n // CHUNK
     chunk_end = tl.minimum(chunk * CHUNK + CHUNK, T)
-    state = bh64 * NCHUNK + chunk
-    r = tl.load(RS + state * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])  # queries after the chunk
-    rs = tl.load(RSS + state * MF + offs_f)
-    dv = dot_f32(fk, r)
-    dfk = dot_f32(v, tl.trans(r)) + rs[None, :]
+    r, rs = load_state(RS, RSS, bh64 * NCHUNK + chunk, offs_f, offs_dv, MF, DV)  # queries after the chunk
+    dv, dfk = _state_key_grads(fk, v, r, rs)
     for start_m in range((start_n // BLOCK_M) * BLOCK_M, chunk_end, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, g, h, u, dz, live, m_row, ls = _query_terms(
@@ -244,23 +197,18 @@ def _causal_lowrank_dkdv_kernel(
                 stride_dot, stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp,
                 half_temp, log_m, WINDOW)
             keep = _window_keep(offs_m, offs_n, T, LEFT, 0, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
-            s = tl.dot(q, tl.trans(k)) * scale
-            e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
+            e = _window_weights(q, k, m_row, keep, scale)
             p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
-            uv = dot_f32(u, tl.trans(v))
-            ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
-            dp_window = tl.where(keep, (uv + (live * dz)[:, None]) * ls[:, None], 0.0)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
+            dp_window = tl.where(keep, w * ls[:, None], 0.0)
             dv = dot_f32(tl.trans(e - p), u, dv)
             dk = dot_f32(tl.trans(ds), q, dk)
             dfk -= dot_f32(tl.trans(dp_window), fq)
         dk = dk * scale
     dk += _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
-    rows = offs_n < T
-    tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=rows[:, None] & (offs_d < E)[None, :])
-    tl.store(DV_ + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_dv[None, :],
-             tl.where(key_ok[:, None], dv, 0.0).to(DV_.dtype.element_ty),
-             mask=rows[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(DK + off_b * stride_dkb + off_h * stride_dkh, offs_n, stride_dkt, T, offs_d, E, dk)
+    _store_tile(DV_ + off_b * stride_dvb + off_h * stride_dvh, offs_n, stride_dvt, T, offs_dv, EV,
+                tl.where(key_ok[:, None], dv, 0.0))
 
 
 _KEYS = ["T", "D", "DV", "MF", "HAS_PAD", "WINDOW"]
@@ -271,10 +219,6 @@ _DQ = TiledKernel("causal_lowrank_dq", _causal_lowrank_dq_kernel,
                   [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
 _DKDV = TiledKernel("causal_lowrank_dkdv", _causal_lowrank_dkdv_kernel,
                     [tile(32, 32, 8, 1)], tile(16, 16, 4, 1), _KEYS)
-
-
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
 
 
 def causal_lowrank_backward(do, q, k, v, o, state, temp, window_left, key_padding_mask):

@@ -32,11 +32,8 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.local_attention import (  # noqa: F401  (dot_f32 is re-exported)
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_head, _program_tile, _store_tile, check_kernel_inputs, last_dim_contiguous,
+    pad_mask_arg, dot_f32, padded_dim,
 )
 
 PROGRAMS_PER_SM = 2
@@ -67,6 +64,64 @@ def load_projection(WHI, WLO, offs_f, offs_d, D: tl.constexpr):
 
 
 @triton.jit
+def feature_prologue(WHI, WLO, M, D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr):
+    """What every feature kernel sets up first: the column offsets of the (padded) head dims and of the
+    features, which features are real (< M), and the projection halves."""
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_f = tl.arange(0, MF)
+    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    return offs_d, offs_dv, offs_f, offs_f < M, w_hi, w_lo
+
+
+@triton.jit
+def split_range(split, per_split, T):
+    """[lo, hi): the rows of split ``split`` when each takes ``per_split`` of the T rows."""
+    lo = split * per_split
+    return lo, tl.minimum(lo + per_split, T)
+
+
+@triton.jit
+def query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok):
+    """(cq, fq) of query rows q: cq the row max of the log-features lq, fq = exp(lq - cq)."""
+    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    cq = tl.max(lq, 1)
+    return cq, tl.math.exp(lq - cq[:, None])
+
+
+@triton.jit
+def key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck):
+    """fk = exp(lk - ck) of key rows k, capped at 1: <= 1 for every real key (ck is their max), and rows
+    past T or padding (which the callers mask) stay finite."""
+    return tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+
+
+@triton.jit
+def load_state(KV, KS, idx, offs_f, offs_dv, MF: tl.constexpr, DV: tl.constexpr):
+    """Low-rank state ``idx``: the (MF, DV) matrix KV[idx] and the (MF,) vector KS[idx] (fp32, padded)."""
+    kv = tl.load(KV + idx * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
+    ks = tl.load(KS + idx * MF + offs_f)
+    return kv, ks
+
+
+@triton.jit
+def lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KV, KS, idx, offs_f, offs_dv,
+                        MF: tl.constexpr, DV: tl.constexpr):
+    """(cq, fq, fq . KV, fq . ksum) of query rows q against low-rank state ``idx``: the numerator and
+    the mass of the low-rank estimate, on the scale exp(cq + ck)."""
+    cq, fq = query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+    kv, ks = load_state(KV, KS, idx, offs_f, offs_dv, MF, DV)
+    return cq, fq, dot_f32(fq, kv), tl.sum(fq * ks[None, :], 1)
+
+
+@triton.jit
+def store_state(KV, KS, idx, kv, ks, offs_f, offs_dv, MF: tl.constexpr, DV: tl.constexpr):
+    """Write low-rank state ``idx`` (``load_state``'s counterpart)."""
+    tl.store(KV + idx * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], kv)
+    tl.store(KS + idx * MF + offs_f, ks)
+
+
+@triton.jit
 def _key_feature_sums_kernel(
     K, V, WHI, WLO, PAD, CMAX, KVP, KSP,
     stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_pb,
@@ -76,22 +131,15 @@ def _key_feature_sums_kernel(
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    bh64, off_b, off_h = _program_head(H)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
 
     c = tl.max(tl.full([BLOCK_N], float("-inf"), dtype=tl.float32), 0)  # running max of lk (a scalar)
     kv = tl.zeros([MF, DV], dtype=tl.float32)
     ks = tl.zeros([MF], dtype=tl.float32)
-    lo = split * keys_per_split
-    hi = tl.minimum(lo + keys_per_split, T)
+    lo, hi = split_range(split, keys_per_split, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         key_ok = offs_n < hi
@@ -111,10 +159,9 @@ def _key_feature_sums_kernel(
         kv = dot_f32(tl.trans(fk), v, kv * alpha)
         ks = ks * alpha + tl.sum(fk, 0)
         c = c_new
-    part = bh.to(tl.int64) * nsplit + split
+    part = bh64 * nsplit + split
     tl.store(CMAX + part, c)
-    tl.store(KVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], kv)
-    tl.store(KSP + part * MF + offs_f, ks)
+    store_state(KVP, KSP, part, kv, ks, offs_f, offs_dv, MF, DV)
 
 
 @triton.jit
@@ -125,32 +172,16 @@ def _performer_apply_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_EPS: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    row_ok = offs_m < T
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                mask=row_ok[:, None] & (offs_d < E)[None, :], other=0.0)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    cq = tl.max(lq, 1)
-    fq = tl.math.exp(lq - cq[:, None])
-    bh64 = bh.to(tl.int64)
-    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KS + bh64 * MF + offs_f)
-    num = dot_f32(fq, kv)
-    den = tl.sum(fq * ks[None, :], 1)
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
+    cq, fq, num, den = lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KV, KS, bh64,
+                                           offs_f, offs_dv, MF, DV)
     if HAS_EPS:  # eps on the unshifted scale (PerformerAttention's eps)
         ck = tl.load(CK + bh64)
         den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
     out = num / tl.maximum(den, 1e-30)[:, None]
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, stride_ot, T, offs_dv, EV, out)
 
 
 _SUMS = TiledKernel("key_feature_sums", _key_feature_sums_kernel,
@@ -206,6 +237,14 @@ def _num_splits(T, bh, device) -> int:
     return max(1, min(want, triton.cdiv(T, 2 * SPLIT_GRANULE)))  # at least 128 keys per program
 
 
+def split_sizes(T, bh, device) -> tuple[int, int]:
+    """(number of splits, rows per split) for the programs over splits of T rows: a multiple of
+    SPLIT_GRANULE rows each, about ``_num_splits`` of them."""
+    nsplit = _num_splits(T, bh, device)
+    per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
+    return triton.cdiv(T, per_split), per_split
+
+
 def launch_key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask, keys_per_split, cmax, kvp, ksp):
     """Per-split max and partial sums into cmax (BH, S), kvp (BH, S, MF, DVp), ksp (BH, S, MF)."""
     B, H, T, E = k.shape
@@ -221,9 +260,7 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     B, H, T, E = k.shape
     EV = v.shape[-1]
     MF = w_hi.shape[0]
-    nsplit = _num_splits(T, B * H, k.device)
-    keys_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, keys_per_split)
+    nsplit, keys_per_split = split_sizes(T, B * H, k.device)
     cmax = torch.empty(B * H, nsplit, device=k.device, dtype=torch.float32)
     kvp = torch.empty(B * H, nsplit, MF, padded_dim(EV), device=k.device, dtype=torch.float32)
     ksp = torch.empty(B * H, nsplit, MF, device=k.device, dtype=torch.float32)
@@ -233,6 +270,16 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     kv = (kvp * weight[:, :, None, None]).sum(1).contiguous()
     ksum = (ksp * weight[:, :, None]).sum(1).contiguous()
     return ck.contiguous(), kv, ksum
+
+
+def forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype):
+    """What the feature-attention forwards start with: q, k, v checked and last-dim contiguous, the
+    projection halves (w_hi, w_lo, m) and the empty output (B, H, T, Ev) in out_dtype (default v's)."""
+    check_kernel_inputs(name, q, k, v, key_padding_mask)
+    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    halves = projection_halves(proj, cosh, q.dtype, q.shape[-1])
+    o = torch.empty((*q.shape[:3], v.shape[-1]), device=q.device, dtype=out_dtype or v.dtype)
+    return q, k, v, halves, o
 
 
 def saved_output_dtype(ctx):
@@ -251,13 +298,11 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
-    check_kernel_inputs("performer attention", q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs("performer attention", q, k, v, proj, cosh, key_padding_mask,
+                                                  out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, cosh, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],

@@ -87,10 +87,41 @@ def padded_dim(n: int) -> int:
 
 
 @triton.jit
+def _program_head(H):
+    """(bh as int64, batch index, head index) of this program's batch*head, grid axis 1."""
+    bh = tl.program_id(1)
+    return bh.to(tl.int64), (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
+def _program_tile(H, BLOCK: tl.constexpr):
+    """This program's tile of BLOCK rows (grid axis 0: its first row and its row offsets) and its
+    batch*head (``_program_head``)."""
+    start = tl.program_id(0) * BLOCK
+    bh64, off_b, off_h = _program_head(H)
+    return start, start + tl.arange(0, BLOCK), bh64, off_b, off_h
+
+
+@triton.jit
 def _load_tile(base, offs_t, stride_t, T, offs_d, E):
     """Rows ``offs_t`` (columns ``offs_d`` < E) of one head's (T, E) tensor; rows past T read as 0."""
     return tl.load(base + offs_t[:, None] * stride_t + offs_d[None, :],
                    mask=(offs_t < T)[:, None] & (offs_d < E)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tile(base, offs_t, stride_t, T, offs_d, E, x):
+    """x as rows ``offs_t`` (columns ``offs_d`` < E) of one head's (T, E) tensor in its dtype; rows past
+    T are not written (``_load_tile``'s counterpart)."""
+    tl.store(base + offs_t[:, None] * stride_t + offs_d[None, :], x.to(base.dtype.element_ty),
+             mask=(offs_t < T)[:, None] & (offs_d < E)[None, :])
+
+
+@triton.jit
+def _window_span(start, LEN: tl.constexpr, STEP: tl.constexpr, before, after, T):
+    """[lo, hi) of the rows on the other side that a tile of LEN rows from ``start`` meets when each row
+    sees ``before`` rows back and ``after`` ahead: lo aligned down to a tile of STEP rows, hi clipped to T."""
+    return (tl.maximum(start - before, 0) // STEP) * STEP, tl.minimum(start + LEN + after, T)
 
 
 @triton.jit
@@ -113,24 +144,19 @@ def _local_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, HAS_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     pad_base = PAD + off_b * stride_pb
-    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
     # key blocks overlapping [start_m - LEFT, start_m + BLOCK_M - 1 + RIGHT], block-aligned start
-    lo = (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(start_m + BLOCK_M + RIGHT, T)
+    lo, hi = _window_span(start_m, BLOCK_M, BLOCK_N, LEFT, RIGHT, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
@@ -148,11 +174,9 @@ def _local_fwd_kernel(
         m_i = m_new
     has_key = l_i > 0
     acc = acc / tl.where(has_key, l_i, 1.0)[:, None]
-    row_ok = offs_m < T
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, stride_ot, T, offs_dv, EV, acc)
     lse = tl.where(has_key, m_i + tl.math.log2(tl.where(has_key, l_i, 1.0)), float("inf"))
-    tl.store(LSE + bh.to(tl.int64) * T + offs_m, lse, mask=row_ok)
+    tl.store(LSE + bh64 * T + offs_m, lse, mask=offs_m < T)
 
 
 @triton.jit
@@ -166,24 +190,19 @@ def _local_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one block of BLOCK_N keys: the queries i with j - RIGHT <= i <= j + LEFT stream past."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    start_n, offs_n, bh64, off_b, off_h = _program_tile(H, BLOCK_N)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     do_base = DO + off_b * stride_dob + off_h * stride_doh
-    lse_base = LSE + bh.to(tl.int64) * T
-    delta_base = DELTA + bh.to(tl.int64) * T
+    lse_base = LSE + bh64 * T
+    delta_base = DELTA + bh64 * T
     pad_base = PAD + off_b * stride_pb
     k = _load_tile(K + off_b * stride_kb + off_h * stride_kh, offs_n, stride_kt, T, offs_d, E)
     v = _load_tile(V + off_b * stride_vb + off_h * stride_vh, offs_n, stride_vt, T, offs_dv, EV)
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, DV], dtype=tl.float32)
-    lo = (tl.maximum(start_n - RIGHT, 0) // BLOCK_M) * BLOCK_M
-    hi = tl.minimum(start_n + BLOCK_N + LEFT, T)
+    lo, hi = _window_span(start_n, BLOCK_N, BLOCK_M, RIGHT, LEFT, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_tile(q_base, offs_m, stride_qt, T, offs_d, E)
@@ -198,11 +217,8 @@ def _local_bwd_dkdv_kernel(
         ds_t = p_t * (dp_t - delta[None, :])
         # dS stays fp32 (dot_f32): the PyTorch path's dS is fp32, rounding it to bf16 costs ~4x its error
         dk = dot_f32(ds_t, q, dk)
-    key_ok = (offs_n < T)[:, None]
-    tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=key_ok & (offs_d < E)[None, :])
-    tl.store(DV_ + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_dv[None, :],
-             dv.to(DV_.dtype.element_ty), mask=key_ok & (offs_dv < EV)[None, :])
+    _store_tile(DK + off_b * stride_dkb + off_h * stride_dkh, offs_n, stride_dkt, T, offs_d, E, dk * scale)
+    _store_tile(DV_ + off_b * stride_dvb + off_h * stride_dvh, offs_n, stride_dvt, T, offs_dv, EV, dv)
 
 
 @triton.jit
@@ -216,23 +232,18 @@ def _local_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one block of BLOCK_M queries, over the key blocks of its window span."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
+    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
+    do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh, offs_m, stride_dot, T, offs_dv, EV)
+    lse = tl.load(LSE + bh64 * T + offs_m, mask=offs_m < T, other=float("inf"))
+    delta = tl.load(DELTA + bh64 * T + offs_m, mask=offs_m < T, other=0.0)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     pad_base = PAD + off_b * stride_pb
-    q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
-    do = _load_tile(DO + off_b * stride_dob + off_h * stride_doh, offs_m, stride_dot, T, offs_dv, EV)
-    lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=float("inf"))
-    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    lo = (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(start_m + BLOCK_M + RIGHT, T)
+    lo, hi = _window_span(start_m, BLOCK_M, BLOCK_N, LEFT, RIGHT, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
@@ -243,8 +254,7 @@ def _local_bwd_dq_kernel(
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq = dot_f32(ds, k, dq)
-    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
+    _store_tile(DQ + off_b * stride_dqb + off_h * stride_dqh, offs_m, stride_dqt, T, offs_d, E, dq * scale)
 
 
 # ==========================================================================================

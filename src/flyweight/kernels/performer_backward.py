@@ -23,19 +23,12 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    SPLIT_GRANULE,
-    _num_splits,
-    feature_logs,
-    load_projection,
-    performer_forward,
-    saved_output_dtype,
+    feature_prologue, key_features, load_state, performer_forward, query_features, saved_output_dtype,
+    split_range, split_sizes, store_state,
 )
 from flyweight.kernels.local_attention import (
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, check_kernel_inputs, dot_f32,
+    last_dim_contiguous, pad_mask_arg, padded_dim,
 )
 
 
@@ -49,6 +42,40 @@ def _feature_grad_to_input(dl, x, W32, offs_f, offs_d, sqrt_temp, temp,
 
 
 @triton.jit
+def _key_rows(K_BASE, V_BASE, PAD_BASE, offs_n, stride_kt, stride_vt, T, E, EV, offs_d, offs_dv,
+              w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck, HAS_PAD: tl.constexpr):
+    """k, v (fp32), fk (0 for keys past T or padding) and which keys are real, of the key rows offs_n."""
+    key_ok = offs_n < T
+    if HAS_PAD:
+        is_pad = tl.load(PAD_BASE + offs_n, mask=key_ok, other=1)
+        key_ok = key_ok & (is_pad == 0)
+    k = _load_tile(K_BASE, offs_n, stride_kt, T, offs_d, E)
+    v = _load_tile(V_BASE, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
+    fk = tl.where(key_ok[:, None], key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck), 0.0)
+    return k, v, fk, key_ok
+
+
+@triton.jit
+def _state_query_grad(g, h, kv, ks):
+    """d(fq) through the low-rank state (KV, ksum) of query rows with cotangent terms g, h:
+    g KV^T + h ksum^T."""
+    return dot_f32(g, tl.trans(kv)) + h[:, None] * ks[None, :]
+
+
+@triton.jit
+def _accumulate_state_grads(fq, g, h, dkv, dks):
+    """(dKV + fq^T g, dksum + sum_i h_i fq_i): the query rows' share of the state's cotangents."""
+    return dot_f32(tl.trans(fq), g, dkv), dks + tl.sum(fq * h[:, None], 0)
+
+
+@triton.jit
+def _state_key_grads(fk, v, dkv, dks):
+    """(dv, d(fk)) of key rows through the state's cotangents (dKV, dksum): fk dKV and v dKV^T + dksum
+    (the sblocal and causal key kernels; the Performer key kernel computes them in the other order)."""
+    return dot_f32(fk, dkv), dot_f32(v, tl.trans(dkv)) + dks[None, :]
+
+
+@triton.jit
 def _performer_bwd_query_kernel(
     Q, DO, O, WHI, WLO, W32, KV, KS, CK, DQ, DKVP, DKSP,
     stride_qb, stride_qh, stride_qt, stride_dob, stride_doh, stride_dot,
@@ -59,34 +86,24 @@ def _performer_bwd_query_kernel(
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
-    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KS + bh64 * MF + offs_f)
+    bh64, off_b, off_h = _program_head(H)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
+    kv, ks = load_state(KV, KS, bh64, offs_f, offs_dv, MF, DV)
     ck = tl.load(CK + bh64)
     q_base = Q + off_b * stride_qb + off_h * stride_qh
     do_base = DO + off_b * stride_dob + off_h * stride_doh
     o_base = O + off_b * stride_ob + off_h * stride_oh
     dkv = tl.zeros([MF, DV], dtype=tl.float32)
     dks = tl.zeros([MF], dtype=tl.float32)
-    lo = split * rows_per_split
-    hi = tl.minimum(lo + rows_per_split, T)
+    lo, hi = split_range(split, rows_per_split, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         row_ok = offs_m < hi
         dmask = row_ok[:, None] & (offs_d < E)[None, :]
         vmask = row_ok[:, None] & (offs_dv < EV)[None, :]
         q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=dmask, other=0.0)
-        lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
-        cq = tl.max(lq, 1)
-        fq = tl.where(row_ok[:, None], tl.math.exp(lq - cq[:, None]), 0.0)
+        cq, fq = query_features(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
+        fq = tl.where(row_ok[:, None], fq, 0.0)
         den = tl.sum(fq * ks[None, :], 1)
         if HAS_EPS:
             den += tl.math.exp(tl.minimum(log_eps_m - cq - ck, 80.0))
@@ -97,16 +114,13 @@ def _performer_bwd_query_kernel(
         o = tl.load(o_base + offs_m[:, None] * stride_ot + offs_dv[None, :], mask=vmask, other=0.0)
         g = do * inv[:, None]
         h = tl.where(live, -tl.sum(do * o.to(tl.float32), 1) * inv, 0.0)
-        dfq = dot_f32(g, tl.trans(kv)) + h[:, None] * ks[None, :]
+        dfq = _state_query_grad(g, h, kv, ks)
         dlq = fq * dfq
         dq = _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
         dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
         tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=dmask)
-        dkv = dot_f32(tl.trans(fq), g, dkv)
-        dks += tl.sum(fq * h[:, None], 0)
-    part = bh64 * nsplit + split
-    tl.store(DKVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], dkv)
-    tl.store(DKSP + part * MF + offs_f, dks)
+        dkv, dks = _accumulate_state_grads(fq, g, h, dkv, dks)
+    store_state(DKVP, DKSP, bh64 * nsplit + split, dkv, dks, offs_f, offs_dv, MF, DV)
 
 
 @triton.jit
@@ -118,39 +132,20 @@ def _performer_bwd_key_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    key_ok = offs_n < T
-    dmask = key_ok[:, None] & (offs_d < E)[None, :]
-    vmask = key_ok[:, None] & (offs_dv < EV)[None, :]
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
-    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
-                mask=dmask, other=0.0)
-    v = tl.load(V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_dv[None, :],
-                mask=vmask, other=0.0).to(tl.float32)
-    live = key_ok
-    if HAS_PAD:
-        is_pad = tl.load(PAD + off_b * stride_pb + offs_n, mask=key_ok, other=1)
-        live = live & (is_pad == 0)
+    start_n, offs_n, bh64, off_b, off_h = _program_tile(H, BLOCK_N)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     ck = tl.load(CK + bh64)
-    lk = feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    fk = tl.where(live[:, None], tl.math.exp(tl.minimum(lk - ck, 0.0)), 0.0)
-    dkv = tl.load(DKV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    dks = tl.load(DKS + bh64 * MF + offs_f)
+    k, v, fk, key_ok = _key_rows(K + off_b * stride_kb + off_h * stride_kh,
+                                 V + off_b * stride_vb + off_h * stride_vh, PAD + off_b * stride_pb,
+                                 offs_n, stride_kt, stride_vt, T, E, EV, offs_d, offs_dv,
+                                 w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck, HAS_PAD)
+    dkv, dks = load_state(DKV, DKS, bh64, offs_f, offs_dv, MF, DV)
+    # d(fk) before dv: in this order Triton lays the kernel out in 16 KiB of shared memory, not 32 KiB
     dfk = dot_f32(v, tl.trans(dkv)) + dks[None, :]
     dv = dot_f32(fk, dkv)
     dk = _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
-    tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=dmask)
-    tl.store(DV_ + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_dv[None, :],
-             dv.to(DV_.dtype.element_ty), mask=vmask)
+    _store_tile(DK + off_b * stride_dkb + off_h * stride_dkh, offs_n, stride_dkt, T, offs_d, E, dk)
+    _store_tile(DV_ + off_b * stride_dvb + off_h * stride_dvh, offs_n, stride_dvt, T, offs_dv, EV, dv)
 
 
 _QUERY = TiledKernel("performer_bwd_query", _performer_bwd_query_kernel,
@@ -161,8 +156,18 @@ _KEY = TiledKernel("performer_bwd_key", _performer_bwd_key_kernel,
                    ["T", "D", "DV", "MF", "HAS_PAD"])
 
 
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
+def split_backward_buffers(do, q, k, v, w_hi, w_lo):
+    """What the backwards with a query pass over splits of T (Performer, sblocal) set up: dO last-dim
+    contiguous, the fp32 projection W_hi + W_lo, (number of splits, rows per split), empty dq, dk, dv,
+    and the per-split fp32 partials of dKV (BH, nsplit, MF, DVp) and dksum (BH, nsplit, MF)."""
+    B, H, T, _ = q.shape
+    MF = w_hi.shape[0]
+    nsplit, rows_per_split = split_sizes(T, B * H, q.device)
+    grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dkvp = torch.empty(B * H, nsplit, MF, padded_dim(v.shape[-1]), device=q.device, dtype=torch.float32)
+    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    w32 = (w_hi.float() + w_lo.float()).contiguous()
+    return last_dim_contiguous(do), w32, (nsplit, rows_per_split), grads, (dkvp, dksp)
 
 
 def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
@@ -171,14 +176,8 @@ def performer_backward(do, q, k, v, o, state, temp, eps, key_padding_mask):
     EV = v.shape[-1]
     MF, DP = w_hi.shape
     DVP = padded_dim(EV)
-    do = last_dim_contiguous(do)
-    w32 = (w_hi.float() + w_lo.float()).contiguous()
-    nsplit = _num_splits(T, B * H, q.device)
-    rows_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, rows_per_split)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dkvp = torch.empty(B * H, nsplit, MF, DVP, device=q.device, dtype=torch.float32)
-    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    do, w32, (nsplit, rows_per_split), (dq, dk, dv), (dkvp, dksp) = split_backward_buffers(
+        do, q, k, v, w_hi, w_lo)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _QUERY(lambda meta: (nsplit, B * H),
            q, do, o, w_hi, w_lo, w32, kv, ksum, ck, dq, dkvp, dksp, *_s3(q), *_s3(do), *_s3(o), *_s3(dq),

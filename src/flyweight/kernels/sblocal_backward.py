@@ -32,43 +32,68 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    SPLIT_GRANULE,
-    _num_splits,
-    feature_logs,
-    load_projection,
-    saved_output_dtype,
+    feature_prologue, key_features, load_state, query_features, saved_output_dtype, split_range, store_state,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile,
-    _window_keep,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_head, _program_tile, _s3, _store_tile, _window_keep, _window_span,
+    check_kernel_inputs, dot_f32, last_dim_contiguous, pad_mask_arg, padded_dim,
 )
-from flyweight.kernels.performer_backward import _feature_grad_to_input
+from flyweight.kernels.performer_backward import (
+    _accumulate_state_grads, _feature_grad_to_input, _key_rows, _state_key_grads, _state_query_grad,
+    split_backward_buffers,
+)
 from flyweight.kernels.scatterbrain_attention import sblocal_forward
+
+
+@triton.jit
+def _query_rows(Q_BASE, DO_BASE, O_BASE, offs_m, stride_qt, stride_dot, stride_ot, w_hi, w_lo,
+                offs_d, offs_dv, offs_f, T, E, EV, M, sqrt_temp, half_temp):
+    """q, cq, fq, dO and O (fp32) of the query rows offs_m (rows past T: zeros)."""
+    q = _load_tile(Q_BASE, offs_m, stride_qt, T, offs_d, E)
+    cq, fq = query_features(q, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
+    fq = tl.where((offs_m < T)[:, None], fq, 0.0)
+    do = _load_tile(DO_BASE, offs_m, stride_dot, T, offs_dv, EV).to(tl.float32)
+    o = _load_tile(O_BASE, offs_m, stride_ot, T, offs_dv, EV).to(tl.float32)
+    return q, cq, fq, do, o
+
+
+@triton.jit
+def _sblocal_row_terms(STATS, offs_m, T, cq, ck, log_m, do, o):
+    """ls, M, u, dz and live of the query rows offs_m, from the forward's saved per-row stats."""
+    row_ok = offs_m < T
+    m_row = tl.load(STATS + offs_m, mask=row_ok, other=0.0)
+    z = tl.load(STATS + T + offs_m, mask=row_ok, other=1.0)
+    live = tl.load(STATS + 2 * T + offs_m, mask=row_ok, other=0.0)
+    ls = tl.where(row_ok, tl.math.exp(cq + ck - log_m - m_row), 0.0)
+    u = do / z[:, None]
+    dz = -tl.sum(do * o, 1) / z
+    return ls, m_row, u, dz, live
 
 
 @triton.jit
 def _row_terms(Q_BASE, DO_BASE, O_BASE, STATS, offs_m, stride_qt, stride_dot, stride_ot, w_hi, w_lo,
                offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m):
     """q, fq, ls, u, dz, live of the query rows offs_m (rows past T: zeros, so they contribute nothing)."""
-    row_ok = offs_m < T
-    q = _load_tile(Q_BASE, offs_m, stride_qt, T, offs_d, E)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, offs_f < M)
-    cq = tl.max(lq, 1)
-    fq = tl.where(row_ok[:, None], tl.math.exp(lq - cq[:, None]), 0.0)
-    m_row = tl.load(STATS + offs_m, mask=row_ok, other=0.0)
-    z = tl.load(STATS + T + offs_m, mask=row_ok, other=1.0)
-    live = tl.load(STATS + 2 * T + offs_m, mask=row_ok, other=0.0)
-    ls = tl.where(row_ok, tl.math.exp(cq + ck - log_m - m_row), 0.0)
-    do = _load_tile(DO_BASE, offs_m, stride_dot, T, offs_dv, EV).to(tl.float32)
-    o = _load_tile(O_BASE, offs_m, stride_ot, T, offs_dv, EV).to(tl.float32)
-    u = do / z[:, None]
-    dz = -tl.sum(do * o, 1) / z
+    q, cq, fq, do, o = _query_rows(Q_BASE, DO_BASE, O_BASE, offs_m, stride_qt, stride_dot, stride_ot, w_hi,
+                                   w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, sqrt_temp, half_temp)
+    ls, m_row, u, dz, live = _sblocal_row_terms(STATS, offs_m, T, cq, ck, log_m, do, o)
     return q, fq, ls, m_row, u, dz, live
+
+
+@triton.jit
+def _window_weights(q, k, m_row, keep, scale):
+    """The exact weights e = exp(s - M) of the (query, key) pairs of the window (0 outside ``keep``)."""
+    s = tl.dot(q, tl.trans(k)) * scale
+    return tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
+
+
+@triton.jit
+def _window_cotangents(u, v, dz, live, e, keep):
+    """ds = e (u . v + dz) of the window's pairs (0 outside ``keep``) and u . v + live dz, the factor
+    of the cotangent of their low-rank estimates."""
+    uv = dot_f32(u, tl.trans(v))
+    ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
+    return ds, uv + (live * dz)[:, None]
 
 
 @triton.jit
@@ -83,25 +108,16 @@ def _sblocal_bwd_query_kernel(
 ):
     split = tl.program_id(0)
     nsplit = tl.num_programs(0)
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
-    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KS + bh64 * MF + offs_f)
+    bh64, off_b, off_h = _program_head(H)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
+    kv, ks = load_state(KV, KS, bh64, offs_f, offs_dv, MF, DV)
     ck = tl.load(CK + bh64)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     pad_base = PAD + off_b * stride_pb
     dkv = tl.zeros([MF, DV], dtype=tl.float32)
     dks = tl.zeros([MF], dtype=tl.float32)
-    lo_m = split * rows_per_split
-    hi_m = tl.minimum(lo_m + rows_per_split, T)
+    lo_m, hi_m = split_range(split, rows_per_split, T)
     for start_m in range(lo_m, hi_m, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, ls, m_row, u, dz, live = _row_terms(
@@ -109,35 +125,26 @@ def _sblocal_bwd_query_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m)
         # the global low-rank terms
-        dfq = dot_f32(u, tl.trans(kv)) + (live * dz)[:, None] * ks[None, :]
-        lsfq = ls[:, None] * fq
-        dkv = dot_f32(tl.trans(lsfq), u, dkv)
-        dks += tl.sum(lsfq * (live * dz)[:, None], 0)
+        dfq = _state_query_grad(u, live * dz, kv, ks)
+        dkv, dks = _accumulate_state_grads(ls[:, None] * fq, u, live * dz, dkv, dks)
         # the window
         dq_s = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        lo = (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N
-        hi = tl.minimum(start_m + BLOCK_M + RIGHT, T)
+        lo, hi = _window_span(start_m, BLOCK_M, BLOCK_N, LEFT, RIGHT, T)
         for start_n in range(lo, hi, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
             v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
             keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)
-            s = tl.dot(q, tl.trans(k)) * scale
-            e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
-            fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
-            uv = dot_f32(u, tl.trans(v))
-            ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
-            dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
+            e = _window_weights(q, k, m_row, keep, scale)
+            fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
+            ds, w = _window_cotangents(u, v, dz, live, e, keep)
+            dp = tl.where(keep, -w, 0.0)
             dq_s = dot_f32(ds, k, dq_s)
             dfq = dot_f32(dp, fk, dfq)
         dlq = fq * ls[:, None] * dfq
         dq = scale * dq_s + _feature_grad_to_input(dlq, q, W32, offs_f, offs_d, sqrt_temp, temp, D)
-        dq_base = DQ + off_b * stride_dqb + off_h * stride_dqh
-        tl.store(dq_base + offs_m[:, None] * stride_dqt + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=(offs_m < T)[:, None] & (offs_d < E)[None, :])
-    part = bh64 * nsplit + split
-    tl.store(DKVP + part * MF * DV + offs_f[:, None] * DV + offs_dv[None, :], dkv)
-    tl.store(DKSP + part * MF + offs_f, dks)
+        _store_tile(DQ + off_b * stride_dqb + off_h * stride_dqh, offs_m, stride_dqt, T, offs_d, E, dq)
+    store_state(DKVP, DKSP, bh64 * nsplit + split, dkv, dks, offs_f, offs_dv, MF, DV)
 
 
 @triton.jit
@@ -150,37 +157,20 @@ def _sblocal_bwd_key_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
+    start_n, offs_n, bh64, off_b, off_h = _program_tile(H, BLOCK_N)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     ck = tl.load(CK + bh64)
     pad_base = PAD + off_b * stride_pb
-    key_ok = offs_n < T
-    if HAS_PAD:
-        is_pad = tl.load(pad_base + offs_n, mask=key_ok, other=1)
-        key_ok = key_ok & (is_pad == 0)
-    k = _load_tile(K + off_b * stride_kb + off_h * stride_kh, offs_n, stride_kt, T, offs_d, E)
-    v = _load_tile(V + off_b * stride_vb + off_h * stride_vh, offs_n, stride_vt, T, offs_dv, EV)
-    v = v.to(tl.float32)
-    lk = feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
-    fk = tl.where(key_ok[:, None], tl.math.exp(tl.minimum(lk - ck, 0.0)), 0.0)
-    dkv = tl.load(DKV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    dks = tl.load(DKS + bh64 * MF + offs_f)
+    k, v, fk, key_ok = _key_rows(K + off_b * stride_kb + off_h * stride_kh,
+                                 V + off_b * stride_vb + off_h * stride_vh, pad_base,
+                                 offs_n, stride_kt, stride_vt, T, E, EV, offs_d, offs_dv,
+                                 w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck, HAS_PAD)
+    dkv, dks = load_state(DKV, DKS, bh64, offs_f, offs_dv, MF, DV)
     # the global low-rank terms
-    dv = dot_f32(fk, dkv)
-    dfk = dot_f32(v, tl.trans(dkv)) + dks[None, :]
+    dv, dfk = _state_key_grads(fk, v, dkv, dks)
     dk_s = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # the queries whose windows contain this key tile: i in [j - RIGHT, j + LEFT]
-    lo = (tl.maximum(start_n - RIGHT, 0) // BLOCK_M) * BLOCK_M
-    hi = tl.minimum(start_n + BLOCK_N + LEFT, T)
+    lo, hi = _window_span(start_n, BLOCK_N, BLOCK_M, RIGHT, LEFT, T)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q, fq, ls, m_row, u, dz, live = _row_terms(
@@ -188,21 +178,16 @@ def _sblocal_bwd_key_kernel(
             O + off_b * stride_ob + off_h * stride_oh, STATS + bh64 * 3 * T, offs_m, stride_qt, stride_dot,
             stride_ot, w_hi, w_lo, offs_d, offs_dv, offs_f, T, E, EV, M, ck, sqrt_temp, half_temp, log_m)
         keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)  # (BLOCK_M, BLOCK_N)
-        s = tl.dot(q, tl.trans(k)) * scale
-        e = tl.where(keep, tl.math.exp(tl.minimum(s - m_row[:, None], 0.0)), 0.0)
+        e = _window_weights(q, k, m_row, keep, scale)
         p = tl.where(keep, ls[:, None] * dot_f32(fq, tl.trans(fk)), 0.0)
-        uv = dot_f32(u, tl.trans(v))
-        ds = tl.where(keep, e * (uv + dz[:, None]), 0.0)
-        dp = tl.where(keep, -(uv + (live * dz)[:, None]), 0.0)
+        ds, w = _window_cotangents(u, v, dz, live, e, keep)
+        dp = tl.where(keep, -w, 0.0)
         dv = dot_f32(tl.trans(e - p), u, dv)
         dk_s = dot_f32(tl.trans(ds), q, dk_s)
         dfk = dot_f32(tl.trans(dp * ls[:, None]), fq, dfk)
     dk = scale * dk_s + _feature_grad_to_input(fk * dfk, k, W32, offs_f, offs_d, sqrt_temp, temp, D)
-    rows = offs_n < T
-    tl.store(DK + off_b * stride_dkb + off_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=rows[:, None] & (offs_d < E)[None, :])
-    tl.store(DV_ + off_b * stride_dvb + off_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_dv[None, :],
-             dv.to(DV_.dtype.element_ty), mask=rows[:, None] & (offs_dv < EV)[None, :])
+    _store_tile(DK + off_b * stride_dkb + off_h * stride_dkh, offs_n, stride_dkt, T, offs_d, E, dk)
+    _store_tile(DV_ + off_b * stride_dvb + off_h * stride_dvh, offs_n, stride_dvt, T, offs_dv, EV, dv)
 
 
 _KEY_ARGS = ["T", "D", "DV", "MF", "HAS_PAD"]
@@ -214,24 +199,14 @@ _KEY = TiledKernel("sblocal_bwd_key", _sblocal_bwd_key_kernel,
                    tile(16, 16, 4, 1), _KEY_ARGS)
 
 
-def _s3(x):
-    return x.stride(0), x.stride(1), x.stride(2)
-
-
 def sblocal_backward(do, q, k, v, o, state, temp, left, right, key_padding_mask):
     w_hi, w_lo, m, ck, kv, ksum, stats = state
     B, H, T, E = q.shape
     EV = v.shape[-1]
     MF, DP = w_hi.shape
     DVP = padded_dim(EV)
-    do = last_dim_contiguous(do)
-    w32 = (w_hi.float() + w_lo.float()).contiguous()
-    nsplit = _num_splits(T, B * H, q.device)
-    rows_per_split = triton.cdiv(triton.cdiv(T, nsplit), SPLIT_GRANULE) * SPLIT_GRANULE
-    nsplit = triton.cdiv(T, rows_per_split)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dkvp = torch.empty(B * H, nsplit, MF, DVP, device=q.device, dtype=torch.float32)
-    dksp = torch.empty(B * H, nsplit, MF, device=q.device, dtype=torch.float32)
+    do, w32, (nsplit, rows_per_split), (dq, dk, dv), (dkvp, dksp) = split_backward_buffers(
+        do, q, k, v, w_hi, w_lo)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     common = (*_s3(q), *_s3(k), *_s3(v), *_s3(do), *_s3(o), pad_stride)
     consts = (math.sqrt(temp), temp, 0.5 * temp, math.log(m))

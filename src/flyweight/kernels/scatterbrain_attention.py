@@ -25,22 +25,34 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    feature_logs,
-    key_feature_sums,
-    load_projection,
-    projection_halves,
+    feature_prologue, forward_inputs, key_feature_sums, key_features, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
-    _load_tile,
-    _window_keep,
-    check_kernel_inputs,
-    last_dim_contiguous,
-    pad_mask_arg,
-    dot_f32,
-    padded_dim,
+    _load_tile, _program_tile, _store_tile, _window_keep, _window_span, dot_f32, pad_mask_arg, padded_dim,
 )
 
 LOG_FLOOR = tl.constexpr(math.log(1e-24))  # globals read inside @triton.jit must be constexpr (Triton 3.6 compiler)
+
+
+@triton.jit
+def _online_offset_step(m_i, s):
+    """The running offset M after the scores s (rows): (M_new, exp(M - M_new), exp(s - M_new))."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    return m_new, tl.math.exp(m_i - m_new), tl.math.exp(s - m_new[:, None])
+
+
+@triton.jit
+def _window_output(acc, exact_sum, lr_num, lowrank_scale, outside, m_i, STATS_ROWS, row_ok, T):
+    """The output rows (acc + the low-rank numerator) / z with z = the exact window mass + the low-rank
+    mass outside the window (floored at 1e-24, in units of e^M); stores the per-row offset M, z and
+    whether the floor is inactive at STATS_ROWS (rows 0, T, 2T): what the backward re-uses."""
+    floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
+    z = exact_sum + tl.maximum(outside, floor)
+    out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
+    tl.store(STATS_ROWS, m_i, mask=row_ok)
+    tl.store(STATS_ROWS + T, z, mask=row_ok)
+    tl.store(STATS_ROWS + 2 * T, (outside > floor).to(tl.float32), mask=row_ok)
+    return out
 
 
 @triton.jit
@@ -52,48 +64,31 @@ def _sblocal_fwd_kernel(
     D: tl.constexpr, DV: tl.constexpr, MF: tl.constexpr, HAS_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    bh64 = bh.to(tl.int64)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    offs_dv = tl.arange(0, DV)
-    offs_f = tl.arange(0, MF)
-    feat_ok = offs_f < M
+    start_m, offs_m, bh64, off_b, off_h = _program_tile(H, BLOCK_M)
+    offs_d, offs_dv, offs_f, feat_ok, w_hi, w_lo = feature_prologue(WHI, WLO, M, D, DV, MF)
     k_base = K + off_b * stride_kb + off_h * stride_kh
     v_base = V + off_b * stride_vb + off_h * stride_vh
     pad_base = PAD + off_b * stride_pb
-    w_hi, w_lo = load_projection(WHI, WLO, offs_f, offs_d, D)
     ck = tl.load(CK + bh64)
 
     q = _load_tile(Q + off_b * stride_qb + off_h * stride_qh, offs_m, stride_qt, T, offs_d, E)
-    lq = feature_logs(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok)
-    cq = tl.max(lq, 1)
-    fq = tl.math.exp(lq - cq[:, None])
+    # lr_num (BLOCK_M, DV) and lr_mass on the scale exp(g)
+    cq, fq, lr_num, lr_mass = lowrank_query_terms(q, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, KV, KS, bh64,
+                                                  offs_f, offs_dv, MF, DV)
     g = cq + ck - log_m  # log-scale of this row's low-rank estimates
-    kv = tl.load(KV + bh64 * MF * DV + offs_f[:, None] * DV + offs_dv[None, :])
-    ks = tl.load(KS + bh64 * MF + offs_f)
-    lr_num = dot_f32(fq, kv)  # (BLOCK_M, DV), scale exp(g)
-    lr_mass = tl.sum(fq * ks[None, :], 1)
 
     m_i = g  # the running offset M_i: max(g_i, the scores seen so far)
     acc = tl.zeros([BLOCK_M, DV], dtype=tl.float32)
     exact_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     lowrank_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    lo = (tl.maximum(start_m - LEFT, 0) // BLOCK_N) * BLOCK_N
-    hi = tl.minimum(start_m + BLOCK_M + RIGHT, T)
+    lo, hi = _window_span(start_m, BLOCK_M, BLOCK_N, LEFT, RIGHT, T)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load_tile(k_base, offs_n, stride_kt, T, offs_d, E)
         keep = _window_keep(offs_m, offs_n, T, LEFT, RIGHT, pad_base, HAS_PAD)
         s = tl.where(keep, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp(m_i - m_new)
-        exact = tl.math.exp(s - m_new[:, None])  # 0 outside the window
-        # <= 0 for every real key (ck is their max); rows past T / padding (masked by keep) stay finite
-        fk = tl.math.exp(tl.minimum(feature_logs(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok) - ck, 0.0))
+        m_new, alpha, exact = _online_offset_step(m_i, s)  # exact: 0 outside the window
+        fk = key_features(k, w_hi, w_lo, sqrt_temp, half_temp, feat_ok, ck)
         p = dot_f32(fq, tl.trans(fk))  # the in-window estimates (BLOCK_M, BLOCK_N)
         p = tl.where(keep, p * tl.math.exp(g - m_new)[:, None], 0.0)
         v = _load_tile(v_base, offs_n, stride_vt, T, offs_dv, EV).to(tl.float32)
@@ -102,18 +97,10 @@ def _sblocal_fwd_kernel(
         lowrank_sum = lowrank_sum * alpha + tl.sum(p, 1)
         m_i = m_new
     lowrank_scale = tl.math.exp(g - m_i)
-    floor = tl.math.exp(tl.minimum(LOG_FLOOR - m_i, 80.0))
-    outside = lr_mass * lowrank_scale - lowrank_sum  # low-rank mass outside the window (floored below)
-    z = exact_sum + tl.maximum(outside, floor)
-    out = (acc + lr_num * lowrank_scale[:, None]) / z[:, None]
-    row_ok = offs_m < T
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_dv[None, :],
-             out.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < EV)[None, :])
-    # per-row offset M, normaliser z and whether the floor is inactive: what the backward re-uses
-    stats = STATS + bh64 * 3 * T + offs_m
-    tl.store(stats, m_i, mask=row_ok)
-    tl.store(stats + T, z, mask=row_ok)
-    tl.store(stats + 2 * T, (outside > floor).to(tl.float32), mask=row_ok)
+    outside = lr_mass * lowrank_scale - lowrank_sum  # low-rank mass outside the window
+    out = _window_output(acc, exact_sum, lr_num, lowrank_scale, outside, m_i, STATS + bh64 * 3 * T + offs_m,
+                         offs_m < T, T)
+    _store_tile(O + off_b * stride_ob + off_h * stride_oh, offs_m, stride_ot, T, offs_dv, EV, out)
 
 
 # fq (BLOCK_M x m) and one tile's fk (BLOCK_N x m) live on chip: small tiles for large m; 128-row query
@@ -129,13 +116,11 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, ret
     """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
-    check_kernel_inputs("sblocal attention", q, k, v, key_padding_mask)
-    q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
+    q, k, v, (w_hi, w_lo, m), o = forward_inputs("sblocal attention", q, k, v, proj, True, key_padding_mask,
+                                                  out_dtype)
     B, H, T, E = q.shape
     EV = v.shape[-1]
-    w_hi, w_lo, m = projection_halves(proj, True, q.dtype, E)
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
-    o = torch.empty((B, H, T, EV), device=q.device, dtype=out_dtype or v.dtype)
     stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

@@ -1,5 +1,6 @@
 """The Monarch kernels that interleave the b blocks in registers, and the fused inference forward
-(``@triton.jit`` only; the notation and the strided kernels are ``kernels.py``'s).
+(``@triton.jit`` only; the notation, the strided kernels and the tile helpers shared with them are
+``kernels.py``'s).
 
 * ``second_joined`` (b in {2, 4, 8}): the output tile of ``second`` written as contiguous rows, the b
   block products joined in registers (``tl.join``).
@@ -11,22 +12,25 @@
 import triton
 import triton.language as tl
 
+from flyweight.kernels.monarch.kernels import (
+    _first_product,
+    _plane_product,
+    _split_rows,
+    _store_output,
+    _tile_ids,
+    _tile_range,
+)
+
 
 @triton.jit
-def _plane_product(h_ptr, w2_ptr, l, offs_m, m_mask, offs_s, s_mask, R,
+def _joined_planes(h_ptr, w2_ptr, la, lb, offs_m, m_mask, offs_s, s_mask, R,
                    stride_hl, stride_hm, stride_w2l, stride_w2s,
                    BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr):
-    """(BM, BS) fp32 tile of block l of the second product: H[l, m, :] . W2[l, s, :]."""
-    a_rows = h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm
-    w_cols = w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s
-    acc = tl.zeros((BM, BS), dtype=tl.float32)
-    for j0 in range(0, R, BK):
-        offs_j = j0 + tl.arange(0, BK)
-        j_mask = offs_j < R
-        a = tl.load(a_rows + offs_j[None, :], mask=m_mask[:, None] & j_mask[None, :], other=0.0)
-        w = tl.load(w_cols + offs_j[:, None], mask=j_mask[:, None] & s_mask[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
-    return acc
+    """The products of blocks la and lb (``_plane_product``) joined on a new last axis: (BM, BS, 2)."""
+    return tl.join(_plane_product(h_ptr, w2_ptr, la, offs_m, m_mask, offs_s, s_mask, R,
+                                  stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
+                   _plane_product(h_ptr, w2_ptr, lb, offs_m, m_mask, offs_s, s_mask, R,
+                                  stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
 
 
 @triton.jit
@@ -49,54 +53,31 @@ def monarch_second_joined_kernel(
     n_s = tl.cdiv(P_OUT, BS)
     s_tile = pid % n_s
     m_tile = pid // n_s
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_s = s_tile * BS + tl.arange(0, BS)
-    m_mask = offs_m < M
-    s_mask = offs_s < P_OUT
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_s, s_mask = _tile_range(s_tile, BS, P_OUT)
     # the b block products of this tile (same operands but for the block index l)
     if NB == 2:
-        out = tl.join(
-            _plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
-            _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
+        out = _joined_planes(h_ptr, w2_ptr, 0, 1, offs_m, m_mask, offs_s, s_mask, R,
+                             stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
     elif NB == 4:
-        even = tl.join(
-            _plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
-            _plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
-        odd = tl.join(
-            _plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK),
-            _plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R,
-                           stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK))
+        even = _joined_planes(h_ptr, w2_ptr, 0, 2, offs_m, m_mask, offs_s, s_mask, R,
+                              stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
+        odd = _joined_planes(h_ptr, w2_ptr, 1, 3, offs_m, m_mask, offs_s, s_mask, R,
+                             stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
         out = tl.join(even, odd)
     else:
-        e0 = tl.join(_plane_product(h_ptr, w2_ptr, 0, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                     _plane_product(h_ptr, w2_ptr, 4, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
-        e1 = tl.join(_plane_product(h_ptr, w2_ptr, 2, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                     _plane_product(h_ptr, w2_ptr, 6, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
-        o0 = tl.join(_plane_product(h_ptr, w2_ptr, 1, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                     _plane_product(h_ptr, w2_ptr, 5, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
-        o1 = tl.join(_plane_product(h_ptr, w2_ptr, 3, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK),
-                     _plane_product(h_ptr, w2_ptr, 7, offs_m, m_mask, offs_s, s_mask, R, stride_hl, stride_hm,
-                                     stride_w2l, stride_w2s, BM, BS, BK))
+        e0 = _joined_planes(h_ptr, w2_ptr, 0, 4, offs_m, m_mask, offs_s, s_mask, R,
+                            stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
+        e1 = _joined_planes(h_ptr, w2_ptr, 2, 6, offs_m, m_mask, offs_s, s_mask, R,
+                            stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
+        o0 = _joined_planes(h_ptr, w2_ptr, 1, 5, offs_m, m_mask, offs_s, s_mask, R,
+                            stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
+        o1 = _joined_planes(h_ptr, w2_ptr, 3, 7, offs_m, m_mask, offs_s, s_mask, R,
+                            stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BS, BK)
         out = tl.join(tl.join(e0, e1), tl.join(o0, o1))
     out = tl.reshape(out, (BM, BN))
-    offs_n = s_tile * BN + tl.arange(0, BN)  # = s*b + l over the tile's outputs
-    n_mask = offs_n < N
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
-    tl.store(ptrs, out.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    offs_n, n_mask = _tile_range(s_tile, BN, N)  # offs_n = s*b + l over the tile's outputs
+    _store_output(out, y_ptr, bias_ptr, offs_m, m_mask, offs_n, n_mask, stride_ym, HAS_BIAS)
 
 
 @triton.jit
@@ -129,10 +110,8 @@ def monarch_dmid_joined_kernel(
     n_j = tl.cdiv(R, BN)
     j_tile = pid % n_j
     m_tile = pid // n_j
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_j = j_tile * BN + tl.arange(0, BN)
-    m_mask = offs_m < M
-    j_mask = offs_j < R
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_j, j_mask = _tile_range(j_tile, BN, R)
     dy_rows = dy_ptr + offs_m[:, None].to(tl.int64) * stride_dym
     acc0 = tl.zeros((BM, BN), dtype=tl.float32)
     acc1 = tl.zeros((BM, BN), dtype=tl.float32)
@@ -176,13 +155,10 @@ def monarch_dw2_joined_kernel(
     n_j = tl.cdiv(R, BN)
     j_tile = pid % n_j
     c_tile = pid // n_j
-    offs_c = c_tile * BM + tl.arange(0, BM)  # output columns s*b + l
+    offs_c, c_mask = _tile_range(c_tile, BM, N)  # output columns s*b + l
     offs_s = c_tile * BS + tl.arange(0, BS)
-    offs_j = j_tile * BN + tl.arange(0, BN)
-    c_mask = offs_c < N
-    j_mask = offs_j < R
-    m_start = split * M_PER_SPLIT
-    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    offs_j, j_mask = _tile_range(j_tile, BN, R)
+    m_start, m_end = _split_rows(split, M_PER_SPLIT, M)
     # accumulated transposed, dW2[l]^T (BN x BS) = H[l]^T dY_l: the dot's M side is then BN (>= 64),
     # which Hopper's warp-group MMA needs; BS (= BM / b) may be 32
     acc0 = tl.zeros((BN, BS), dtype=tl.float32)
@@ -240,35 +216,19 @@ def monarch_fused_kernel(
     output tile, cdiv(p_out, BN) times in all.
     """
     pid = tl.program_id(0)
-    n_s = tl.cdiv(P_OUT, BN)
-    l = pid % NB
-    s_tile = (pid // NB) % n_s
-    m_tile = pid // (NB * n_s)
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_s = s_tile * BN + tl.arange(0, BN)
+    l, s_tile, m_tile = _tile_ids(pid, NB, tl.cdiv(P_OUT, BN))
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_s, s_mask = _tile_range(s_tile, BN, P_OUT)
     offs_q = tl.arange(0, RBP)
-    m_mask = offs_m < M
-    s_mask = offs_s < P_OUT
     q_mask = offs_q < RB
     rows = l + NB * offs_q  # W1 rows of block k that feed block l
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k in range(0, NB):
-        p = tl.zeros((BM, RBP), dtype=tl.float32)
         w_cols = w1_ptr + k * stride_w1k + rows[None, :] * stride_w1t
-        for i0 in range(0, P_IN, BK):
-            offs_i = i0 + tl.arange(0, BK)
-            cin = k * P_IN + offs_i
-            i_mask = (offs_i < P_IN) & (cin < K)
-            a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
-            w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & q_mask[None, :], other=0.0)
-            p = tl.dot(a, w, p)
+        p = _first_product(x_rows, w_cols, k, m_mask, q_mask, P_IN, K, BM, RBP, BK)
         w2 = tl.load(w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s + (k * RB + offs_q)[:, None],
                      mask=q_mask[:, None] & s_mask[None, :], other=0.0)
         acc = tl.dot(p.to(w2_ptr.dtype.element_ty), w2, acc)
     n = offs_s * NB + l
-    n_mask = s_mask & (n < N)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + n[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    _store_output(acc, y_ptr, bias_ptr, offs_m, m_mask, n, s_mask & (n < N), stride_ym, HAS_BIAS)

@@ -40,6 +40,78 @@ def _slot_offsets(plane, col, stride_hl, SLOT_VEC: tl.constexpr):
 
 
 @triton.jit
+def _tile_ids(pid, n_inner, n_mid):
+    """(inner, middle, outer) tile coordinates of program ``pid``, the inner one numbered fastest."""
+    return pid % n_inner, (pid // n_inner) % n_mid, pid // (n_inner * n_mid)
+
+
+@triton.jit
+def _tile_range(tile, BLOCK: tl.constexpr, limit):
+    """Offsets of tile ``tile`` of BLOCK along one axis, and which of them are < limit."""
+    offs = tile * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < limit
+
+
+@triton.jit
+def _load_slots(tab_ptr, k, offs_u, u_mask, R, NB):
+    """(W1 row, plane, column) of the slots offs_u of block k, from the (3, b, r) slot table."""
+    slot = k * R + offs_u
+    row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
+    plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
+    col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+    return row, plane, col
+
+
+@triton.jit
+def _split_rows(split, M_PER_SPLIT, M):
+    """[m_start, m_end): the rows that weight-gradient slice ``split`` sums over."""
+    m_start = split * M_PER_SPLIT
+    return m_start, tl.minimum(m_start + M_PER_SPLIT, M)
+
+
+@triton.jit
+def _first_product(x_rows, w_cols, k, m_mask, c_mask, P_IN, K,
+                   BM: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
+    """(BM, BC) fp32 tile of block k of the first product: X[m, k*p_in + i] . W1[k, row, i] over i,
+    with x_rows / w_cols the tile's row / W1-row pointers and c_mask its valid columns."""
+    acc = tl.zeros((BM, BC), dtype=tl.float32)
+    for i0 in range(0, P_IN, BK):
+        offs_i = i0 + tl.arange(0, BK)
+        cin = k * P_IN + offs_i
+        i_mask = (offs_i < P_IN) & (cin < K)
+        a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
+        w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & c_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _plane_product(h_ptr, w2_ptr, l, offs_m, m_mask, offs_s, s_mask, R,
+                   stride_hl, stride_hm, stride_w2l, stride_w2s,
+                   BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr):
+    """(BM, BS) fp32 tile of block l of the second product: H[l, m, :] . W2[l, s, :]."""
+    a_rows = h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm
+    w_cols = w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s
+    acc = tl.zeros((BM, BS), dtype=tl.float32)
+    for j0 in range(0, R, BK):
+        offs_j = j0 + tl.arange(0, BK)
+        j_mask = offs_j < R
+        a = tl.load(a_rows + offs_j[None, :], mask=m_mask[:, None] & j_mask[None, :], other=0.0)
+        w = tl.load(w_cols + offs_j[:, None], mask=j_mask[:, None] & s_mask[None, :], other=0.0)
+        acc = tl.dot(a, w, acc)
+    return acc
+
+
+@triton.jit
+def _store_output(acc, y_ptr, bias_ptr, offs_m, m_mask, n, n_mask, stride_ym, HAS_BIAS: tl.constexpr):
+    """Y[offs_m, n] = acc (+ bias[n]), in Y's dtype."""
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + n[None, :]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def monarch_first_kernel(
     x_ptr, w1_ptr, tab_ptr, h_ptr,
     M, K, P_IN, R, NB,
@@ -48,28 +120,13 @@ def monarch_first_kernel(
     SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n_u = tl.cdiv(R, BN)
-    u_tile = pid % n_u
-    k = (pid // n_u) % NB
-    m_tile = pid // (n_u * NB)
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_u = u_tile * BN + tl.arange(0, BN)
-    m_mask = offs_m < M
-    u_mask = offs_u < R
-    slot = k * R + offs_u
-    row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
-    plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
-    col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+    u_tile, k, m_tile = _tile_ids(pid, tl.cdiv(R, BN), NB)
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_u, u_mask = _tile_range(u_tile, BN, R)
+    row, plane, col = _load_slots(tab_ptr, k, offs_u, u_mask, R, NB)
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm
     w_cols = w1_ptr + k * stride_w1k + row[None, :] * stride_w1t
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for i0 in range(0, P_IN, BK):
-        offs_i = i0 + tl.arange(0, BK)
-        cin = k * P_IN + offs_i
-        i_mask = (offs_i < P_IN) & (cin < K)
-        a = tl.load(x_rows + cin[None, :], mask=m_mask[:, None] & i_mask[None, :], other=0.0)
-        w = tl.load(w_cols + offs_i[:, None], mask=i_mask[:, None] & u_mask[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
+    acc = _first_product(x_rows, w_cols, k, m_mask, u_mask, P_IN, K, BM, BN, BK)
     h_off = _slot_offsets(plane, col, stride_hl, SLOT_VEC)
     out = h_ptr + offs_m[:, None].to(tl.int64) * stride_hm + h_off[None, :]
     tl.store(out, acc.to(h_ptr.dtype.element_ty), mask=m_mask[:, None] & u_mask[None, :])
@@ -84,29 +141,14 @@ def monarch_second_kernel(
     HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n_s = tl.cdiv(P_OUT, BN)
-    l = pid % NB
-    s_tile = (pid // NB) % n_s
-    m_tile = pid // (NB * n_s)
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_s = s_tile * BN + tl.arange(0, BN)
-    m_mask = offs_m < M
-    s_mask = offs_s < P_OUT
+    l, s_tile, m_tile = _tile_ids(pid, NB, tl.cdiv(P_OUT, BN))
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_s, s_mask = _tile_range(s_tile, BN, P_OUT)
     n = offs_s * NB + l
     n_mask = s_mask & (n < N)
-    a_rows = h_ptr + l * stride_hl + offs_m[:, None].to(tl.int64) * stride_hm
-    w_cols = w2_ptr + l * stride_w2l + offs_s[None, :] * stride_w2s
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for j0 in range(0, R, BK):
-        offs_j = j0 + tl.arange(0, BK)
-        j_mask = offs_j < R
-        a = tl.load(a_rows + offs_j[None, :], mask=m_mask[:, None] & j_mask[None, :], other=0.0)
-        w = tl.load(w_cols + offs_j[:, None], mask=j_mask[:, None] & s_mask[None, :], other=0.0)
-        acc = tl.dot(a, w, acc)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + n[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    acc = _plane_product(h_ptr, w2_ptr, l, offs_m, m_mask, offs_s, s_mask, R,
+                         stride_hl, stride_hm, stride_w2l, stride_w2s, BM, BN, BK)
+    _store_output(acc, y_ptr, bias_ptr, offs_m, m_mask, n, n_mask, stride_ym, HAS_BIAS)
 
 
 @triton.jit
@@ -118,14 +160,9 @@ def monarch_dmid_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n_j = tl.cdiv(R, BN)
-    l = pid % NB
-    j_tile = (pid // NB) % n_j
-    m_tile = pid // (NB * n_j)
-    offs_m = m_tile * BM + tl.arange(0, BM)
-    offs_j = j_tile * BN + tl.arange(0, BN)
-    m_mask = offs_m < M
-    j_mask = offs_j < R
+    l, j_tile, m_tile = _tile_ids(pid, NB, tl.cdiv(R, BN))
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
+    offs_j, j_mask = _tile_range(j_tile, BN, R)
     a_rows = dy_ptr + offs_m[:, None].to(tl.int64) * stride_dym
     w_base = w2_ptr + l * stride_w2l + offs_j[None, :]
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -149,13 +186,9 @@ def monarch_dinput_kernel(
     SLOT_VEC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    n_i = tl.cdiv(P_IN, BN)
-    i_tile = pid % n_i
-    k = (pid // n_i) % NB
-    m_tile = pid // (n_i * NB)
-    offs_m = m_tile * BM + tl.arange(0, BM)
+    i_tile, k, m_tile = _tile_ids(pid, tl.cdiv(P_IN, BN), NB)
+    offs_m, m_mask = _tile_range(m_tile, BM, M)
     offs_i = i_tile * BN + tl.arange(0, BN)
-    m_mask = offs_m < M
     cin = k * P_IN + offs_i
     i_mask = (offs_i < P_IN) & (cin < K)
     h_rows = dh_ptr + offs_m[:, None].to(tl.int64) * stride_hm
@@ -163,10 +196,7 @@ def monarch_dinput_kernel(
     for u0 in range(0, R, BK):
         offs_u = u0 + tl.arange(0, BK)
         u_mask = offs_u < R
-        slot = k * R + offs_u
-        row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
-        plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
-        col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+        row, plane, col = _load_slots(tab_ptr, k, offs_u, u_mask, R, NB)
         a = tl.load(h_rows + _slot_offsets(plane, col, stride_hl, SLOT_VEC)[None, :],
                     mask=m_mask[:, None] & u_mask[None, :], other=0.0)
         w = tl.load(w1_ptr + k * stride_w1k + row[:, None] * stride_w1t + offs_i[None, :],
@@ -187,23 +217,14 @@ def monarch_dw1_kernel(
     """One fp32 partial of dW1 (BM slots x BN inputs of block k) over the rows of slice ``split``."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    n_i = tl.cdiv(P_IN, BN)
-    n_u = tl.cdiv(R, BM)
-    i_tile = pid % n_i
-    u_tile = (pid // n_i) % n_u
-    k = pid // (n_i * n_u)
-    offs_u = u_tile * BM + tl.arange(0, BM)
+    i_tile, u_tile, k = _tile_ids(pid, tl.cdiv(P_IN, BN), tl.cdiv(R, BM))
+    offs_u, u_mask = _tile_range(u_tile, BM, R)
     offs_i = i_tile * BN + tl.arange(0, BN)
-    u_mask = offs_u < R
     cin = k * P_IN + offs_i
     i_mask = (offs_i < P_IN) & (cin < K)
-    slot = k * R + offs_u
-    row = tl.load(tab_ptr + slot, mask=u_mask, other=0)
-    plane = tl.load(tab_ptr + NB * R + slot, mask=u_mask, other=0)
-    col = tl.load(tab_ptr + 2 * NB * R + slot, mask=u_mask, other=0)
+    row, plane, col = _load_slots(tab_ptr, k, offs_u, u_mask, R, NB)
     h_cols = dh_ptr + _slot_offsets(plane, col, stride_hl, SLOT_VEC)[:, None]
-    m_start = split * M_PER_SPLIT
-    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    m_start, m_end = _split_rows(split, M_PER_SPLIT, M)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for m0 in range(m_start, m_end, BK):
         offs_m = m0 + tl.arange(0, BK)
@@ -228,19 +249,12 @@ def monarch_dw2_kernel(
     """One fp32 partial of dW2 (BM outputs s x BN middle columns j of block l), and of db when asked."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
-    n_j = tl.cdiv(R, BN)
-    n_s = tl.cdiv(P_OUT, BM)
-    j_tile = pid % n_j
-    s_tile = (pid // n_j) % n_s
-    l = pid // (n_j * n_s)
-    offs_s = s_tile * BM + tl.arange(0, BM)
-    offs_j = j_tile * BN + tl.arange(0, BN)
-    s_mask = offs_s < P_OUT
-    j_mask = offs_j < R
+    j_tile, s_tile, l = _tile_ids(pid, tl.cdiv(R, BN), tl.cdiv(P_OUT, BM))
+    offs_s, s_mask = _tile_range(s_tile, BM, P_OUT)
+    offs_j, j_mask = _tile_range(j_tile, BN, R)
     n = offs_s * NB + l
     n_mask = s_mask & (n < N)
-    m_start = split * M_PER_SPLIT
-    m_end = tl.minimum(m_start + M_PER_SPLIT, M)
+    m_start, m_end = _split_rows(split, M_PER_SPLIT, M)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     db = tl.zeros((BM,), dtype=tl.float32)
     for m0 in range(m_start, m_end, BK):
