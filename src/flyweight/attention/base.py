@@ -188,9 +188,9 @@ def check_impl(impl: str) -> str:
 # Backward kernels are used by impl='auto' only in the dtypes where they passed the GPU check
 # (benchmarks/approx_attention_gpu.py --parts numerics: kernel error <= 2x the PyTorch path's against
 # float64). Each kind states its own as the class attribute ``backward_kernel_dtypes``; this is the default.
-# On the H200 (Triton 3.6) fp16 passes everywhere measured and bf16 passes for local attention; the
-# Performer / Scatterbrain bf16 backward was 2.3-2.8x the PyTorch path's error at 3x logits (causal)
-# before their output was saved in fp32, and that case has not been re-checked on the GPU since.
+# On the H200 (Triton 3.6) fp16 passes everywhere measured; bf16 passes for local attention and for the
+# non-causal Performer / Scatterbrain kernels; their causal bf16 backward was 2.3-2.8x the PyTorch path's
+# error at 3x logits before the output was saved in fp32, and has not been re-checked on the GPU since.
 BACKWARD_CHECKED_DTYPES = (torch.float16,)
 
 

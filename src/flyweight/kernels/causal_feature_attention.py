@@ -25,7 +25,7 @@ import triton.language as tl
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.feature_attention import (
-    feature_prologue, forward_inputs, key_features, launch_key_feature_sums, lowrank_query_terms,
+    empty_output, feature_prologue, forward_inputs, key_features, launch_key_feature_sums, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
     _load_tile, _program_tile, _store_tile, dot_f32, pad_mask_arg, padded_dim,
@@ -145,10 +145,11 @@ def causal_lowrank_forward(q, k, v, proj, temp, *, cosh, window_left=None, eps=0
     return_state: also (w_hi, w_lo, m, ck, prefix states S, z, per-row stats (BH, 3, T): Performer's
     denominators in row 0; sblocal's offset M, normaliser z and floor-inactive flag)."""
     name = "sblocal attention" if window_left is not None else "performer attention"
-    q, k, v, (w_hi, w_lo, m), o = forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype)
+    q, k, v, (w_hi, w_lo, m) = forward_inputs(name, q, k, v, proj, cosh, key_padding_mask)
     B, H, T, E = q.shape
     EV = v.shape[-1]
     ck, kvs, kss = chunk_states(k, v, w_hi, w_lo, m, temp, key_padding_mask)
+    o = empty_output(q, v, out_dtype)
     stats = torch.empty((B * H, 3, T), device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),

@@ -272,14 +272,19 @@ def key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask=None):
     return ck.contiguous(), kv, ksum
 
 
-def forward_inputs(name, q, k, v, proj, cosh, key_padding_mask, out_dtype):
-    """What the feature-attention forwards start with: q, k, v checked and last-dim contiguous, the
-    projection halves (w_hi, w_lo, m) and the empty output (B, H, T, Ev) in out_dtype (default v's)."""
+def forward_inputs(name, q, k, v, proj, cosh, key_padding_mask):
+    """What the feature-attention forwards start with: q, k, v checked and last-dim contiguous, and the
+    projection halves (w_hi, w_lo, m)."""
     check_kernel_inputs(name, q, k, v, key_padding_mask)
     q, k, v = (last_dim_contiguous(x) for x in (q, k, v))
-    halves = projection_halves(proj, cosh, q.dtype, q.shape[-1])
-    o = torch.empty((*q.shape[:3], v.shape[-1]), device=q.device, dtype=out_dtype or v.dtype)
-    return q, k, v, halves, o
+    return q, k, v, projection_halves(proj, cosh, q.dtype, q.shape[-1])
+
+
+def empty_output(q, v, out_dtype):
+    """The forward's output (B, H, T, Ev) in out_dtype (default v's). Allocated after the key-side
+    reductions, whose split partials are freed by then: allocated before them, the output was live at
+    their peak and raised the forward's peak memory by its own size (24 MiB at T = 16,384 on the H200)."""
+    return torch.empty((*q.shape[:3], v.shape[-1]), device=q.device, dtype=out_dtype or v.dtype)
 
 
 def saved_output_dtype(ctx):
@@ -298,11 +303,11 @@ def performer_forward(q, k, v, proj, temp, eps=0.0, key_padding_mask=None, cosh=
     """PerformerAttention's forward through the kernels (no autograd: ``performer_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum), what the backward kernels re-use."""
-    q, k, v, (w_hi, w_lo, m), o = forward_inputs("performer attention", q, k, v, proj, cosh, key_padding_mask,
-                                                  out_dtype)
+    q, k, v, (w_hi, w_lo, m) = forward_inputs("performer attention", q, k, v, proj, cosh, key_padding_mask)
     B, H, T, E = q.shape
     EV = v.shape[-1]
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
+    o = empty_output(q, v, out_dtype)
     log_eps_m = math.log(eps * m) if eps > 0 else 0.0
     _APPLY(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
            q, w_hi, w_lo, kv, ksum, ck, o, *q.stride()[:3], *o.stride()[:3],

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from flyweight.kernels._tiles import TiledKernel, tile
 from flyweight.kernels.feature_attention import (
-    feature_prologue, forward_inputs, key_feature_sums, key_features, lowrank_query_terms,
+    empty_output, feature_prologue, forward_inputs, key_feature_sums, key_features, lowrank_query_terms,
 )
 from flyweight.kernels.local_attention import (
     _load_tile, _program_tile, _store_tile, _window_keep, _window_span, dot_f32, pad_mask_arg, padded_dim,
@@ -116,11 +116,11 @@ def sblocal_forward(q, k, v, proj, temp, left, right, key_padding_mask=None, ret
     """SBLocalAttention's forward through the kernels (no autograd: ``sblocal_backward`` wraps it).
     out_dtype: the output's dtype (default v's; the autograd wrappers ask for fp32, see ``saved_output_dtype``).
     return_state: also (w_hi, w_lo, m, ck, KV, ksum, stats), what the backward kernels re-use."""
-    q, k, v, (w_hi, w_lo, m), o = forward_inputs("sblocal attention", q, k, v, proj, True, key_padding_mask,
-                                                  out_dtype)
+    q, k, v, (w_hi, w_lo, m) = forward_inputs("sblocal attention", q, k, v, proj, True, key_padding_mask)
     B, H, T, E = q.shape
     EV = v.shape[-1]
     ck, kv, ksum = key_feature_sums(k, v, w_hi, w_lo, m, temp, key_padding_mask)
+    o = empty_output(q, v, out_dtype)
     stats = torch.empty(B * H, 3, T, device=q.device, dtype=torch.float32)
     pad_t, pad_stride, has_pad = pad_mask_arg(key_padding_mask, q)
     _FWD(lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H),
