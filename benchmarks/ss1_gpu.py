@@ -1,7 +1,7 @@
 """SS1 on one GPU, measured the ways users run it; every figure a ratio against dense in this process.
 
     PYTHONUNBUFFERED=1 PYTHONPATH=src python3 benchmarks/ss1_gpu.py --out OUT [--smoke] [--budget-s 420]
-        [--parts numerics,layers,host,tuning,routes,train,prefill,decode,table] [--install-table]
+        [--parts numerics,layers,host,fused,tuning,routes,train,prefill,decode,table] [--install-table]
 
 Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish, the log to OUT/run.log):
   numerics  the op (y, dX, dW, db) in fp16 and bf16 against float64, next to the plain PyTorch route in
@@ -12,6 +12,8 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
   host      host time per call (GPU kept busy by a sleep kernel, so the clock sees only the CPU):
             nn.Linear against SS1 (Triton sketch re-launched without the binder, the same through Triton's
             binder, PyTorch sketch), eager and compiled, fwd and fwd+bwd.
+  fused     the fused sketch+GEMM kernel (no grad) against the two-launch path and dense: CUDA-graph and eager
+            forward per shape and M, every fused tile candidate (decides ``tuning.FUSED``).
   tuning    each sketch tile candidate against the pick of ``tuning.config_for``.
   routes    compiled layer fwd+bwd with the sketch traced as PyTorch ops ("inductor") vs a triton_op.
   train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(SS1Config(compression=4)), torch.compile,
@@ -64,7 +66,7 @@ from flyweight.linear import SS1Linear  # noqa: E402
 
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
 L2_BYTES = 60 * 2**20
-PARTS = ("numerics", "layers", "host", "tuning", "routes", "train", "prefill", "decode", "table")
+PARTS = ("numerics", "layers", "host", "fused", "tuning", "routes", "train", "prefill", "decode", "table")
 GPT2_SHAPES = {"gpt2-qkv": (768, 2304), "gpt2-attn-out": (768, 768), "gpt2-fc": (768, 3072), "gpt2-proj": (3072, 768)}
 LLAMA_SHAPES = {"llama-qo": (4096, 4096), "llama-up": (4096, 14336), "llama-down": (14336, 4096)}
 TOY_SHAPES = {"toy-a": (128, 96), "toy-pad": (200, 64)}
@@ -231,6 +233,45 @@ def host(run: Run) -> None:
             run.log(f"host {label:18s} {mode:8s} fwd {fwd:6.1f} us ({fwd / base[mode][0]:.2f}x nn.Linear), "
                     f"fwd+bwd {bwd:6.1f} us ({bwd / base[mode][1]:.2f}x)")
     ss1_op._launch_sketch.enabled = _launch.SUPPORTED
+
+
+def fused(run: Run, shapes: dict) -> None:
+    """The fused sketch+GEMM kernel against the two-launch path (sketch kernel + F.linear) and dense, no
+    grad: CUDA-graph forward (GPU time) and eager forward (host cost included), every tile candidate
+    under graph timing; the max difference from the two-launch output (same rounding of S0, so only
+    the GEMM's summation order differs)."""
+    from flyweight.kernels.ss1.op import fused_linear_triton
+    from flyweight.kernels.ss1.tuning import FUSED_CANDIDATES
+
+    ms = (16, 2048) if run.smoke or not CUDA else (16, 2048, 8192)
+    for name, (k, n) in shapes.items():
+        for m in ms:
+            dense = make("dense", k, n)
+            layer = make("ss1", k, n)
+            w, b, a = layer.weight.detach(), layer.bias.detach(), layer.sketch_args
+            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+            with torch.no_grad():
+                two = lambda: torch.nn.functional.linear(ss1_op.sketch_triton(x, a, x.dtype), w, b)  # noqa: E731
+                one = lambda cfg=None: fused_linear_triton(x, w, b, a, tiles=cfg)  # noqa: E731
+                diff = (one().float() - two().float()).abs().max().item()
+                us = {"dense": graph_us([lambda: dense(x)]), "two-launch": graph_us([two]),
+                      "fused": graph_us([one])}
+                for cfg in FUSED_CANDIDATES:
+                    us["fused BM={} BN={} BJ={} w{} s{}".format(*cfg)] = graph_us([lambda cfg=cfg: one(cfg)])
+                eager = {"dense": time_us(lambda: dense(x)), "two-launch": time_us(two), "fused": time_us(one)}
+            for variant, t in us.items():
+                run.row("fused", {"shape": name, "K": k, "N": n, "M": m, "timing": "graph fwd", "variant": variant,
+                                  "us": round(t, 2), "speedup_vs_dense": round(us["dense"] / t, 3),
+                                  "max_diff_vs_two_launch": diff})
+            for variant, t in eager.items():
+                run.row("fused", {"shape": name, "K": k, "N": n, "M": m, "timing": "eager fwd", "variant": variant,
+                                  "us": round(t, 2), "speedup_vs_dense": round(eager["dense"] / t, 3),
+                                  "max_diff_vs_two_launch": diff})
+            best = min((v for v in us if v.startswith("fused")), key=us.get)
+            run.log(f"fused {name} M={m}: graph {us['dense'] / us['fused']:.2f}x dense (two-launch "
+                    f"{us['dense'] / us['two-launch']:.2f}x, best tile {us['dense'] / us[best]:.2f}x), eager "
+                    f"{eager['dense'] / eager['fused']:.2f}x (two-launch {eager['dense'] / eager['two-launch']:.2f}x), "
+                    f"diff {diff:.2e}")
 
 
 def tuning(run: Run) -> None:
@@ -468,7 +509,8 @@ def main() -> None:
     toy = args.smoke or not CUDA
     shapes = TOY_SHAPES if toy else {**GPT2_SHAPES, **LLAMA_SHAPES}
     plan = {"numerics": (lambda: numerics(run), 20), "layers": (lambda: layers(run, shapes), 20),
-            "host": (lambda: host(run), 15), "tuning": (lambda: tuning(run), 10), "routes": (lambda: routes(run), 30),
+            "host": (lambda: host(run), 15), "fused": (lambda: fused(run, shapes), 30),
+            "tuning": (lambda: tuning(run), 10), "routes": (lambda: routes(run), 30),
             "train": (lambda: train(run), 120 if not toy else 20), "prefill": (lambda: prefill(run), 50 if not toy else 10),
             "decode": (lambda: decode(run), 200 if not toy else 25), "table": (lambda: table(run, shapes), 30)}
     run_parts(run, PARTS, parts, plan)

@@ -31,7 +31,7 @@ def test_interpreter_launches_through_triton_and_caches_nothing(monkeypatch):
 
     class FakeKernel:
         def __getitem__(self, grid):
-            return lambda *args, num_warps: calls.append((grid, args, num_warps))
+            return lambda *args, **options: calls.append((grid, args, options["num_warps"]))
 
     monkeypatch.setattr(_launch, "INTERPRET", True)
     launch = _launch.CachedLaunch(FakeKernel())

@@ -115,6 +115,22 @@ def test_ss1_kernel_on_cuda(R, M, in_f, out_f, pad, dtype):
     assert got["out"].dtype == got["dweight"].dtype == dtype
 
 
+@gpu
+@half
+@pytest.mark.parametrize("R,M,in_f,out_f,pad", SS1_CASES)
+def test_ss1_fused_kernel_on_cuda(R, M, in_f, out_f, pad, dtype):
+    """The fused sketch+GEMM kernel (forward, no grad) by the same rule as the two-launch path."""
+    from flyweight.kernels.ss1.op import fused_linear_triton
+
+    torch.manual_seed(R * M)
+    layer = SS1Linear(in_f, out_f, compression=R, pad=pad, device="cuda", dtype=dtype)
+    _, baseline = ss1_functions(layer, spec_index_vectorised)
+    x = torch.randn(M, in_f, device="cuda")
+    got = check_kernel(lambda x, weight, bias=None: fused_linear_triton(x, weight, bias, layer.sketch_args),
+                       baseline, ss1_inputs(layer, x), dtype, backward=False, seed=M)
+    assert got["out"].dtype == dtype
+
+
 MONARCH_CASES = [  # (in_features, out_features, nblocks, M)
     (768, 3072, 4, 1031),
     (3072, 768, 4, 257),

@@ -261,3 +261,65 @@ def test_backend_choice_and_errors():
             sketch_route(x.double(), "triton")
     with pytest.raises(ValueError, match="inductor, triton_op"):
         set_compiled_route("cudagraphs")
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("R,M,bias,in_f", CASES)
+def test_fused_kernel_matches_float64_spec(R, M, bias, in_f, dtype):
+    """The fused sketch+GEMM kernel (one launch, S0 on chip) against F.linear through the spec's dense
+    weight in float64, held to the plain PyTorch formula's error in the same dtype (forward only: it
+    serves no-grad calls). bf16 only on the GPU: Triton 3.9's interpreter computes tl.dot of bf16
+    operands wrongly (errors of 1e10 on a 16 x 16 product of unit normals)."""
+    from flyweight.kernels.ss1.op import fused_linear_triton
+
+    torch.manual_seed(R * 100 + M)
+    layer = SS1Linear(in_f, 40, compression=R, block_k=16, block_n=8, vec=4, bias=bias, seed=R + 1,
+                      pad=in_f % (R * 16) != 0, device=DEVICE)
+    _, baseline = ss1_functions(layer)
+    x = torch.randn(M, in_f, device=DEVICE)
+    check_kernel(lambda x, weight, bias=None: fused_linear_triton(x, weight, bias, layer.sketch_args),
+                 baseline, ss1_inputs(layer, x), dtype, backward=False, seed=M)
+
+
+@needs_kernels
+@pytest.mark.parametrize("tiles", [(16, 16, 16), (32, 64, 32)], ids=str)
+def test_fused_kernel_tiles_and_strided_input(tiles):
+    """Tiles smaller than the problem (several programs and reduction steps) and a column slice of a
+    wider tensor (read in place) give the two-launch path's result."""
+    from flyweight.kernels.ss1.op import fused_linear_triton
+    from flyweight.kernels.ss1.tuning import FusedConfig
+
+    torch.manual_seed(7)
+    layer = SS1Linear(200, 72, compression=4, block_k=16, block_n=8, vec=4, pad=True, device=DEVICE)
+    x = torch.randn(45, 300, device=DEVICE)[:, 50:250]
+    two_launch = F.linear(sketch_triton(x, layer.sketch_args, torch.float32), layer.weight, layer.bias)
+    got = fused_linear_triton(x, layer.weight.detach(), layer.bias.detach(), layer.sketch_args,
+                              tiles=FusedConfig(*tiles, 1, 1))
+    torch.testing.assert_close(got, two_launch.detach())
+
+
+def test_fused_route_only_for_eager_cuda_calls_without_grad_when_switched_on(monkeypatch):
+    """FLYWEIGHT_SS1_FUSED=inference: eager CUDA forwards without grad take the fused kernel; a call that
+    needs grad, backend='torch', float64, CPU tensors and the default ("never") keep sketch + F.linear."""
+    from flyweight.kernels.ss1 import op
+    from flyweight.utils.optional import HAS_TRITON
+
+    if not HAS_TRITON:
+        pytest.skip("needs Triton")
+    bf16 = torch.bfloat16
+    assert not op.fused_applies("cuda", bf16, "auto", needs_grad=False)  # default: never
+    monkeypatch.setattr(op.tuning, "FUSED", "inference")
+    assert op.fused_applies("cuda", bf16, "auto", needs_grad=False)
+    assert op.fused_applies("cuda", torch.float16, "triton", needs_grad=False)
+    assert not op.fused_applies("cuda", bf16, "auto", needs_grad=True)
+    assert not op.fused_applies("cuda", bf16, "torch", needs_grad=False)
+    assert not op.fused_applies("cuda", torch.float64, "auto", needs_grad=False)
+    assert not op.fused_applies("cpu", bf16, "auto", needs_grad=False)
+    calls = []
+    monkeypatch.setattr(op, "fused_applies", lambda *a: True)
+    monkeypatch.setattr(op, "fused_linear_triton", lambda *a: calls.append(a) or torch.zeros(2, 40))
+    layer = SS1Linear(128, 40, compression=4, block_k=16, block_n=8, vec=4)
+    with torch.no_grad():
+        out = layer(torch.randn(2, 128))
+    assert len(calls) == 1 and out.shape == (2, 40)  # the layer's forward reaches the fused route

@@ -54,13 +54,13 @@ def _hooks_installed() -> bool:
 
 
 class CachedLaunch:
-    """``launch(spec, grid, *args, num_warps=...)``: ``kernel[grid](*args, num_warps=...)`` with the
-    binding skipped after the first call of each ``spec`` on the current CUDA device.
+    """``launch(spec, grid, *args, **options)``: ``kernel[grid](*args, **options)`` (options: num_warps,
+    num_stages) with the binding skipped after the first call of each ``spec`` on the current CUDA device.
 
     ``args`` are ALL the kernel's parameters, constexprs included, positionally in signature order
     (the compiled launcher takes them that way and ignores the constexprs). ``spec`` must change
     whenever Triton would compile a different kernel: constexpr values, the tensors' dtypes,
-    ``int_spec`` of every specialized integer, whether every pointer is 16-byte aligned, num_warps.
+    ``int_spec`` of every specialized integer, whether every pointer is 16-byte aligned, the options.
     """
 
     def __init__(self, kernel):
@@ -68,7 +68,7 @@ class CachedLaunch:
         self.compiled: dict = {}
         self.enabled = SUPPORTED and not INTERPRET
 
-    def __call__(self, spec, grid, *args, num_warps: int):
+    def __call__(self, spec, grid, *args, **options):
         if self.enabled:
             device_index = torch._C._cuda_getDevice()  # Triton, too, launches on the current device
             compiled = self.compiled.get((spec, device_index))
@@ -78,7 +78,7 @@ class CachedLaunch:
                 compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device_index), compiled.function,
                              compiled.packed_metadata, None, None, None, *args)
                 return
-        compiled = self.kernel[grid](*args, num_warps=num_warps)
+        compiled = self.kernel[grid](*args, **options)
         if self.enabled and compiled is not None and hasattr(compiled, "packed_metadata"):
             self.compiled[(spec, torch._C._cuda_getDevice())] = compiled
 

@@ -18,16 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
-from flyweight.kernels.ss1.backend import sketch_route
+from flyweight.kernels.ss1.backend import TRITON_DTYPES, sketch_route
 from flyweight.kernels.ss1.layout import SketchArgs
 from flyweight.kernels.ss1.tuning import tiles_for
 from flyweight.utils.optional import HAS_TRITON
 
 if HAS_TRITON:  # without Triton (macOS, Windows) only the "torch" route exists (see backend.py)
     from flyweight.kernels._launch import CachedLaunch, int_spec
-    from flyweight.kernels.ss1.kernels import ss1_sketch_kernel
+    from flyweight.kernels.ss1 import tuning
+    from flyweight.kernels.ss1.kernels import ss1_fused_kernel, ss1_sketch_kernel
 
     _launch_sketch = CachedLaunch(ss1_sketch_kernel)  # eager calls skip Triton's argument binding
+    _launch_fused = CachedLaunch(ss1_fused_kernel)
 
 _CPU_UPCAST = (torch.float16, torch.bfloat16)
 
@@ -59,6 +61,42 @@ def sketch_triton(x: torch.Tensor, args: SketchArgs, out_dtype: torch.dtype,
                    args.compression, args.block_k, args.vec, args.num_rotations, cfg.BM, cfg.BJ,
                    num_warps=cfg.num_warps)
     return s
+
+
+def fused_applies(device_type: str, dtype: torch.dtype, backend: str, needs_grad: bool) -> bool:
+    """Whether ``ss1_linear`` runs the fused kernel: switched on (``tuning.FUSED == "inference"``), an
+    eager CUDA call without grad in a kernel dtype, and a backend that allows Triton."""
+    return (HAS_TRITON and tuning.FUSED == "inference" and device_type == "cuda" and backend != "torch"
+            and dtype in TRITON_DTYPES and not needs_grad and not torch.compiler.is_compiling())
+
+
+def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        args: SketchArgs, tiles=None) -> torch.Tensor:
+    """y = sketch0(x) @ Wr^T + b in one launch (``kernels.ss1_fused_kernel``), no autograd; x (M, in),
+    weight (N, K/R) and bias in one dtype. ``tiles``: a ``tuning.FusedConfig`` instead of the pick."""
+    if x.dim() != 2 or x.shape[1] != args.in_features:
+        raise ValueError(f"ss1 fused: x must be (M, {args.in_features}), got {tuple(x.shape)}")
+    kc = args.num_supergroups * args.block_k
+    if weight.shape[1] != kc or weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError(f"ss1 fused: weight must be (N, {kc}) and bias (N,) in x's dtype {x.dtype}; got "
+                         f"{tuple(weight.shape)} {weight.dtype}, bias {None if bias is None else bias.dtype}")
+    m, n = x.shape[0], weight.shape[0]
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    if m == 0:
+        return y
+    if tiles is None:
+        cfg, grid = tuning.fused_tiles_for(m, n)
+    else:
+        cfg, grid = tiles, (-(-m // tiles.BM), -(-n // tiles.BN))
+    sxm, sxk = x.stride()
+    b = y if bias is None else bias
+    spec = (args, cfg, x.dtype, n, int_spec(m), int_spec(sxm), int_spec(sxk), int_spec(weight.stride(0)),
+            x.data_ptr() % 16 == 0, weight.data_ptr() % 16 == 0, b.data_ptr() % 16 == 0, bias is None)
+    _launch_fused(spec, grid, x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n,
+                  args.r0m, args.r1m, args.compression, args.block_k, args.vec, args.num_rotations,
+                  bias is not None, cfg.BM, cfg.BN, cfg.BJ, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y
 
 
 def _ss1_sketch_op(x: torch.Tensor, args: list[int], out_dtype: torch.dtype) -> torch.Tensor:
@@ -137,4 +175,8 @@ def ss1_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         weight = weight.to(dtype)
     if bias is not None and bias.dtype != dtype:
         bias = bias.to(dtype)
+    needs_grad = torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    if fused_applies(device_type, dtype, backend, needs_grad):
+        return fused_linear_triton(x2d, weight, bias, args)
     return F.linear(sketch(x2d, sketch_index, unsketch_index, args, backend), weight, bias)

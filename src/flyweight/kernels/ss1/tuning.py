@@ -10,6 +10,7 @@ there, and ``benchmarks/ss1_gpu.py --parts tuning`` re-measures how far that pic
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 
@@ -60,3 +61,33 @@ def tiles_for(m: int, kc: int) -> tuple[SketchConfig, tuple[int, int]]:
     """The tiles ``config_for`` picks for an (M, KC) sketch, clamped, and their grid; memoised, since
     the eager launch path asks on every call and this is pure host time."""
     return tiles_with(config_for(m), m, kc)
+
+
+class FusedConfig(NamedTuple):
+    BM: int
+    BN: int
+    BJ: int
+    num_warps: int
+    num_stages: int
+
+
+# The fused sketch+GEMM kernel (``kernels.ss1_fused_kernel``): small row tiles for decode-sized calls,
+# GEMM-sized tiles otherwise. Not yet tuned on a GPU: ``benchmarks/ss1_gpu.py --parts fused`` times them
+# against the two-launch path and dense, and until it shows where the fused kernel wins, ``FUSED``
+# stays "never".
+FUSED_CANDIDATES = (
+    FusedConfig(16, 64, 64, 4, 3),  # M <= SMALL_M
+    FusedConfig(64, 128, 64, 4, 3),
+    FusedConfig(128, 128, 64, 8, 3),
+)
+# "never" (the sketch kernel + F.linear everywhere) or "inference" (the fused kernel for eager CUDA
+# forwards without grad, fp16/bf16/fp32 inputs in the weight's dtype, no autocast); read at every call
+FUSED = os.environ.get("FLYWEIGHT_SS1_FUSED", "never")
+
+
+@functools.lru_cache(maxsize=4096)
+def fused_tiles_for(m: int, n: int) -> tuple[FusedConfig, tuple[int, int]]:
+    """The fused kernel's tiles for an (M, N) output and their grid (memoised: pure host time)."""
+    cfg = FUSED_CANDIDATES[0] if m <= SMALL_M else FUSED_CANDIDATES[1]
+    cfg = cfg._replace(BM=min(cfg.BM, pow2_at_least(m)), BN=min(cfg.BN, pow2_at_least(n)))
+    return cfg, (-(-m // cfg.BM), -(-n // cfg.BN))
