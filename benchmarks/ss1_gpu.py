@@ -19,7 +19,8 @@ Parts (each in its own try/except; rows are appended to OUT/*.csv as they finish
   train     HF GPT2LMHeadModel (GPT-2 small, random init) + flyweight.convert(SS1Config(compression=4)), torch.compile,
             fused AdamW, bf16 autocast, HF loss: tokens/s at micro-batch 16 and 32 x 1024.
   prefill   the same model in bf16, compiled, no_grad, 16 x 1024: tokens/s and host time per forward.
-  decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model, two
+  decode    batch 1 and 8, 128-token prompt + 128 new tokens, GPT-2 small and a Llama-3-8B-width model (dense, SS1,
+            SS1 with the fused sketch+GEMM kernel), two
             loops: greedy_generate (HF generate, static KV cache, compiled with CUDA graphs) and
             flyweight's StaticDecoder (the same cache, one compiled step replayed with no per-token sync).
   table     compiled layer fwd / fwd+bwd per shape and M, GPU time under CUDA-graph replay (inside a
@@ -62,6 +63,7 @@ from flyweight.decode import StaticDecoder, greedy_generate  # noqa: E402
 from flyweight.kernels.ss1 import set_compiled_route  # noqa: E402
 from flyweight.kernels import _launch  # noqa: E402
 from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
+from flyweight.kernels.ss1 import tuning as ss1_tuning  # noqa: E402
 from flyweight.kernels.ss1.tuning import CANDIDATES, config_for, tiles_for, tiles_with  # noqa: E402
 from flyweight.linear import SS1Linear  # noqa: E402
 
@@ -458,8 +460,9 @@ def decode(run: Run) -> None:
     prompt, new = (16, 16) if toy else (128, 128)
     for family, build in (("gpt2-small", gpt2), ("llama-8b-width-4l", llama)):
         family = family if not toy else family.split("-")[0] + "-toy"
-        for kind in ("dense", "ss1"):
-            model = build(kind, toy).eval().to(torch.bfloat16)
+        for kind in ("dense", "ss1", "ss1-fused"):  # ss1-fused: FLYWEIGHT_SS1_FUSED=inference for this kind
+            ss1_tuning.FUSED = "inference" if kind == "ss1-fused" else "never"
+            model = build(kind.split("-")[0], toy).eval().to(torch.bfloat16)
             for bs in (1, 8):
                 ids = torch.randint(0, model.config.vocab_size, (bs, prompt), device=DEV)
                 decoder = StaticDecoder(model, batch_size=bs, max_length=prompt + new)
@@ -487,6 +490,7 @@ def decode(run: Run) -> None:
                 del decoder
             del model
             torch._dynamo.reset()
+    ss1_tuning.FUSED = os.environ.get("FLYWEIGHT_SS1_FUSED", "never")
 
 
 def read_rows(run: Run, name: str) -> list[dict]:

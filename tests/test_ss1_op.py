@@ -283,6 +283,23 @@ def test_fused_kernel_matches_float64_spec(R, M, bias, in_f, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_triton_op_matches_the_eager_fused_launch(bias):
+    """``flyweight::ss1_fused`` (what a compiled no-grad call runs when the fused kernel is on) computes
+    what the eager fused launch computes."""
+    from flyweight.kernels.ss1.op import fused_linear_triton, ss1_fused_op
+
+    torch.manual_seed(5)
+    layer = SS1Linear(128, 40, compression=4, block_k=16, block_n=8, vec=4, bias=bias, device=DEVICE)
+    w, b = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+    x = torch.randn(9, 128, device=DEVICE)
+    got = ss1_fused_op(x, w, b, list(layer.sketch_args))
+    torch.testing.assert_close(got, fused_linear_triton(x, w, b, layer.sketch_args), rtol=0, atol=0)
+    if ON_GPU:  # the fake implementation traces the body: only with compiled kernels
+        torch.library.opcheck(ss1_fused_op, (x, w, b, list(layer.sketch_args)))
+
+
+@needs_kernels
 @pytest.mark.parametrize("tiles", [(16, 16, 16), (32, 64, 32)], ids=str)
 def test_fused_kernel_tiles_and_strided_input(tiles):
     """Tiles smaller than the problem (several programs and reduction steps) and a column slice of a
@@ -316,6 +333,17 @@ def test_fused_route_only_for_eager_cuda_calls_without_grad_when_switched_on(mon
     assert not op.fused_applies("cuda", bf16, "torch", needs_grad=False)
     assert not op.fused_applies("cuda", torch.float64, "auto", needs_grad=False)
     assert not op.fused_applies("cpu", bf16, "auto", needs_grad=False)
+    with torch.no_grad():  # compiled no-grad calls go through the triton_op, eager ones launch directly
+        route = []
+        monkeypatch.setattr(op, "fused_applies", lambda *a: True)
+        monkeypatch.setattr(op, "ss1_fused_op", lambda *a: route.append("op") or torch.zeros(2, 40))
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        layer = SS1Linear(128, 40, compression=4, block_k=16, block_n=8, vec=4)
+        op.ss1_linear(torch.randn(2, 128), layer.weight, layer.bias, layer.sketch_index, layer.unsketch_index,
+                      layer.sketch_args)
+        assert route == ["op"]
+    monkeypatch.undo()
+    monkeypatch.setattr(op.tuning, "FUSED", "inference")
     calls = []
     monkeypatch.setattr(op, "fused_applies", lambda *a: True)
     monkeypatch.setattr(op, "fused_linear_triton", lambda *a: calls.append(a) or torch.zeros(2, 40))

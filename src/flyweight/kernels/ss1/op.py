@@ -14,6 +14,8 @@ activations cannot overflow the sketch's float16 sums.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
@@ -64,16 +66,18 @@ def sketch_triton(x: torch.Tensor, args: SketchArgs, out_dtype: torch.dtype,
 
 
 def fused_applies(device_type: str, dtype: torch.dtype, backend: str, needs_grad: bool) -> bool:
-    """Whether ``ss1_linear`` runs the fused kernel: switched on (``tuning.FUSED == "inference"``), an
-    eager CUDA call without grad in a kernel dtype, and a backend that allows Triton."""
+    """Whether ``ss1_linear`` runs the fused kernel: switched on (``tuning.FUSED == "inference"``), a
+    CUDA call without grad in a kernel dtype, and a backend that allows Triton. Under torch.compile it
+    runs as the ``triton_op`` ``flyweight::ss1_fused`` (a compiled decode step gets one launch per linear)."""
     return (HAS_TRITON and tuning.FUSED == "inference" and device_type == "cuda" and backend != "torch"
-            and dtype in TRITON_DTYPES and not needs_grad and not torch.compiler.is_compiling())
+            and dtype in TRITON_DTYPES and not needs_grad)
 
 
 def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        args: SketchArgs, tiles=None) -> torch.Tensor:
+                        args: SketchArgs, tiles=None, wrap: bool = False) -> torch.Tensor:
     """y = sketch0(x) @ Wr^T + b in one launch (``kernels.ss1_fused_kernel``), no autograd; x (M, in),
-    weight (N, K/R) and bias in one dtype. ``tiles``: a ``tuning.FusedConfig`` instead of the pick."""
+    weight (N, K/R) and bias in one dtype. ``tiles``: a ``tuning.FusedConfig`` instead of the pick;
+    ``wrap``: launched through ``wrap_triton`` (inside the ``triton_op``)."""
     if x.dim() != 2 or x.shape[1] != args.in_features:
         raise ValueError(f"ss1 fused: x must be (M, {args.in_features}), got {tuple(x.shape)}")
     kc = args.num_supergroups * args.block_k
@@ -91,12 +95,27 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
         cfg, grid = tiles, (-(-m // tiles.BM), -(-n // tiles.BN))
     sxm, sxk = x.stride()
     b = y if bias is None else bias
+    if wrap:
+        wrap_triton(ss1_fused_kernel)[grid](
+            x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n, args.r0m, args.r1m,
+            R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations, HAS_BIAS=bias is not None,
+            BM=cfg.BM, BN=cfg.BN, BJ=cfg.BJ, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return y
     spec = (args, cfg, x.dtype, n, int_spec(m), int_spec(sxm), int_spec(sxk), int_spec(weight.stride(0)),
             x.data_ptr() % 16 == 0, weight.data_ptr() % 16 == 0, b.data_ptr() % 16 == 0, bias is None)
     _launch_fused(spec, grid, x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n,
                   args.r0m, args.r1m, args.compression, args.block_k, args.vec, args.num_rotations,
                   bias is not None, cfg.BM, cfg.BN, cfg.BJ, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y
+
+
+def _ss1_fused_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], args: list[int]) -> torch.Tensor:
+    """The fused kernel as an operator torch.compile can see (no autograd: no-grad calls only)."""
+    return fused_linear_triton(x, weight, bias, SketchArgs(*args), wrap=True)
+
+
+ss1_fused_op = triton_op("flyweight::ss1_fused", mutates_args=())(_ss1_fused_op) if HAS_TRITON else None
 
 
 def _ss1_sketch_op(x: torch.Tensor, args: list[int], out_dtype: torch.dtype) -> torch.Tensor:
@@ -178,5 +197,7 @@ def ss1_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     needs_grad = torch.is_grad_enabled() and (x2d.requires_grad or weight.requires_grad
                                               or (bias is not None and bias.requires_grad))
     if fused_applies(device_type, dtype, backend, needs_grad):
+        if torch.compiler.is_compiling():
+            return ss1_fused_op(x2d, weight, bias, list(args))
         return fused_linear_triton(x2d, weight, bias, args)
     return F.linear(sketch(x2d, sketch_index, unsketch_index, args, backend), weight, bias)
