@@ -35,7 +35,6 @@ def test_interpreter_launches_through_triton_and_caches_nothing(monkeypatch):
 
     monkeypatch.setattr(_launch, "INTERPRET", True)
     launch = _launch.CachedLaunch(FakeKernel())
-    launch.enabled = _launch.SUPPORTED and not _launch.INTERPRET
     for _ in range(3):
         launch(("spec",), (2, 1), "a", 5, num_warps=4)
     assert calls == [((2, 1), ("a", 5), 4)] * 3 and launch.compiled == {}

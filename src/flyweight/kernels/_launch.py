@@ -1,7 +1,7 @@
 """Re-launching a compiled Triton kernel without Triton's per-call argument binding.
 
-``kernel[grid](*args)`` costs tens of microseconds of host time on every call (measured on the H200
-host: about 44 us of an SS1 layer's 106 us eager forward, BENCHMARKS.md): Triton binds the arguments,
+``kernel[grid](*args)`` costs tens of microseconds of host time on every call (on the H200 host an SS1
+sketch launch took 34.5 us through it and 20.6 us re-launched directly, BENCHMARKS.md): Triton binds the arguments,
 works out each one's specialization (dtype, 16-byte alignment, divisibility by 16, == 1), hashes them
 into a cache key, builds launch metadata and calls the launch hooks. A layer that launches the same
 kernel with arguments of the same specialization pays all of that again for nothing.
@@ -45,6 +45,15 @@ def int_spec(v: int) -> int:
     return (v == 1) | ((v % 16 == 0) << 1) | ((not -2**31 <= v < 2**31) << 2)
 
 
+def _relaunch(compiled, grid, device_index: int, args) -> None:
+    """One launch of ``compiled`` (a ``CompiledKernel``) on the current stream of ``device_index``: what
+    ``CompiledKernel.__getitem__`` does, without launch metadata or hooks (callers check there are none)."""
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device_index), compiled.function,
+                 compiled.packed_metadata, None, None, None, *args)
+
+
 def _hooks_installed() -> bool:
     rt = _knobs.runtime
     for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
@@ -69,18 +78,17 @@ class CachedLaunch:
         self.enabled = SUPPORTED and not INTERPRET
 
     def __call__(self, spec, grid, *args, **options):
-        if self.enabled:
-            device_index = torch._C._cuda_getDevice()  # Triton, too, launches on the current device
-            compiled = self.compiled.get((spec, device_index))
-            if compiled is not None and not _hooks_installed():
-                g1 = grid[1] if len(grid) > 1 else 1
-                g2 = grid[2] if len(grid) > 2 else 1
-                compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(device_index), compiled.function,
-                             compiled.packed_metadata, None, None, None, *args)
-                return
+        if not self.enabled:
+            self.kernel[grid](*args, **options)
+            return
+        key = (spec, torch._C._cuda_getDevice())  # Triton, too, launches on the current device
+        compiled = self.compiled.get(key)
+        if compiled is not None and not _hooks_installed():
+            _relaunch(compiled, grid, key[1], args)
+            return
         compiled = self.kernel[grid](*args, **options)
-        if self.enabled and compiled is not None and hasattr(compiled, "packed_metadata"):
-            self.compiled[(spec, torch._C._cuda_getDevice())] = compiled
+        if compiled is not None and hasattr(compiled, "packed_metadata"):
+            self.compiled[key] = compiled
 
 
 def _arg_key(a):
@@ -122,11 +130,7 @@ class TunedLaunch:
         entry = self.entries.get(key)
         if entry is not None and not _hooks_installed():
             compiled, meta, tail = entry
-            grid = grid_fn(meta)
-            g1 = grid[1] if len(grid) > 1 else 1
-            g2 = grid[2] if len(grid) > 2 else 1
-            compiled.run(grid[0], g1, g2, torch._C._cuda_getCurrentRawStream(key[2]), compiled.function,
-                         compiled.packed_metadata, None, None, None, *args, *tail)
+            _relaunch(compiled, grid_fn(meta), key[2], (*args, *tail))
             return
         compiled = self.tuned[grid_fn](*args, **constexprs)
         config = getattr(self.tuned, "best_config", None)

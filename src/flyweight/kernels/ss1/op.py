@@ -76,7 +76,8 @@ def fused_applies(device_type: str, dtype: torch.dtype, backend: str, needs_grad
 def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         args: SketchArgs, tiles=None, wrap: bool = False) -> torch.Tensor:
     """y = sketch0(x) @ Wr^T + b in one launch (``kernels.ss1_fused_kernel``), no autograd; x (M, in),
-    weight (N, K/R) and bias in one dtype. ``tiles``: a ``tuning.FusedConfig`` instead of the pick;
+    weight (N, K/R) and bias in one dtype. ``tiles``: a ``tuning.FusedConfig`` instead of the pick
+    (clamped to the problem, as the pick is);
     ``wrap``: launched through ``wrap_triton`` (inside the ``triton_op``)."""
     if x.dim() != 2 or x.shape[1] != args.in_features:
         raise ValueError(f"ss1 fused: x must be (M, {args.in_features}), got {tuple(x.shape)}")
@@ -89,10 +90,7 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return y
-    if tiles is None:
-        cfg, grid = tuning.fused_tiles_for(m, n)
-    else:
-        cfg, grid = tiles, (-(-m // tiles.BM), -(-n // tiles.BN))
+    cfg, grid = tuning.fused_tiles_for(m, n) if tiles is None else tuning.fused_tiles_with(tiles, m, n)
     sxm, sxk = x.stride()
     b = y if bias is None else bias
     if wrap:

@@ -80,14 +80,18 @@ FUSED_CANDIDATES = (
     FusedConfig(64, 128, 64, 4, 3),
     FusedConfig(128, 128, 64, 8, 3),
 )
-# "never" (the sketch kernel + F.linear everywhere) or "inference" (the fused kernel for eager CUDA
-# forwards without grad, fp16/bf16/fp32 inputs in the weight's dtype, no autocast); read at every call
+# "never" (the sketch kernel + F.linear everywhere) or "inference" (the fused kernel for CUDA forwards
+# without grad, eager or compiled, inputs in the weight's dtype, no autocast); read at every call
 FUSED = os.environ.get("FLYWEIGHT_SS1_FUSED", "never")
+
+
+def fused_tiles_with(cfg: FusedConfig, m: int, n: int) -> tuple[FusedConfig, tuple[int, int]]:
+    """``cfg`` clamped to an (M, N) output, and the launch grid of those tiles."""
+    cfg = cfg._replace(BM=min(cfg.BM, pow2_at_least(m)), BN=min(cfg.BN, pow2_at_least(n)))
+    return cfg, (-(-m // cfg.BM), -(-n // cfg.BN))
 
 
 @functools.lru_cache(maxsize=4096)
 def fused_tiles_for(m: int, n: int) -> tuple[FusedConfig, tuple[int, int]]:
     """The fused kernel's tiles for an (M, N) output and their grid (memoised: pure host time)."""
-    cfg = FUSED_CANDIDATES[0] if m <= SMALL_M else FUSED_CANDIDATES[1]
-    cfg = cfg._replace(BM=min(cfg.BM, pow2_at_least(m)), BN=min(cfg.BN, pow2_at_least(n)))
-    return cfg, (-(-m // cfg.BM), -(-n // cfg.BN))
+    return fused_tiles_with(FUSED_CANDIDATES[0] if m <= SMALL_M else FUSED_CANDIDATES[1], m, n)
