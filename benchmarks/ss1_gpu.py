@@ -66,6 +66,7 @@ from flyweight.kernels.ss1 import op as ss1_op  # noqa: E402
 from flyweight.kernels.ss1 import tuning as ss1_tuning  # noqa: E402
 from flyweight.kernels.ss1.tuning import CANDIDATES, config_for, tiles_for, tiles_with  # noqa: E402
 from flyweight.linear import SS1Linear  # noqa: E402
+from flyweight.utils.env import env_choice  # noqa: E402
 
 COMPILE_BACKEND = "inductor" if CUDA else "aot_eager"
 L2_BYTES = 60 * 2**20
@@ -490,7 +491,7 @@ def decode(run: Run) -> None:
                 del decoder
             del model
             torch._dynamo.reset()
-    ss1_tuning.FUSED = os.environ.get("FLYWEIGHT_SS1_FUSED", "never")
+    ss1_tuning.FUSED = env_choice("FLYWEIGHT_SS1_FUSED")
 
 
 def read_rows(run: Run, name: str) -> list[dict]:

@@ -33,7 +33,7 @@ ALLOWED = {
     "runner": {"utils"},
     "hydra_main": {"configs", "runner", "utils"},
     "cli": {"data", "hydra_main", "runner", "utils"},
-    "__init__": {"convert", "integrations", "linear"},
+    "__init__": {"convert", "integrations", "linear", "utils"},
 }
 KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 

@@ -25,8 +25,11 @@ from flyweight.linear import (
     register_linear,
 )
 from flyweight.linear.config import DenseConfig, LinearConfig, LowRankConfig, MonarchConfig, SS1Config
+from flyweight.utils.env import warn_unknown_switches
 
 __version__ = "0.1.0"
+
+warn_unknown_switches()  # a misspelt FLYWEIGHT_* name would otherwise be ignored without a word
 
 _SUBPACKAGES = ("attention", "bench", "data", "integrations", "kernels", "models", "train")
 

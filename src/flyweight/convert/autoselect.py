@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flyweight.utils.env import env_path
 from flyweight.utils.io import read_csv
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def shipped_table_path() -> Path:
 
 def find_table(policy: AutoSelect) -> SpeedTable:
     """The speed table ``policy`` names, else this GPU's measured one, else the shipped H200 table."""
-    explicit = policy.table or os.environ.get("FLYWEIGHT_SPEED_TABLE")
+    explicit = policy.table or env_path("FLYWEIGHT_SPEED_TABLE")
     if explicit:
         if not Path(explicit).is_file():
             raise FileNotFoundError(f"speed table {explicit} not found (AutoSelect(table=...) or "

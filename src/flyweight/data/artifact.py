@@ -22,8 +22,8 @@ import lzma
 import os
 import sys
 import tarfile
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from flyweight.data.build import built_manifest, corpus_dir
 from flyweight.data.corpora import SPLITS, Corpus
@@ -72,17 +72,10 @@ class ArtifactError(RuntimeError):
     """An artifact that is missing, tampered with or made for another tokenizer; the message names the fix."""
 
 
-@contextmanager
 def _cache_env(root: Path):
-    old = os.environ.get("FLYWEIGHT_CACHE")
-    os.environ["FLYWEIGHT_CACHE"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FLYWEIGHT_CACHE", None)
-        else:
-            os.environ["FLYWEIGHT_CACHE"] = old
+    """``FLYWEIGHT_CACHE`` pointed at ``root`` for the duration of a ``with`` block (the corpus and
+    tokenizer lookups below read the cache root from it), the previous value restored after."""
+    return mock.patch.dict(os.environ, {"FLYWEIGHT_CACHE": str(root)})
 
 
 def _add_bytes(tf: tarfile.TarFile, name: str, data: bytes, index: dict) -> None:

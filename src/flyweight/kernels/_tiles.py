@@ -9,13 +9,13 @@ for correctness checks that should not pay for compiling every tile) uses ``tile
 
 from __future__ import annotations
 
-import os
 
 import triton
 
 from flyweight.kernels._triton_env import INTERPRET
+from flyweight.utils.env import env_flag
 
-AUTOTUNE = not INTERPRET and os.environ.get("FLYWEIGHT_APPROX_AUTOTUNE", "1") != "0"
+AUTOTUNE = not INTERPRET and env_flag("FLYWEIGHT_APPROX_AUTOTUNE")
 REGISTRY: dict[str, "TiledKernel"] = {}
 _TUNE = {"on": AUTOTUNE}
 

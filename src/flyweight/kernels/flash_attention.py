@@ -53,7 +53,6 @@ several blocks in every kernel.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -67,8 +66,9 @@ from flyweight.kernels.flash_attention_kernels import (
     _attn_fwd_kernel,
     _bwd_preprocess_kernel,
 )
+from flyweight.utils.env import env_choice, env_flag
 
-AUTOTUNE = os.environ.get("FLYWEIGHT_FLASH_AUTOTUNE", "1") != "0"
+AUTOTUNE = env_flag("FLYWEIGHT_FLASH_AUTOTUNE")
 OP_KINDS = ("triton_op", "custom_op")
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634
@@ -280,9 +280,7 @@ _OPS = {"triton_op": flash_attn_fwd, "custom_op": flash_attn_fwd_opaque}
 # custom_op by default: on the H200 (torch 2.11, Triton 3.6) Inductor failed to compile the forward
 # kernel through the triton_op route (an accumulator type assertion in tl.dot) while the same kernel
 # launched by the opaque custom_op compiled and matched eager exactly (benchmarks/attention_gpu.py)
-OP_KIND = os.environ.get("FLYWEIGHT_FLASH_OP", "custom_op")
-if OP_KIND not in OP_KINDS:
-    raise ValueError(f"FLYWEIGHT_FLASH_OP must be one of {OP_KINDS}, got {OP_KIND!r}")
+OP_KIND = env_choice("FLYWEIGHT_FLASH_OP")
 
 
 class _FlashAttentionFn(torch.autograd.Function):

@@ -25,11 +25,11 @@ function on its chunks of logits.
 
 from __future__ import annotations
 
-import os
 
 import torch
 
 from flyweight.kernels._triton_env import INTERPRET
+from flyweight.utils.env import env_int
 
 __all__ = ["fused_linear_nll", "nll_and_grad_"]
 
@@ -82,8 +82,8 @@ def _launch_config(n_cols: int) -> tuple[int, int]:
     FLYWEIGHT_CE_WARPS override it for the GPU benchmark's sweep."""
     if INTERPRET:
         return min(256, triton.next_power_of_2(max(n_cols, 16))), 4
-    block = int(os.environ.get("FLYWEIGHT_CE_BLOCK", 4096))
-    warps = int(os.environ.get("FLYWEIGHT_CE_WARPS", 8))
+    block = env_int("FLYWEIGHT_CE_BLOCK")
+    warps = env_int("FLYWEIGHT_CE_WARPS")
     return min(block, triton.next_power_of_2(max(n_cols, 16))), warps
 
 

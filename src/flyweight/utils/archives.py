@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from flyweight.utils.env import env_flag
 from flyweight.utils.io import atomic_replace_dir, remove_stale_temps, sha256_file, temp_path_for
 
 CLIENT_TIMEOUT_S = 300
@@ -126,7 +127,7 @@ def fetch_archive(pin: PinnedArchive, folder: Path, *, timeout_s: float = CLIENT
         bad = _set_aside(archive)
         print(f"[flyweight] {archive} does not match its sha256 pin; moved to {bad.name}, downloading again",
               file=sys.stderr)
-    if os.environ.get("FLYWEIGHT_OFFLINE") == "1":
+    if env_flag("FLYWEIGHT_OFFLINE"):
         raise ArchiveUnavailable(f"{pin.name} is not cached at {archive} and FLYWEIGHT_OFFLINE=1 forbids "
                                  f"downloading. Fix: {pin.by_hand(folder)}.")
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flyweight.utils.env import env_flag
+
 
 
 class UserFacingError(Exception):
@@ -41,7 +43,11 @@ def user_errors_reported(stream=None) -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as err:
-        if os.environ.get("FLYWEIGHT_TRACEBACK", "0") not in ("", "0"):
+        try:
+            whole_traceback = env_flag("FLYWEIGHT_TRACEBACK")
+        except ValueError:  # a value that is not a flag still asks for the traceback, not a second error
+            whole_traceback = True
+        if whole_traceback:
             raise
         stream = sys.stderr if stream is None else stream
         print(f"flyweight: error: {err}\n  ({type(err).__name__} raised at {_raised_at(err)}; "

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from flyweight.utils.env import env_path
+
 TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^(?P<target>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
 
@@ -193,7 +195,7 @@ def read_csv(path: str | Path) -> list[dict]:
 
 def cache_root() -> Path:
     """Where flyweight keeps what it downloads and builds: ``$FLYWEIGHT_CACHE`` or ``~/.cache/flyweight``."""
-    return Path(os.environ.get("FLYWEIGHT_CACHE", Path.home() / ".cache" / "flyweight")).expanduser()
+    return env_path("FLYWEIGHT_CACHE")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -15,7 +15,6 @@ tests stay fast and still cross tile edges.
 from __future__ import annotations
 
 import inspect
-import os
 from typing import NamedTuple
 
 import triton
@@ -23,6 +22,7 @@ import triton
 from flyweight.kernels._triton_env import INTERPRET
 from flyweight.kernels.monarch import joined_kernels as J
 from flyweight.kernels.monarch import kernels as K
+from flyweight.utils.env import env_choice, env_flag
 
 
 class Tile(NamedTuple):
@@ -80,18 +80,18 @@ FUSED_CANDIDATES = (
     Tile(128, 256, 64, 8, 2),
 )
 # "never" (default until measured), "inference" (the fused kernel for forwards without grad where b | r)
-FUSED = os.environ.get("FLYWEIGHT_MONARCH_FUSED", "never")
+FUSED = env_choice("FLYWEIGHT_MONARCH_FUSED")
 JOINED_BLOCKS = (2, 4, 8)  # the b second_joined is written for
 BWD_JOINED_BLOCKS = (2, 4)  # the b dmid_joined / dw2_joined are written for
 # "joined" or "strided" dY reads in the backward for b in BWD_JOINED_BLOCKS; read at every call
-BACKWARD = os.environ.get("FLYWEIGHT_MONARCH_BWD", "joined")
+BACKWARD = env_choice("FLYWEIGHT_MONARCH_BWD")
 # which second-product kernel the forward uses for b in JOINED_BLOCKS: "joined" (contiguous stores) or
 # "strided" (one block per program, stride-b stores); read at every call, so benchmarks can switch it
-SECOND = os.environ.get("FLYWEIGHT_MONARCH_SECOND", "joined")
+SECOND = env_choice("FLYWEIGHT_MONARCH_SECOND")
 MAX_DW_TILE = 128  # largest BM / BN among DW_CANDIDATES: the host sizes the splits with it
 
-AUTOTUNE = os.environ.get("FLYWEIGHT_MONARCH_AUTOTUNE", "1") != "0" and not INTERPRET
-CACHE_RESULTS = os.environ.get("FLYWEIGHT_MONARCH_TUNE_CACHE", "1") != "0"
+AUTOTUNE = env_flag("FLYWEIGHT_MONARCH_AUTOTUNE") and not INTERPRET
+CACHE_RESULTS = env_flag("FLYWEIGHT_MONARCH_TUNE_CACHE")
 
 KERNELS = {
     "first": K.monarch_first_kernel,

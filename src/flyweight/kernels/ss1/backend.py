@@ -16,15 +16,14 @@ before importing flyweight), measured by ``benchmarks/ss1_gpu.py --parts routes`
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from flyweight.kernels._triton_env import require_kernel_device
+from flyweight.utils.env import SWITCHES, env_choice
 from flyweight.utils.optional import HAS_TRITON
 
 BACKENDS = ("auto", "torch", "triton")
-COMPILED_ROUTES = ("inductor", "triton_op")
+COMPILED_ROUTES = SWITCHES["FLYWEIGHT_SS1_COMPILED"].choices
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -35,7 +34,7 @@ def _checked_route(value: str) -> str:
     return value
 
 
-_compiled_route = _checked_route(os.environ.get("FLYWEIGHT_SS1_COMPILED", "inductor"))
+_compiled_route = env_choice("FLYWEIGHT_SS1_COMPILED")
 
 
 def set_compiled_route(route: str) -> None:

@@ -10,8 +10,9 @@ there, and ``benchmarks/ss1_gpu.py --parts tuning`` re-measures how far that pic
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
+
+from flyweight.utils.env import env_choice
 
 
 class SketchConfig(NamedTuple):
@@ -82,7 +83,7 @@ FUSED_CANDIDATES = (
 )
 # "never" (the sketch kernel + F.linear everywhere) or "inference" (the fused kernel for CUDA forwards
 # without grad, eager or compiled, inputs in the weight's dtype, no autocast); read at every call
-FUSED = os.environ.get("FLYWEIGHT_SS1_FUSED", "never")
+FUSED = env_choice("FLYWEIGHT_SS1_FUSED")
 
 
 def fused_tiles_with(cfg: FusedConfig, m: int, n: int) -> tuple[FusedConfig, tuple[int, int]]:
