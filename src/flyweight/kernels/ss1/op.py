@@ -49,19 +49,17 @@ def sketch_triton(x: torch.Tensor, args: SketchArgs, out_dtype: torch.dtype,
         return s
     cfg, grid = tiles_for(m, kc)
     sxm, sxk = x.stride()
+    # the kernel's arguments in its signature's order, constexprs included: the direct launcher takes
+    # them so, and wrap_triton binds positional arguments to the same names as keywords
+    kernel_args = (x, s, m, args.in_features, kc, sxm, sxk, kc, args.r0m, args.r1m,
+                   args.compression, args.block_k, args.vec, args.num_rotations, cfg.BM, cfg.BJ)
     if wrap:
-        wrap_triton(ss1_sketch_kernel)[grid](
-            x, s, m, args.in_features, kc, sxm, sxk, kc, args.r0m, args.r1m,
-            R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations,
-            BM=cfg.BM, BJ=cfg.BJ, num_warps=cfg.num_warps,
-        )
+        wrap_triton(ss1_sketch_kernel)[grid](*kernel_args, num_warps=cfg.num_warps)
         return s
     # everything the kernel specializes on: the layer (constexprs, widths), the tiles, the dtypes, and
     # the class of each per-call integer and of x's alignment (s is fresh, so aligned)
     spec = (args, cfg, x.dtype, out_dtype, int_spec(m), int_spec(sxm), int_spec(sxk), x.data_ptr() % 16 == 0)
-    _launch_sketch(spec, grid, x, s, m, args.in_features, kc, sxm, sxk, kc, args.r0m, args.r1m,
-                   args.compression, args.block_k, args.vec, args.num_rotations, cfg.BM, cfg.BJ,
-                   num_warps=cfg.num_warps)
+    _launch_sketch(spec, grid, *kernel_args, num_warps=cfg.num_warps)
     return s
 
 
@@ -93,18 +91,16 @@ def fused_linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     cfg, grid = tuning.fused_tiles_for(m, n) if tiles is None else tuning.fused_tiles_with(tiles, m, n)
     sxm, sxk = x.stride()
     b = y if bias is None else bias
+    kernel_args = (x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n, args.r0m, args.r1m,
+                   args.compression, args.block_k, args.vec, args.num_rotations, bias is not None,
+                   cfg.BM, cfg.BN, cfg.BJ)  # signature order, as in sketch_triton
+    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     if wrap:
-        wrap_triton(ss1_fused_kernel)[grid](
-            x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n, args.r0m, args.r1m,
-            R=args.compression, BK=args.block_k, VEC=args.vec, D=args.num_rotations, HAS_BIAS=bias is not None,
-            BM=cfg.BM, BN=cfg.BN, BJ=cfg.BJ, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        wrap_triton(ss1_fused_kernel)[grid](*kernel_args, **options)
         return y
     spec = (args, cfg, x.dtype, n, int_spec(m), int_spec(sxm), int_spec(sxk), int_spec(weight.stride(0)),
             x.data_ptr() % 16 == 0, weight.data_ptr() % 16 == 0, b.data_ptr() % 16 == 0, bias is None)
-    _launch_fused(spec, grid, x, weight, b, y, m, args.in_features, kc, n, sxm, sxk, weight.stride(0), n,
-                  args.r0m, args.r1m, args.compression, args.block_k, args.vec, args.num_rotations,
-                  bias is not None, cfg.BM, cfg.BN, cfg.BJ, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _launch_fused(spec, grid, *kernel_args, **options)
     return y
 
 
