@@ -97,13 +97,17 @@ def _raw(switch: Switch, environ: Mapping[str, str] | None) -> str | None:
     return value if value else switch.default
 
 
+def _invalid(switch: Switch, value: str, expected: str, fix: str) -> ValueError:
+    return ValueError(f"{switch.name}={value!r} is not {expected} ({switch.what}). Fix: {fix}, or unset it "
+                      f"for the default {switch.default!r}")
+
+
 def env_choice(name: str, environ: Mapping[str, str] | None = None) -> str:
     """The value of choice switch ``name``; a value outside its choices raises ValueError naming them."""
     switch = _declared(name, "choice")
     value = _raw(switch, environ)
     if value not in switch.choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(switch.choices)} ({switch.what}). "
-                         f"Fix: set one of those, or unset it for the default {switch.default!r}")
+        raise _invalid(switch, value, f"one of {', '.join(switch.choices)}", "set one of those")
     return value
 
 
@@ -111,25 +115,18 @@ def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """The value of flag switch ``name`` (1/0, true/false, yes/no, on/off, any case)."""
     switch = _declared(name, "flag")
     value = _raw(switch, environ)
-    parsed = FLAG_VALUES.get(value.lower())
-    if parsed is None:
-        raise ValueError(f"{name}={value!r} is not a flag ({switch.what}). Fix: set 1 or 0, or unset it "
-                         f"for the default {switch.default}")
-    return parsed
+    if value.lower() not in FLAG_VALUES:
+        raise _invalid(switch, value, "a flag", "set 1 or 0")
+    return FLAG_VALUES[value.lower()]
 
 
 def env_int(name: str, environ: Mapping[str, str] | None = None) -> int:
     """The value of integer switch ``name``: a positive integer."""
     switch = _declared(name, "int")
     value = _raw(switch, environ)
-    try:
-        parsed = int(value)
-    except ValueError:
-        parsed = 0
-    if parsed < 1:
-        raise ValueError(f"{name}={value!r} is not a positive integer ({switch.what}). Fix: set one, or "
-                         f"unset it for the default {switch.default}")
-    return parsed
+    if not (value.isdigit() and int(value) >= 1):
+        raise _invalid(switch, value, "a positive integer", "set one")
+    return int(value)
 
 
 def env_path(name: str, environ: Mapping[str, str] | None = None) -> Path | None:
